@@ -1,0 +1,213 @@
+"""The rung API: how a test module binds to its sealed prereg and declares gates, traps and prefilters.
+
+A rung module reads like the protocol::
+
+    from pytest_ladder import rung
+
+    ladder = rung("g4")                     # binds to <prereg dir>/g4/tau.json
+
+    @ladder.trap("trivial_pass")
+    def test_trivial_pass(trap, ...):
+        trap.check(observed)                 # compared with the prereg's declared expectation
+
+    @ladder.prefilter("spectrum_floor")     # analytical: no forward pass, selected by `-m analytical`
+    def test_spectrum_floor(cell, gate, ...):
+        gate.check(value)
+
+    @ladder.gate("activation_error")        # parametrized over the prereg's cells when it takes `cell`
+    def test_activation_error(cell, gate, ...):
+        gate.check(value, tau=floor)         # threshold and tau rule come from the prereg, never from the test
+
+`gate.check` and `trap.check` record the value, threshold and cell for the verdict (as plain data on the test
+report, so it crosses xdist) and fail the test when the locked rule says so. Only the standard library and pytest
+are imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+RECORD_KEY = "ladder_record"  # user_properties key of a gate/trap measurement
+ITEM_KEY = "ladder_item"  # user_properties key describing the item (rung, kind, name, cell)
+CONTEXT_KEY = "ladder_context"  # user_properties key carrying model/data identity recorded by fixtures
+
+KINDS = ("gate", "prefilter", "trap")
+
+_context_key = pytest.StashKey[dict]()
+
+
+@dataclass
+class Rung:
+    """One claim: a name bound to `<prereg dir>/<name>/tau.json` and the gates/traps/prefilters its module declares."""
+
+    name: str
+    prereg: str | None = None  # explicit path to tau.json (relative to rootdir); default <prereg dir>/<name>/tau.json
+    gates: set[str] = field(default_factory=set)
+    traps: set[str] = field(default_factory=set)
+    prefilters: set[str] = field(default_factory=set)
+
+    def _declare(self, kind: str, name: str, extra_marks: tuple) -> Callable:
+        if not name or not isinstance(name, str):
+            raise TypeError(f"rung {self.name!r}: {kind} name must be a non-empty string")
+        {"gate": self.gates, "prefilter": self.prefilters, "trap": self.traps}[kind].add(name)
+
+        def decorate(function: Callable) -> Callable:
+            function = pytest.mark.ladder(rung=self, kind=kind, name=name)(function)
+            for mark in extra_marks:
+                function = mark(function)
+            return function
+
+        return decorate
+
+    def gate(self, name: str) -> Callable:
+        """Declare a gate test; its threshold lives in the prereg's `gates[name]`."""
+        return self._declare("gate", name, (pytest.mark.gate,))
+
+    def prefilter(self, name: str) -> Callable:
+        """Declare an analytical prefilter (a gate with no forward pass); threshold in `prefilters[name]`."""
+        return self._declare("prefilter", name, (pytest.mark.gate, pytest.mark.analytical))
+
+    def trap(self, name: str) -> Callable:
+        """Declare a trap; its expected outcome lives in the prereg's `traps[name]`."""
+        return self._declare("trap", name, (pytest.mark.trap,))
+
+
+def rung(name: str, *, prereg: str | None = None) -> Rung:
+    """Bind the calling test module to the rung `name` (its prereg is `<prereg dir>/<name>/tau.json`)."""
+    return Rung(name=name, prereg=prereg)
+
+
+def record_context(config: pytest.Config, key: str, value: dict) -> None:
+    """Fixtures call this to carry identity (model, data, cells) into decision.json of every rung that runs after."""
+    context = config.stash.setdefault(_context_key, {})
+    context[key] = value
+
+
+def run_context(config: pytest.Config) -> dict:
+    return dict(config.stash.get(_context_key, {}))
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {value!r}") from None
+    return number
+
+
+def _tau_record(tau: Any, prereg: Any, value: float) -> dict:
+    """Normalise a τ floor (a number, a mapping, or an object with .tau/.values) into the archive's tau row."""
+    if isinstance(tau, (int, float)):
+        tau_value, values = float(tau), [float(tau)]
+    elif isinstance(tau, dict):
+        tau_value, values = float(tau["tau"]), [float(v) for v in tau.get("values", [tau["tau"]])]
+    else:
+        tau_value, values = float(tau.tau), [float(v) for v in getattr(tau, "values", [tau.tau])]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return {
+        "tau": tau_value,
+        "values": values,
+        "spread": {"min": min(values), "max": max(values), "std": std},
+        "margin": prereg.tau_margin,
+        "rule": prereg.decision_threshold.text,
+        "beats": bool(prereg.beats_tau(value, tau_value)),
+    }
+
+
+class GateCheck:
+    """Handed to a gate or prefilter test as the `gate` fixture: `check(value)` applies the locked threshold."""
+
+    def __init__(self, item: pytest.Item, prereg: Any, kind: str, name: str, cell: Any) -> None:
+        self._item, self.prereg, self.kind, self.name, self.cell = item, prereg, kind, name, cell
+        self.spec = (prereg.prefilters if kind == "prefilter" else prereg.gates)[name]
+        self.checked = False
+
+    @property
+    def threshold(self) -> float:
+        return self.spec.threshold
+
+    def check(self, value: float, *, tau: Any = None, series: dict | None = None, **extra: Any) -> None:
+        """Record `value` for this gate and cell; fail the test (a kill) if the prereg's rule rejects it.
+
+        `tau`: the τ floor (number, mapping or TauFloor) — required when the gate is declared `vs_tau`; the gate then
+        also needs `decision_threshold` (e.g. `value < tau * (1 - margin)`) to hold. `series`: named number lists
+        for postmortem plots (a spectrum, per-task inflation). `extra`: any JSON-able detail worth archiving.
+        """
+        __tracebackhide__ = True
+        if self.checked:
+            raise RuntimeError(f"{self.kind} {self.name!r} checked twice in {self._item.nodeid}: check once per test")
+        value = _finite(value, f"{self.kind} {self.name!r} value")
+        if self.spec.vs_tau and tau is None:
+            raise TypeError(
+                f"{self.kind} {self.name!r} is declared vs_tau in {self.prereg.display_path}: pass tau=<τ floor>"
+            )
+        tau_row = None if tau is None else _tau_record(tau, self.prereg, value)
+        passed = bool(self.spec.passes(value)) and (tau_row is None or tau_row["beats"])
+        cell_id = getattr(self.cell, "id", None)
+        record = {
+            "kind": self.kind,
+            "name": self.name,
+            "cell": cell_id,
+            "value": value,
+            "op": self.spec.op,
+            "threshold": self.spec.threshold,
+            "passed": passed,
+            "tau": tau_row,
+            "series": series,
+            "extra": extra or {},
+        }
+        self.checked = True
+        self._item.user_properties.append((RECORD_KEY, record))
+        if not passed:
+            where = f" @ {cell_id}" if cell_id else ""
+            reason = f"value {value:.6g} fails {self.spec.describe()}"
+            if tau_row is not None and not tau_row["beats"]:
+                reason = (
+                    f"value {value:.6g} vs tau {tau_row['tau']:.6g} (margin {tau_row['margin']}) "
+                    f"fails {tau_row['rule']}"
+                    + ("" if self.spec.passes(value) else f"; and {self.spec.describe()}")
+                )
+            pytest.fail(f"KILL {self.prereg.rung} {self.kind} {self.name}{where}: {reason}", pytrace=False)
+
+
+class TrapCheck:
+    """Handed to a trap test as the `trap` fixture: `check(observed, **refs)` compares with the declared outcome."""
+
+    def __init__(self, item: pytest.Item, prereg: Any, name: str, cell: Any) -> None:
+        self._item, self.prereg, self.name, self.cell = item, prereg, name, cell
+        self.spec = prereg.traps[name]
+        self.checked = False
+
+    def check(self, observed: float, **refs: float) -> None:
+        """Record the trap's observation; fail (the run becomes INVALID) unless it fired as the prereg declared."""
+        __tracebackhide__ = True
+        if self.checked:
+            raise RuntimeError(f"trap {self.name!r} checked twice in {self._item.nodeid}: check once per test")
+        observed = _finite(observed, f"trap {self.name!r} observed value")
+        refs = {key: _finite(v, f"trap {self.name!r} reference {key!r}") for key, v in refs.items()}
+        fired = bool(self.spec.check(observed, refs))
+        cell_id = getattr(self.cell, "id", None)
+        record = {
+            "kind": "trap",
+            "name": self.name,
+            "cell": cell_id,
+            "expected": self.spec.expect.text,
+            "observed": observed,
+            "refs": refs,
+            "fired_as_declared": fired,
+        }
+        self.checked = True
+        self._item.user_properties.append((RECORD_KEY, record))
+        if not fired:
+            where = f" @ {cell_id}" if cell_id else ""
+            shown = ", ".join(f"{k}={v:.6g}" for k, v in refs.items())
+            pytest.fail(
+                f"INVALID {self.prereg.rung}: trap {self.name}{where} did not fire as declared: expected "
+                f"{self.spec.expect.text}, observed {observed:.6g}" + (f" ({shown})" if shown else ""),
+                pytrace=False,
+            )

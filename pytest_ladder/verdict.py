@@ -1,0 +1,239 @@
+"""One-shot verdicts (protocol §1, §7): from what each ladder test recorded to the rung's decision record.
+
+Pure data in, data out: no pytest, no torch. The plugin gathers, per rung, the plan (which items were selected, in
+kill-fast order) and each item's outcome; `decide` applies the rules below; `build_record` lays out decision.json.
+
+Rules, first match wins:
+1. the session was interrupted or a worker crashed -> ABORTED (recorded, never a decision);
+2. a required rung is KILLED -> KILL by the ladder rule, naming that rung;
+3. a trap did not fire as declared -> INVALID (the run, not the idea);
+4. a ladder test errored (an exception that is not a gate verdict) -> INVALID (pipeline broken);
+5. a gate or prefilter failed its locked rule -> KILL, naming the first in kill-fast order;
+6. everything selected passed: PASS if the selection covered every gate, trap and cell of the rung;
+   PREFILTER_PASS if it covered exactly the analytical prefilters; PARTIAL otherwise (-k, a node id, -x elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+KILL, PASS, INVALID = "KILL", "PASS", "INVALID"
+ABORTED, PREFILTER_PASS, PARTIAL = "ABORTED", "PREFILTER_PASS", "PARTIAL"
+DECISIONS = (KILL, PASS, INVALID)
+
+RUN_KIND = {ABORTED: "aborted", PREFILTER_PASS: "prefilter", PARTIAL: "partial"}
+
+
+@dataclass
+class PlannedItem:
+    """One selected ladder test, in kill-fast order."""
+
+    nodeid: str
+    kind: str  # gate | prefilter | trap
+    name: str
+    cell: str | None
+
+
+@dataclass
+class Plan:
+    """What the collection said about one rung (computed on every worker alike)."""
+
+    rung: str
+    prereg_path: str
+    items: list[PlannedItem]
+    complete: bool  # the selection covers every declared gate/trap/prefilter and every cell
+    only_prefilters: bool  # the selection is exactly the analytical prefilters (all of them)
+
+
+@dataclass
+class Outcome:
+    """What happened to one item: pytest's outcome plus what `gate.check` / `trap.check` recorded."""
+
+    outcome: str = "not run"  # passed | failed | error | skipped | not run
+    records: list[dict] = field(default_factory=list)
+    message: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    killed_by: dict | None = None
+    invalid_because: dict | None = None
+
+    @property
+    def is_decision(self) -> bool:
+        return self.verdict in DECISIONS
+
+
+def decide(
+    plan: Plan, outcomes: dict[str, Outcome], *, aborted: bool = False, requires_killed: dict | None = None
+) -> Verdict:
+    """Apply the locked rules (module docstring) to one rung's outcomes."""
+    if aborted:
+        return Verdict(ABORTED)
+    if requires_killed:
+        rung, run = next(iter(requires_killed.items()))
+        return Verdict(
+            KILL,
+            killed_by={
+                "kind": "requires",
+                "name": rung,
+                "cell": None,
+                "value": None,
+                "op": None,
+                "threshold": None,
+                "tau": None,
+                "message": f"{plan.rung} requires {rung}, which was KILLED ({run.get('where', 'this session')})",
+            },
+        )
+    rows = [(item, outcomes.get(item.nodeid, Outcome())) for item in plan.items]
+    for item, out in rows:
+        for record in out.records:
+            if record["kind"] == "trap" and not record["fired_as_declared"]:
+                return Verdict(
+                    INVALID,
+                    invalid_because={
+                        "kind": "trap",
+                        "name": item.name,
+                        "cell": item.cell,
+                        "message": out.message or f"trap {item.name} did not fire as declared",
+                    },
+                )
+    for item, out in rows:
+        if out.outcome == "error" or (out.outcome == "failed" and not _failed_records(out)):
+            return Verdict(
+                INVALID,
+                invalid_because={
+                    "kind": "error",
+                    "name": item.name,
+                    "cell": item.cell,
+                    "message": out.message or "the test raised an error (pipeline broken)",
+                },
+            )
+    for item, out in rows:
+        for record in _failed_records(out):
+            if record["kind"] in ("gate", "prefilter"):
+                return Verdict(KILL, killed_by=_kill_row(record, out))
+    if all(out.outcome == "passed" for _, out in rows) and rows:
+        if plan.complete:
+            return Verdict(PASS)
+        if plan.only_prefilters:
+            return Verdict(PREFILTER_PASS)
+    return Verdict(PARTIAL)
+
+
+def _failed_records(out: Outcome) -> list[dict]:
+    return [r for r in out.records if r.get("passed") is False or r.get("fired_as_declared") is False]
+
+
+def _kill_row(record: dict, out: Outcome) -> dict:
+    return {
+        "kind": record["kind"],
+        "name": record["name"],
+        "cell": record["cell"],
+        "value": record["value"],
+        "op": record["op"],
+        "threshold": record["threshold"],
+        "tau": record["tau"],
+        "message": out.message,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the archive stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def gate_rows(plan: Plan, outcomes: dict[str, Outcome], kind: str) -> list[dict]:
+    """The decision's `gates` (kind 'gate': gates and prefilters) or `traps` rows, in kill-fast order."""
+    rows = []
+    for item in plan.items:
+        is_trap = item.kind == "trap"
+        if is_trap != (kind == "trap"):
+            continue
+        out = outcomes.get(item.nodeid, Outcome())
+        base = {"name": item.name, "cell": item.cell}
+        records = [r for r in out.records if (r["kind"] == "trap") == is_trap]
+        if is_trap:
+            record = records[0] if records else {}
+            base |= {
+                "expected": record.get("expected"),
+                "observed": record.get("observed"),
+                "refs": record.get("refs", {}),
+                "fired_as_declared": record.get("fired_as_declared"),
+            }
+        else:
+            record = records[0] if records else {}
+            base |= {
+                "kind": item.kind,
+                "value": record.get("value"),
+                "op": record.get("op"),
+                "threshold": record.get("threshold"),
+                "passed": record.get("passed"),
+                "tau": record.get("tau"),
+                "series": record.get("series"),
+                "extra": record.get("extra", {}),
+            }
+        base |= {"outcome": out.outcome, "nodeid": item.nodeid, "duration_s": out.duration_s, "message": out.message}
+        rows.append(base)
+    return rows
+
+
+def build_record(
+    *,
+    plan: Plan,
+    outcomes: dict[str, Outcome],
+    verdict: Verdict,
+    run_id: str,
+    prereg_content: dict,
+    seal: str | None,
+    model: dict,
+    data: dict,
+    seeds: list[int],
+    software: dict,
+    selection: dict,
+    timings: dict,
+    requires: dict,
+    replication_of: str | None = None,
+    context: dict | None = None,
+) -> dict:
+    """Lay out decision.json (run.json for non-decisions) as protocol §7 lists it."""
+    if verdict.is_decision:
+        kind = "replication" if replication_of else "decision"
+    else:
+        kind = RUN_KIND[verdict.verdict]
+    record = {
+        "schema": 1,
+        "rung": plan.rung,
+        "run_id": run_id,
+        "kind": kind,
+        "verdict": verdict.verdict,
+        "decision": kind == "decision",
+        "replication_of": replication_of,
+        "claim": prereg_content.get("claim"),
+        "metric": prereg_content.get("metric"),
+        "label": prereg_content.get("label"),
+        "prereg": {"path": plan.prereg_path, "seal": seal, "content": prereg_content},
+        "killed_by": verdict.killed_by,
+        "invalid_because": verdict.invalid_because,
+        "gates": gate_rows(plan, outcomes, "gate"),
+        "traps": gate_rows(plan, outcomes, "trap"),
+        "model": model,
+        "data": data,
+        "seeds": seeds,
+        "software": software,
+        "selection": selection,
+        "timings": timings,
+        "requires": requires,
+        "context": context or {},
+    }
+    return jsonable(record)
