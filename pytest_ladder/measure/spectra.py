@@ -1,0 +1,91 @@
+"""Singular-value spectra and what the rungs read off them: effective rank, energy at rank r, residual at a budget.
+
+Singular values come from a batched SVD or from a float64 eigendecomposition of the smaller Gram matrix (σ² are
+the eigenvalues of W Wᵀ or Wᵀ W); both return float64, descending, batched over leading dims.
+
+Effective rank (definition used throughout the ladder): r_eff = exp(H(p)) with p_i = σ_i² / Σ_j σ_j², the
+exponential of the Shannon entropy (nats) of the normalized energy spectrum. It is the same quantity the energy
+figures (energy at rank r, residual at the budget rank, Eckart–Young floor) are stated in, and for a Gram or
+covariance matrix the eigenvalues are those energies directly. r_eff = k for k equal singular values and 1 for a
+rank-one matrix; a zero matrix has r_eff = 0. (Roy & Vetterli's variant normalizes σ instead of σ²; it is not used.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+F64 = torch.float64
+
+
+def singular_values(w: torch.Tensor, *, method: str = "svd") -> torch.Tensor:
+    """σ of W (..., m, n) -> (..., min(m, n)) in float64, descending; method "svd" or "gram" (eigh of the smaller Gram)."""
+    w = w.to(F64)
+    if method == "svd":
+        return torch.linalg.svdvals(w)
+    if method == "gram":
+        m, n = w.shape[-2:]
+        small = w @ w.mT if m <= n else w.mT @ w
+        return singular_values_from_gram(small)
+    raise ValueError(f"singular_values: unknown method {method!r}; use 'svd' or 'gram'")
+
+
+def singular_values_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """σ = sqrt(eig(G)) of a PSD Gram matrix G = A Aᵀ (..., n, n), float64 eigh, descending (negative rounding -> 0)."""
+    eigenvalues = torch.linalg.eigvalsh(gram.to(F64))
+    return eigenvalues.flip(-1).clamp_min(0).sqrt()
+
+
+def whitened_singular_values(w: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """σ of W S with S Sᵀ = G: the activation-weighted spectrum (σ² = eig(W G Wᵀ)), float64, descending."""
+    w = w.to(F64)
+    return singular_values_from_gram(w @ gram.to(device=w.device, dtype=F64) @ w.mT)
+
+
+def energy_fractions(sv: torch.Tensor) -> torch.Tensor:
+    """p_i = σ_i² / Σ σ_j² along the last dim (zeros for a zero spectrum)."""
+    energy = sv.to(F64).square()
+    total = energy.sum(-1, keepdim=True)
+    return torch.where(total > 0, energy / total, torch.zeros_like(energy))
+
+
+def effective_rank(sv: torch.Tensor) -> torch.Tensor:
+    """r_eff = exp(−Σ p_i ln p_i), p_i = σ_i² / Σ σ_j² (see module docstring), batched over leading dims; 0 for σ = 0."""
+    p = energy_fractions(sv)
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    return torch.where(p.sum(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
+def energy_at_rank(sv: torch.Tensor, rank: int) -> torch.Tensor:
+    """Fraction of energy captured by the top `rank` singular values: Σ_{i≤r} σ_i² / Σ σ_i²."""
+    _check_rank(rank, sv.shape[-1])
+    return energy_fractions(sv)[..., :rank].sum(-1)
+
+
+def residual_energy(sv: torch.Tensor, rank: int) -> torch.Tensor:
+    """Energy left outside the top `rank` directions: Σ_{i>r} σ_i² / Σ σ_i² (the Eckart–Young residual at the budget)."""
+    _check_rank(rank, sv.shape[-1])
+    return energy_fractions(sv)[..., rank:].sum(-1)
+
+
+def rank_for_energy(sv: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Smallest r with Σ_{i≤r} σ_i² / Σ σ_i² ≥ fraction (int64, batched; 0 for a zero spectrum)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"rank_for_energy: fraction must lie in [0, 1], got {fraction}")
+    p = energy_fractions(sv)
+    cumulative = p.cumsum(-1)
+    # tolerance for the cumulative sum's rounding, so that fraction=1.0 needs exactly the nonzero count
+    reached = cumulative >= fraction - 1e-12
+    count = (~reached).sum(-1) + 1
+    count = count.clamp_max(sv.shape[-1])
+    return torch.where(p.sum(-1) > 0, count, torch.zeros_like(count))
+
+
+def directions_after_deflation(sv: torch.Tensor, n_deflate: int, fraction: float) -> torch.Tensor:
+    """G5: directions needed to reach `fraction` of the energy left after removing the top `n_deflate` directions."""
+    _check_rank(n_deflate, sv.shape[-1])
+    return rank_for_energy(sv[..., n_deflate:], fraction)
+
+
+def _check_rank(rank: int, limit: int) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= limit:
+        raise ValueError(f"rank must be an int in 0..{limit} (the number of singular values), got {rank!r}")
