@@ -59,6 +59,15 @@ def route_flip_rate(
     return flips / positions
 
 
+def route_jaccard(idx_a: torch.Tensor, idx_b: torch.Tensor) -> torch.Tensor:
+    """|A ∩ B| / |A ∪ B| of the index sets A, B per position (..., k_a), (..., k_b) -> (...), float64 (G10.5)."""
+    if idx_a.shape[:-1] != idx_b.shape[:-1]:
+        raise ValueError(f"route_jaccard: leading dims differ: {tuple(idx_a.shape)} vs {tuple(idx_b.shape)}")
+    idx_b = idx_b.to(idx_a.device)
+    inter = (idx_a.unsqueeze(-1) == idx_b.unsqueeze(-2)).any(-1).sum(-1).to(F64)
+    return inter / (idx_a.shape[-1] + idx_b.shape[-1] - inter)
+
+
 def topk_margin(logits: torch.Tensor, k: int) -> torch.Tensor:
     """l_(k) − l_(k+1): gap between the k-th and (k+1)-th largest logit per position, float64 (..., )."""
     if not 1 <= k < logits.shape[-1]:

@@ -1,0 +1,146 @@
+"""Routing: flip rate of known changes equals the hand count, margins, low-rank routers, effective weights, C_pair."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_ladder.measure.routing import (
+    coactivation,
+    effective_weight_spectra,
+    effective_weights,
+    lowrank_router,
+    margin_certifies_no_flip,
+    route_flip_mask,
+    route_flip_rate,
+    route_jaccard,
+    router_flip_rates,
+    topk_indices,
+    topk_margin,
+)
+from pytest_ladder.measure.spectra import singular_values
+
+F64 = torch.float64
+
+
+def test_flip_rate_hand_count(device):
+    dense = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]], device=device)
+    comp = torch.tensor([[1, 0], [2, 4], [5, 4], [6, 8]], device=device)  # same set, flip, same set, flip
+    assert route_flip_mask(dense, comp).tolist() == [False, True, False, True]
+    assert route_flip_rate(dense, comp) == 0.5
+
+
+def test_flip_rate_pools_tokens_and_layers():
+    dense = torch.arange(24).reshape(4, 3, 2)  # 4 tokens x 3 layers, top-2
+    comp = dense.clone()
+    comp[0, 1] = torch.tensor([3, 2])  # order only: not a flip
+    comp[2, 2, 0] = 99  # one flip
+    comp[3, 0, 1] = 98  # another
+    assert route_flip_rate(dense, comp) == 2 / 12
+    per_layer = route_flip_rate([dense[:, layer] for layer in range(3)], [comp[:, layer] for layer in range(3)])
+    assert per_layer == 2 / 12
+
+
+def test_identity_routes_never_flip(device):
+    logits = torch.randn(100, 16, device=device)
+    idx = topk_indices(logits, 4)
+    assert route_flip_rate(idx, topk_indices(logits.clone(), 4)) == 0.0
+
+
+def test_flip_inputs_are_checked():
+    with pytest.raises(ValueError, match="same tokens"):
+        route_flip_rate(torch.zeros(3, 2), torch.zeros(3, 4))
+    with pytest.raises(TypeError):
+        route_flip_rate(torch.zeros(3, 2), [torch.zeros(3, 2)])
+
+
+def test_topk_margin_hand_values():
+    logits = torch.tensor([[5.0, 1.0, 3.0, 2.5], [0.0, 0.0, 1.0, -1.0]])
+    assert topk_margin(logits, 2).tolist() == [0.5, 0.0]
+    assert topk_margin(logits, 1).tolist() == [2.0, 1.0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(1, 7), scale=st.floats(1e-3, 3.0))
+def test_margin_certificate_implies_no_flip(seed, k, scale):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(64, 8, generator=g, dtype=F64)
+    perturbed = logits + scale * (torch.rand(64, 8, generator=g, dtype=F64) - 0.5)
+    certified = margin_certifies_no_flip(logits, perturbed, k)
+    flipped = route_flip_mask(topk_indices(logits, k), topk_indices(perturbed, k))
+    assert not (certified & flipped).any()
+
+
+def test_route_jaccard_hand_count():
+    a = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    b = torch.tensor([[2, 1, 9], [6, 7, 8]])
+    assert route_jaccard(a, b).tolist() == [2 / 4, 0.0]
+    assert route_jaccard(a, a).tolist() == [1.0, 1.0]
+
+
+def test_full_rank_router_keeps_every_route():
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(8, 16, generator=g, dtype=F64)
+    hidden = torch.randn(200, 16, generator=g, dtype=F64)
+    assert torch.allclose(lowrank_router(weight, 8), weight, atol=1e-12)
+    rates = router_flip_rates(hidden, weight, 2, [1, 4, 8])
+    assert rates[8] == 0.0
+    assert rates[1] > rates[8]
+    gram = hidden.T @ hidden
+    assert router_flip_rates(hidden, weight, 2, [8], gram=gram)[8] == 0.0
+
+
+def test_activation_aware_router_matches_logits_better():
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(8, 16, generator=g, dtype=F64)
+    hidden = torch.randn(300, 16, generator=g, dtype=F64) * torch.linspace(0.05, 3, 16, dtype=F64)
+    gram = hidden.T @ hidden
+    logits = hidden @ weight.T
+
+    def logit_error(approx):
+        return float((hidden @ approx.T - logits).norm())
+
+    assert logit_error(lowrank_router(weight, 3, gram)) < logit_error(lowrank_router(weight, 3))
+
+
+def test_effective_weights_are_gate_weighted_sums():
+    g = torch.Generator().manual_seed(5)
+    weights = torch.randn(6, 3, 4, generator=g, dtype=F64)
+    idx = torch.tensor([[0, 5], [2, 2], [1, 3]])
+    gates = torch.tensor([[0.7, 0.3], [0.4, 0.6], [1.0, 0.0]], dtype=F64)
+    got = effective_weights(weights, idx, gates)
+    for t in range(3):
+        expected = sum(gates[t, j] * weights[idx[t, j]] for j in range(2))
+        assert torch.allclose(got[t], expected, rtol=0, atol=1e-14)
+    spectra = effective_weight_spectra(weights, idx, gates, chunk=2)
+    assert torch.allclose(spectra, singular_values(got), atol=1e-12)
+
+
+def test_coactivation_hand_counts():
+    routes = torch.tensor([[0, 1, 2], [0, 1, 3], [0, 1, 2], [3, 2, 1]])
+    stats = coactivation(routes, n_experts=5)
+    assert stats.usage.tolist() == [3, 4, 3, 2, 0]
+    assert stats.pairs[0, 1] == 3 and stats.pairs[1, 0] == 3
+    assert stats.pairs[1, 2] == 3 and stats.pairs[2, 3] == 1 and stats.pairs[0, 4] == 0
+    assert torch.equal(stats.pairs.diagonal(), torch.zeros(5, dtype=F64))
+    pairs, counts = stats.top_pairs(2)
+    assert pairs.tolist() == [[0, 1], [1, 2]] and counts.tolist() == [3, 3]
+    total_pair_occurrences = 4 * 3  # 4 tokens x C(3, 2)
+    assert stats.coverage(2) == 6 / total_pair_occurrences
+    assert stats.coverage(100) == 1.0
+    # lift(0,1) = 3 * 4 / (3 * 4) = 1; lift(0,2) = 2 * 4 / (3 * 3) = 8/9; lift(2,3) = 1 * 4 / (3 * 2) = 2/3
+    assert math.isclose(float(stats.lifts()[0, 2]), 8 / 9)
+    # lifts of (0,1), (1,2), (1,3) are exactly 1, all others below
+    assert stats.dominant_pairs(1.0).tolist() == [[0, 1], [1, 2], [1, 3]]
+    assert stats.dominant_pairs(0.8).tolist() == [[0, 1], [1, 2], [1, 3], [0, 2]]
+    assert stats.effective_rank() > 1.0
+
+
+def test_coactivation_effective_rank_of_a_single_pair():
+    stats = coactivation(torch.tensor([[0, 1]] * 10), n_experts=4)
+    # C_pair = 10 (e01 + e10): two equal singular values -> r_eff = 2
+    assert math.isclose(stats.effective_rank(), 2.0, rel_tol=1e-12)
