@@ -61,7 +61,8 @@ _IDENT_RE = re.compile(r"(?<![\w'.!?])(?:«[^»]*»|[^\W\d][\w'!?]*)(?:\.(?:«[^
 _SORRY_RE = re.compile(r"(?<![\w'.])(?:sorry|admit|sorryAx)(?![\w'!?])")
 _RUNG_RE = re.compile(r"\brung:\s*([A-Za-z0-9][\w.′'\-]*)")
 _IMPORT_RE = re.compile(r"^[ \t]*(?:(?:public|private|meta)[ \t]+)*import[ \t]+(?:all[ \t]+)?([^\n]+)", re.M)
-_SORRY_WARNING_RE = re.compile(r"(?P<file>[^\s:]+\.lean):(?P<line>\d+):\d+: warning: declaration uses 'sorry'")
+# Lean prints `F.lean:3:8: warning: declaration uses 'sorry'`; lake relays it as `warning: ./F.lean:3:8: declaration ...`
+_SORRY_WARNING_RE = re.compile(r"(?P<file>[^\s:]+\.lean):(?P<line>\d+):\d+:(?: warning:)? declaration uses 'sorry'")
 
 
 @dataclass(frozen=True)
@@ -506,8 +507,11 @@ def _flag_sorry_warnings(decls: list[Declaration], warnings: Iterable[str]) -> s
         file, _, line = str(warning).rpartition(":")
         if not line.isdigit():
             continue
+        while file.startswith("./"):
+            file = file[2:]
         for index, decl in enumerate(decls):
-            if file.endswith(decl.file) and decl.line <= int(line) <= decl.end_line:
+            same_file = file == decl.file or file.endswith("/" + decl.file)
+            if same_file and decl.line <= int(line) <= decl.end_line:
                 flagged.add(index)
     return flagged
 
