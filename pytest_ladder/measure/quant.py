@@ -129,10 +129,17 @@ def _grouped(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tuple[int,
 
 
 def _round_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A value of `dtype` that is ≥ `values` and at most one step above it (float64 result)."""
+    """A value representable in `dtype` that is ≥ `values`, at most two steps above (subnormals included), float64."""
+    info = torch.finfo(dtype)
     nearest = values.to(dtype).to(F64)
-    above = (values + values.abs() * torch.finfo(dtype).eps).to(dtype).to(F64)
-    return torch.where(nearest >= values, nearest, above)
+    if not torch.isfinite(nearest).all():
+        raise ValueError(
+            f"quantization scales or zero points overflow {dtype} (|value| > {info.max:g}): use QuantSpec("
+            "scale_dtype=torch.bfloat16) or torch.float32, or take the outliers aside with QuantSpec(outliers=K)"
+        )
+    exponent = torch.floor(torch.log2(nearest.abs()))
+    step = torch.clamp(torch.exp2(exponent) * info.eps, min=info.tiny * info.eps)
+    return torch.where(nearest >= values, nearest, nearest + step)
 
 
 def _round_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -144,8 +151,8 @@ def calibrate(x: torch.Tensor, spec: QuantSpec) -> QuantParams:
     x = _without_outliers(x.to(F64), spec)[0]
     grouped, dims = _grouped(x, spec)
     if spec.symmetric and spec.bits == 1:
-        scale = grouped.abs().mean(dim=dims, keepdim=True).to(spec.scale_dtype).to(F64)
-        return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)))
+        # no division by the scale here, so an all-zero group keeps scale 0 and round-trips exactly
+        return QuantParams(scale=grouped.abs().mean(dim=dims, keepdim=True).to(spec.scale_dtype).to(F64))
     if spec.symmetric:
         scale = _round_up(grouped.abs().amax(dim=dims, keepdim=True) / spec.qmax, spec.scale_dtype)
         return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)))

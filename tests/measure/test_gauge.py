@@ -1,0 +1,73 @@
+"""Learned gauge: κ bound after projection, determinism, round trips (identity = plain quantization)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_ladder.measure.errors import frobenius_relative_error
+from pytest_ladder.measure.gauge import bound_condition, condition_number, learn_gauge, round_trip, round_trip_error
+from pytest_ladder.measure.hadamard import srht
+from pytest_ladder.measure.orthogonal import random_orthogonal
+from pytest_ladder.measure.quant import QuantSpec, fake_quant
+
+F64 = torch.float64
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 12), kappa=st.floats(1.0, 10.0), spread=st.floats(0.0, 6.0), seed=st.integers(0, 2**31 - 1))
+def test_projection_bounds_the_condition_number(n, kappa, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = random_orthogonal(n, seed) @ torch.diag(torch.logspace(0, spread, n, dtype=F64)) @ random_orthogonal(n, seed + 1)
+    projected = bound_condition(m + 1e-3 * torch.randn(n, n, generator=g, dtype=F64), kappa)
+    assert condition_number(projected) <= kappa * (1 + 1e-9)
+    assert math.isclose(float(torch.linalg.svdvals(projected)[0]), 1.0, rel_tol=1e-9)
+
+
+def test_projection_keeps_a_well_conditioned_matrix_up_to_scale():
+    m = 3.0 * random_orthogonal(6, 0)
+    assert torch.allclose(bound_condition(m, 2.0), m / 3.0, atol=1e-12)
+
+
+def _weight_with_outliers() -> torch.Tensor:
+    w = torch.randn(24, 48, generator=torch.Generator().manual_seed(0), dtype=F64)
+    w[3, 5], w[17, 40] = 25.0, -18.0
+    return w
+
+
+def test_learned_gauge_is_deterministic_and_bounded():
+    w, spec = _weight_with_outliers(), QuantSpec(4)
+    first = learn_gauge(w, spec, kappa_max=2.0, seed=3, steps=15, lr=1e-2)
+    second = learn_gauge(w, spec, kappa_max=2.0, seed=3, steps=15, lr=1e-2)
+    assert torch.equal(first.matrix, second.matrix) and first.losses == second.losses
+    assert first.kappa <= 2.0 * (1 + 1e-9) and len(first.losses) == 15
+    other = learn_gauge(w, spec, kappa_max=2.0, seed=4, steps=15, lr=1e-2)
+    assert not torch.equal(first.matrix, other.matrix)
+
+
+def test_gauge_beats_plain_quantization_on_outlier_rows():
+    w, spec = _weight_with_outliers(), QuantSpec(4)
+    gauge = learn_gauge(w, spec, kappa_max=4.0, seed=1, steps=30, lr=1e-2)
+    plain = round_trip_error(w, torch.eye(24, dtype=F64), spec)
+    assert round_trip_error(w, gauge.matrix, spec) < plain / 2
+
+
+def test_identity_round_trip_is_plain_quantization():
+    w, spec = _weight_with_outliers(), QuantSpec(8, granularity="channel")
+    assert torch.equal(round_trip(w, torch.eye(24, dtype=F64), spec), fake_quant(w, spec))
+    assert round_trip_error(w, torch.eye(24, dtype=F64), spec) == float(frobenius_relative_error(w, fake_quant(w, spec)))
+
+
+def test_srht_and_haar_round_trips_on_both_sides():
+    w, spec = _weight_with_outliers(), QuantSpec(4)
+    for side, n in (("left", 24), ("right", 48)):
+        rotation = srht(n, seed=2)
+        haar = random_orthogonal(n, 2)
+        # error of an orthogonal round trip equals the quantization error in the rotated frame
+        rotated = rotation.apply(w, dim=-2 if side == "left" else -1)
+        in_frame = float(frobenius_relative_error(rotated, fake_quant(rotated, spec)))
+        assert math.isclose(round_trip_error(w, rotation, spec, side=side), in_frame, rel_tol=1e-9)
+        assert round_trip_error(w, haar, spec, side=side) < round_trip_error(w, torch.eye(n, dtype=F64), spec, side=side)

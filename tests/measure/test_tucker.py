@@ -1,0 +1,64 @@
+"""HOSVD/Tucker: exact at full rank, planted multilinear ranks, residual identity, unfoldings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pytest_ladder.measure.spectra import singular_values
+from pytest_ladder.measure.storage import tucker_artifact
+from pytest_ladder.measure.tucker import (
+    fold,
+    hosvd,
+    mode_effective_ranks,
+    mode_product,
+    mode_spectra,
+    multilinear_rank,
+    tucker_residual,
+    unfold,
+)
+
+F64 = torch.float64
+
+
+def _planted(ranks=(2, 3, 4), dims=(4, 6, 10), seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*ranks, generator=g, dtype=F64)
+    for mode, (n, r) in enumerate(zip(dims, ranks)):
+        t = mode_product(t, torch.randn(n, r, generator=g, dtype=F64), mode)
+    return t
+
+
+def test_full_rank_reconstruction_is_exact():
+    t = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(1), dtype=F64)
+    tucker = hosvd(t, t.shape)
+    assert torch.allclose(tucker.reconstruct(), t, atol=1e-12)
+    assert tucker.residual_energy() < 1e-14
+
+
+def test_planted_multilinear_rank_is_found_and_reconstructed():
+    t = _planted()
+    assert multilinear_rank(t) == (2, 3, 4)
+    tucker = hosvd(t, (2, 3, 4))
+    assert torch.allclose(tucker.reconstruct(), t, atol=1e-9)
+    assert tucker_residual(t, (2, 3, 4)) < 1e-12
+    assert tucker_residual(t, (2, 3, 3)) > 1e-3
+
+
+def test_residual_identity_matches_explicit_reconstruction():
+    t = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    tucker = hosvd(t, (2, 3, 2))
+    explicit = float((t - tucker.reconstruct()).square().sum() / t.square().sum())
+    assert math.isclose(tucker.residual_energy(), explicit, rel_tol=1e-10)
+    assert tucker.artifact("experts", torch.bfloat16) == tucker_artifact("experts", (4, 6, 5), (2, 3, 2), torch.bfloat16)
+
+
+def test_unfoldings_and_their_spectra():
+    t = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(3), dtype=F64)
+    for mode in range(3):
+        assert unfold(t, mode).shape == (t.shape[mode], t.numel() // t.shape[mode])
+        assert torch.equal(fold(unfold(t, mode), mode, t.shape), t)
+        assert torch.allclose(mode_spectra(t)[mode], singular_values(unfold(t, mode)), rtol=1e-9)
+    assert unfold(t, 1)[2, 0] == t[0, 2, 0] and unfold(t, 1)[2, 1] == t[0, 2, 1]
+    assert all(1 <= r <= n for r, n in zip(mode_effective_ranks(t), t.shape))
