@@ -1,0 +1,506 @@
+"""The pre-registration `prereg/<rung>/tau.json` (protocol §2): its schema, loaded into frozen dataclasses.
+
+Every problem is a `PreregError` (a `pytest.UsageError`) naming the file, the field and the fix, e.g.
+`prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). Fix the value
+and re-seal with: ladder seal prereg/g4/tau.json`. Unknown top-level fields are errors too: a typo must not pass
+silently. Rules (decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ladder.expr import Expr, ExprError, parse_expr
+
+REQUIRED = (
+    "claim", "metric", "data_points", "random_seeds", "decision_threshold", "tau_margin", "model", "tasks", "cells",
+    "hardest_cell", "gates", "traps",
+)
+OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "seal")
+ALLOWED = REQUIRED + OPTIONAL
+GATE_OPS = ("<", "<=", ">", ">=")
+GATE_KEYS = ("op", "threshold", "note", "vs_tau")
+TRAP_KEYS = ("expect", "note")
+RULE_NAMES = frozenset({"value", "error", "tau", "margin"})  # `error` is an alias of `value`
+TRAP_OBSERVED = "observed"
+
+
+class PreregError(pytest.UsageError):
+    """Bad prereg content; the message names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of evaluation; `id` is the explicit "id" or "k=v" pairs joined with "-" in the prereg's key order."""
+
+    id: str
+    params: dict
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate's locked rule: `value <op> threshold`; `vs_tau` gates must also beat the τ floor by the margin."""
+
+    name: str
+    op: str
+    threshold: float
+    vs_tau: bool = False
+    note: str | None = None
+
+    def passes(self, value: float) -> bool:
+        """`value <op> threshold`; NaN never passes."""
+        value = float(value)
+        if math.isnan(value):
+            return False
+        return {
+            "<": value < self.threshold,
+            "<=": value <= self.threshold,
+            ">": value > self.threshold,
+            ">=": value >= self.threshold,
+        }[self.op]
+
+    def describe(self) -> str:
+        """The rule as text, e.g. "value <= 0.1"."""
+        return f"value {self.op} {format_number(self.threshold)}"
+
+
+@dataclass(frozen=True)
+class TrapSpec:
+    """A trap's declared outcome: a comparison over `observed` and the references the trap test supplies."""
+
+    name: str
+    expect: Expr
+    note: str | None = None
+
+    def check(self, observed: float, refs: dict[str, float]) -> bool:
+        """True when the trap fired as declared (ExprError if the expectation names a reference not given)."""
+        return bool(self.expect.evaluate({**refs, TRAP_OBSERVED: observed}))
+
+
+@dataclass(frozen=True)
+class Prereg:
+    """A validated prereg. Treat `raw`, `params` and the dicts as read-only: load_prereg caches and shares them."""
+
+    path: Path
+    display_path: str
+    rung: str
+    claim: str
+    metric: str
+    data_points: int
+    seeds: list[int] | None  # the explicit seed list, or None: derive n_seeds seeds from the seal
+    n_seeds: int
+    decision_threshold: Expr
+    tau_margin: float
+    model: str
+    tasks: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    hardest_cell: Cell
+    gates: dict[str, GateSpec]
+    traps: dict[str, TrapSpec]
+    prefilters: dict[str, GateSpec]
+    requires: tuple[str, ...]
+    params: dict
+    theorems: tuple[str, ...]
+    label: str | None
+    seal: str | None
+    raw: dict
+    notes: str | None = None
+
+    def cell(self, id: str) -> Cell:
+        """The cell with this id (KeyError listing the cells otherwise)."""
+        for cell in self.cells:
+            if cell.id == id:
+                return cell
+        raise KeyError(f"no cell {id!r} in {self.display_path}; its cells are: {', '.join(c.id for c in self.cells)}")
+
+    def beats_tau(self, value: float, tau: float) -> bool:
+        """Evaluate the locked decision_threshold with value (alias error), tau and margin = tau_margin."""
+        env = {"value": value, "error": value, "tau": tau, "margin": self.tau_margin}
+        return bool(self.decision_threshold.evaluate(env))
+
+
+def format_number(value: float) -> str:
+    """Short exact-enough text for a threshold: 0 -> "0", 0.1 -> "0.1", 1e-07 -> "1e-07"."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, Path) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _got(value: Any) -> str:
+    """How a bad value is quoted in an error: its JSON text, plus its kind where the text alone could mislead."""
+    if isinstance(value, (bool, str, list, dict)) or value is None:
+        return f"{_shown(value)}, {_kind(value)}"
+    return _shown(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """Validates one prereg's JSON, raising PreregError with the file, field and fix."""
+
+    def __init__(self, display: str, data: dict) -> None:
+        self.display = display
+        self.data = data
+
+    def error(self, where: str, problem: str, fix: str = "Fix the value") -> PreregError:
+        return PreregError(
+            f"{self.display}: field '{where}' {problem}. {fix} and re-seal with: ladder seal {self.display}"
+        )
+
+    def required(self, name: str) -> Any:
+        if name not in self.data:
+            raise self.error(name, "is missing (required)", "Add it (see README 'tau.json reference')")
+        return self.data[name]
+
+    def text(self, where: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(where, f"must be a non-empty string (got {_got(value)})")
+        return value
+
+    def integer(self, where: str, value: Any, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(where, f"must be a whole number >= {minimum} (got {_got(value)})")
+        if value < minimum:
+            raise self.error(where, f"must be a whole number >= {minimum} (got {value})")
+        return value
+
+    def number(self, where: str, value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(where, f"must be {what} (got {_got(value)})")
+        return float(value)
+
+    def obj(self, where: str, value: Any, non_empty: bool = False) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(where, f"must be an object {{...}} (got {_got(value)})")
+        if non_empty and not value:
+            raise self.error(where, "must not be empty")
+        return value
+
+    def strings(self, where: str, value: Any, non_empty: bool) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.error(where, f"must be a list of strings (got {_got(value)})")
+        if non_empty and not value:
+            raise self.error(where, "must be a non-empty list of strings")
+        items = tuple(self.text(f"{where}[{i}]", item) for i, item in enumerate(value))
+        for i, item in enumerate(items):
+            if item in items[:i]:
+                raise self.error(f"{where}[{i}]", f"repeats {item!r}", "Remove the duplicate")
+        return items
+
+    def finite_everywhere(self, where: str, value: Any) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(where, f"must be finite (got {_shown(value)}; strict JSON has no NaN or Infinity)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self.finite_everywhere(f"{where}.{key}", item)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self.finite_everywhere(f"{where}[{i}]", item)
+
+    # ---------------------------------------------------------------------------------------------- fields ----
+
+    def top_level(self) -> None:
+        unknown = [key for key in self.data if key not in ALLOWED]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, ALLOWED, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise self.error(
+                key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it"
+            )
+        for name in REQUIRED:
+            self.required(name)
+
+    def seeds(self) -> tuple[list[int] | None, int]:
+        value = self.required("random_seeds")
+        if isinstance(value, list):
+            if not value:
+                raise self.error("random_seeds", "must be a whole number > 0 or a non-empty list of seeds (got [])")
+            seeds = [self.integer(f"random_seeds[{i}]", s, 0) for i, s in enumerate(value)]
+            return seeds, len(seeds)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(
+                "random_seeds", f"must be a whole number > 0 or a non-empty list of seeds (got {_got(value)})"
+            )
+        return None, self.integer("random_seeds", value, 1)
+
+    def rule(self) -> Expr:
+        text = self.required("decision_threshold")
+        if not isinstance(text, str):
+            raise self.error(
+                "decision_threshold", f"must be a rule as a string, e.g. \"value < tau * (1 - margin)\" "
+                f"(got {_got(text)})",
+            )
+        try:
+            rule = parse_expr(text, allowed_names=set(RULE_NAMES))
+        except ExprError as error:
+            raise self.error("decision_threshold", f"is not a valid rule: {error}") from None
+        if not rule.is_comparison:
+            raise self.error("decision_threshold", f"must be a comparison such as \"value < tau * (1 - margin)\" "
+                                                   f"(got {text!r})")
+        if not rule.names & {"value", "error"} or "tau" not in rule.names:
+            raise self.error(
+                "decision_threshold",
+                f"must compare the candidate (value or error) with the τ floor (tau) (got {text!r})",
+            )
+        return rule
+
+    def cells(self) -> tuple[tuple[Cell, ...], list[dict]]:
+        value = self.required("cells")
+        if not isinstance(value, list) or not value:
+            raise self.error("cells", f"must be a non-empty list of objects (got {_got(value)})")
+        cells: list[Cell] = []
+        for i, raw in enumerate(value):
+            where = f"cells[{i}]"
+            raw = self.obj(where, raw)
+            params = {}
+            for key, item in raw.items():
+                if key == "id":
+                    continue
+                if isinstance(item, (dict, list)) or item is None:
+                    raise self.error(f"{where}.{key}", f"must be a scalar: string, number or boolean "
+                                                       f"(got {_got(item)})")
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise self.error(f"{where}.{key}", f"must be finite (got {_shown(item)})")
+                params[key] = item
+            if "id" in raw:
+                cell_id = self.text(f"{where}.id", raw["id"])
+            elif params:
+                cell_id = "-".join(f"{k}={v}" for k, v in params.items())
+            else:
+                raise self.error(where, "is empty", "Give the cell its parameters (or an \"id\")")
+            for j, other in enumerate(cells):
+                if other.id == cell_id:
+                    raise self.error(where, f"has the same id {cell_id!r} as cells[{j}]",
+                                     "Make the cells distinct or give each an explicit \"id\"")
+            cells.append(Cell(cell_id, params))
+        return tuple(cells), value
+
+    def hardest(self, cells: tuple[Cell, ...], raw_cells: list[dict]) -> Cell:
+        value = self.required("hardest_cell")
+        ids = ", ".join(c.id for c in cells)
+        if isinstance(value, str):
+            for cell in cells:
+                if cell.id == value:
+                    return cell
+            raise self.error("hardest_cell", f"names {value!r}, which is not among the cells ({ids})",
+                             "Name one of the cells")
+        if isinstance(value, dict):
+            for cell, raw in zip(cells, raw_cells):
+                if value == raw or value == cell.params:
+                    return cell
+            raise self.error("hardest_cell", f"is {_shown(value)}, which is not among the cells ({ids})",
+                             "Name one of the cells")
+        raise self.error("hardest_cell", f"must be a cell id string or a cell object (got {_got(value)})")
+
+    def gate(self, where: str, name: str, spec: Any) -> GateSpec:
+        if not name.strip():
+            raise self.error(where, "has a gate with an empty name", "Name the gate")
+        where = f"{where}.{name}"
+        if not isinstance(spec, dict):
+            what = "a finite number >= 0 (the threshold) or an object {\"op\": ..., \"threshold\": ...}"
+            threshold = self.number(where, spec, what)
+            if threshold < 0:
+                raise self.error(where, f"must be {what} (got {_shown(spec)})")
+            return GateSpec(name, "<=", threshold, False, None)
+        for key in spec:
+            if key not in GATE_KEYS:
+                raise self.error(f"{where}.{key}", f"is not a gate field; allowed: {', '.join(GATE_KEYS)}",
+                                 "Remove or rename it")
+        op = spec.get("op", "<=")
+        if op not in GATE_OPS:
+            raise self.error(f"{where}.op", f"must be one of {', '.join(GATE_OPS)} (got {_got(op)})")
+        if "threshold" not in spec:
+            raise self.error(f"{where}.threshold", "is missing (required)", "Add it")
+        threshold = self.number(f"{where}.threshold", spec["threshold"], "a finite number >= 0")
+        if threshold < 0:
+            raise self.error(f"{where}.threshold", f"must be a finite number >= 0 (got {_shown(spec['threshold'])})")
+        vs_tau = spec.get("vs_tau", False)
+        if not isinstance(vs_tau, bool):
+            raise self.error(f"{where}.vs_tau", f"must be true or false (got {_got(vs_tau)})")
+        note = spec.get("note")
+        if note is not None:
+            self.text(f"{where}.note", note)
+        return GateSpec(name, op, threshold, vs_tau, note)
+
+    def gates(self, field_name: str, value: Any, non_empty: bool) -> dict[str, GateSpec]:
+        value = self.obj(field_name, value, non_empty=non_empty)
+        return {name: self.gate(field_name, name, spec) for name, spec in value.items()}
+
+    def traps(self) -> dict[str, TrapSpec]:
+        value = self.obj("traps", self.required("traps"))
+        traps = {}
+        for name, spec in value.items():
+            where = f"traps.{name}"
+            if not name.strip():
+                raise self.error("traps", "has a trap with an empty name", "Name the trap")
+            note = None
+            if isinstance(spec, dict):
+                for key in spec:
+                    if key not in TRAP_KEYS:
+                        raise self.error(f"{where}.{key}", f"is not a trap field; allowed: {', '.join(TRAP_KEYS)}",
+                                         "Remove or rename it")
+                if "expect" not in spec:
+                    raise self.error(f"{where}.expect", "is missing (required)", "Add the declared outcome")
+                note = spec.get("note")
+                if note is not None:
+                    self.text(f"{where}.note", note)
+                where, spec = f"{where}.expect", spec["expect"]
+            if not isinstance(spec, str):
+                raise self.error(where, f"must be an expectation such as \"observed == 0\" "
+                                        f"(got {_got(spec)})")
+            try:
+                expect = parse_expr(spec)
+            except ExprError as error:
+                raise self.error(where, f"is not a valid expectation: {error}") from None
+            if not expect.is_comparison or TRAP_OBSERVED not in expect.names:
+                raise self.error(where, f"must be a comparison over '{TRAP_OBSERVED}' such as \"observed == 0\" or "
+                                        f"\"observed > method\" (got {spec!r})")
+            traps[name] = TrapSpec(name, expect, note)
+        return traps
+
+
+def display_path(path: Path, root: Path | None) -> str:
+    """`path` relative to `root` when it lies under it (POSIX separators), else as given."""
+    if root is not None:
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def load_prereg(path: Path | str, *, root: Path | None = None) -> Prereg:
+    """Load and validate `path` (cached on path, mtime and size); `root` makes the displayed path relative."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise PreregError(
+            f"{display_path(path, root)}: no such prereg file. Write it (see README 'tau.json reference') and seal "
+            f"it with: ladder seal {display_path(path, root)}"
+        ) from None
+    return _load_cached(str(path), str(path.resolve()), stat.st_mtime_ns, stat.st_size,
+                        None if root is None else str(root))
+
+
+@functools.lru_cache(maxsize=256)
+def _load_cached(given: str, resolved: str, mtime_ns: int, size: int, root: str | None) -> Prereg:
+    del resolved, mtime_ns, size  # cache key only
+    path = Path(given)
+    shown = display_path(path, None if root is None else Path(root))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PreregError(
+            f"{shown}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax and "
+            f"re-seal with: ladder seal {shown}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PreregError(f"{shown}: cannot read it as UTF-8 text ({error})") from None
+    if not isinstance(data, dict):
+        raise PreregError(f"{shown}: the top level must be a JSON object {{...}} (got {_kind(data)})")
+    return parse_prereg(data, path=path, display=shown)
+
+
+def parse_prereg(data: dict, *, path: Path, display: str) -> Prereg:
+    """Validate the JSON object `data` read from `path` into a Prereg (PreregError naming the field otherwise)."""
+    r = _Reader(display, data)
+    r.top_level()
+    folder = path.parent.name
+    if "rung" not in data and not folder:
+        raise PreregError(
+            f"{display}: cannot tell the rung: keep the file at prereg/<rung>/tau.json or add a 'rung' field"
+        )
+    rung = r.text("rung", data.get("rung", folder))
+    if "rung" in data and rung != folder:
+        raise r.error("rung", f"is {rung!r} but the file lives in folder {folder!r}",
+                      "Make them agree (prereg/<rung>/tau.json)")
+    seeds, n_seeds = r.seeds()
+    tau_margin = r.number("tau_margin", data["tau_margin"], "a number with 0 <= margin < 1")
+    if not 0 <= tau_margin < 1:
+        raise r.error("tau_margin", f"must be a number with 0 <= margin < 1 (got {_shown(data['tau_margin'])})")
+    cells, raw_cells = r.cells()
+    requires = r.strings("requires", data.get("requires", []), non_empty=False)
+    if rung in requires:
+        raise r.error("requires", f"lists the rung itself ({rung!r})", "Remove it")
+    params = r.obj("params", data.get("params", {}))
+    r.finite_everywhere("params", params)
+    seal = data.get("seal")
+    if seal is not None and (not isinstance(seal, str) or not re.fullmatch(r"[0-9a-f]{64}", seal)):
+        raise PreregError(
+            f"{display}: field 'seal' must be 64 lowercase hex digits (got {_shown(seal)}). Re-seal with: "
+            f"ladder seal {display}"
+        )
+    return Prereg(
+        path=path,
+        display_path=display,
+        rung=rung,
+        claim=r.text("claim", data["claim"]),
+        metric=r.text("metric", data["metric"]),
+        data_points=r.integer("data_points", data["data_points"], 1),
+        seeds=seeds,
+        n_seeds=n_seeds,
+        decision_threshold=r.rule(),
+        tau_margin=tau_margin,
+        model=r.text("model", data["model"]),
+        tasks=r.strings("tasks", data["tasks"], non_empty=True),
+        cells=cells,
+        hardest_cell=r.hardest(cells, raw_cells),
+        gates=r.gates("gates", data["gates"], non_empty=True),
+        traps=r.traps(),
+        prefilters=r.gates("prefilters", data.get("prefilters", {}), non_empty=False),
+        requires=requires,
+        params=params,
+        theorems=r.strings("theorems", data.get("theorems", []), non_empty=False),
+        label=None if data.get("label") is None else r.text("label", data["label"]),
+        seal=seal,
+        raw=data,
+        notes=None if data.get("notes") is None else r.text("notes", data["notes"]),
+    )
+
+
+def validate_against_rung(prereg: Prereg, gates: set[str], traps: set[str], prefilters: set[str]) -> None:
+    """The prereg and the rung module must declare the same gates, traps and prefilters (PreregError otherwise)."""
+    shown = prereg.display_path
+    for field_name, kind, in_prereg, declared in (
+        ("gates", "gate", prereg.gates, gates),
+        ("prefilters", "prefilter", prereg.prefilters, prefilters),
+        ("traps", "trap", prereg.traps, traps),
+    ):
+        listed = ", ".join(sorted(declared)) or "(none)"
+        for name in in_prereg:
+            if name not in declared:
+                raise PreregError(
+                    f"{shown}: unknown {kind} '{name}' in field '{field_name}': the rung module declares: {listed}. "
+                    f"Fix the name (or declare it in the rung module with ladder.{kind}({name!r})) and re-seal "
+                    f"with: ladder seal {shown}"
+                )
+        for name in sorted(declared):
+            if name not in in_prereg:
+                raise PreregError(
+                    f"{shown}: field '{field_name}' lacks the {kind} '{name}' that the rung module declares. Add "
+                    f"its {'expectation' if kind == 'trap' else 'threshold'} and re-seal with: ladder seal {shown}"
+                )

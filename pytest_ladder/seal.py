@@ -1,0 +1,221 @@
+"""The seal of a prereg (protocol §2): SHA-256 of its canonical JSON without the seal field, written into the file.
+
+Canonical form: `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)` in UTF-8,
+so re-indenting or reordering keys keeps the seal and any change of a value breaks it. The seal is tamper-evident,
+not tamper-proof: re-sealing is always possible and shows in version history. Random-baseline seeds derive from the
+seal, so nobody picks seeds after seeing results. CLI: `ladder seal PATH...`, `ladder verify PATH...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEAL_FIELD = "seal"
+PREREG_NAME = "tau.json"
+
+
+class SealError(ValueError):
+    """A file that cannot be sealed or checked: unreadable, not JSON, not an object, or holding NaN/Infinity."""
+
+
+@dataclass(frozen=True)
+class SealStatus:
+    """Outcome of `verify_seal`: `ok` only when the file's seal equals the hash of its content."""
+
+    ok: bool
+    path: Path
+    found: str | None  # the seal written in the file (None when missing or unreadable)
+    expected: str  # the hash of the content ("" when the file could not be read as JSON)
+    message: str
+
+
+def canonical_bytes(data: dict) -> bytes:
+    """UTF-8 canonical JSON of `data` without its seal field (sorted keys, no whitespace, no NaN)."""
+    content = {key: value for key, value in data.items() if key != SEAL_FIELD}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def compute_seal(data: dict) -> str:
+    """sha256(canonical_bytes(data)) as 64 lowercase hex digits."""
+    return hashlib.sha256(canonical_bytes(data)).hexdigest()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity; write a finite value)")
+
+
+def read_json_object(path: Path | str) -> dict:
+    """The JSON object in `path`, strict (no NaN/Infinity); SealError naming the file and the position otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SealError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise SealError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise SealError(
+            f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax first."
+        ) from None
+    except ValueError as error:
+        raise SealError(f"{path}: {error}") from None
+    if not isinstance(data, dict):
+        raise SealError(f"{path}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+    return data
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder and a rename (no half-written file)."""
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.exists():
+            os.chmod(temp, path.stat().st_mode & 0o7777)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def seal_file(path: Path | str) -> str:
+    """Compute the seal of `path` and write it in as the last field (indent 2, key order kept); return it."""
+    path = Path(path)
+    data = read_json_object(path)
+    seal = compute_seal(data)
+    content = {key: value for key, value in data.items() if key != SEAL_FIELD}
+    content[SEAL_FIELD] = seal
+    _atomic_write(path, json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return seal
+
+
+def verify_seal(path: Path | str, *, display: str | None = None) -> SealStatus:
+    """Check the seal of `path` from its raw JSON (works before schema validation); the message says what to do."""
+    path = Path(path)
+    shown = display or str(path)
+    reseal = (
+        f"If the change was made before any data was seen, re-seal with `ladder seal {shown}`; re-sealing after "
+        "seeing data is visible in version history."
+    )
+    try:
+        data = read_json_object(path)
+    except SealError as error:
+        message = str(error).replace(str(path), shown, 1)
+        return SealStatus(False, path, None, "", f"{message} The seal cannot be checked until it parses.")
+    expected = compute_seal(data)
+    found = data.get(SEAL_FIELD)
+    if found is None:
+        return SealStatus(
+            False, path, None, expected,
+            f"{shown}: no seal: the prereg must be sealed before the run. Seal it with `ladder seal {shown}` "
+            "(re-sealing after seeing data is visible in version history).",
+        )
+    if not isinstance(found, str) or found != expected:
+        return SealStatus(
+            False, path, found if isinstance(found, str) else repr(found), expected,
+            f"{shown}: seal mismatch: the file says {str(found)[:12]}…, its content hashes to {expected[:12]}…, so "
+            f"a value changed after sealing. Restore the sealed values, or: {reseal}",
+        )
+    return SealStatus(True, path, found, expected, f"{shown}: seal ok ({expected[:12]}…)")
+
+
+def derive_seeds(seal: str, n: int, *, purpose: str = "tau") -> list[int]:
+    """`n` deterministic 31-bit seeds: the first 4 bytes of sha256(f"{seal}:{purpose}:{i}"), top bit cleared."""
+    if n < 0:
+        raise ValueError(f"derive_seeds: n must be >= 0, got {n}")
+    return [
+        int.from_bytes(hashlib.sha256(f"{seal}:{purpose}:{i}".encode()).digest()[:4], "big") & 0x7FFFFFFF
+        for i in range(n)
+    ]
+
+
+def prereg_files(paths: list[str]) -> list[Path]:
+    """Expand the CLI's paths: a file as given, a folder as every tau.json under it (sorted). Missing: SealError."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files.extend(sorted(path.rglob(PREREG_NAME)))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SealError(f"{given}: no such file or folder")
+    return files
+
+
+def _parse(prog: str, description: str, argv: list[str], schema: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help=f"a {PREREG_NAME} file, or a folder searched for them")
+    if schema:
+        parser.add_argument("--schema", action="store_true", help="also validate each file against the prereg schema")
+    return parser.parse_args(argv)
+
+
+def seal_main(argv: list[str]) -> int:
+    """`ladder seal PATH...`: write the seal into each file; exit 2 (writing nothing) if any file is not JSON."""
+    try:
+        args = _parse("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv, schema=False)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        files = prereg_files(args.paths)
+        if not files:
+            raise SealError(f"no {PREREG_NAME} under {', '.join(args.paths)}")
+        for file in files:  # check every file before writing any
+            read_json_object(file)
+    except SealError as error:
+        print(f"ladder seal: {error}", file=sys.stderr)
+        return 2
+    for file in files:
+        print(f"{file}  {seal_file(file)}")
+    return 0
+
+
+def verify_main(argv: list[str]) -> int:
+    """`ladder verify PATH... [--schema]`: ok/BROKEN/MISSING per file; 0 only if every seal holds, 2 on no files."""
+    try:
+        args = _parse("ladder verify", "Check the seals of prereg tau.json files.", argv, schema=True)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        files = prereg_files(args.paths)
+    except SealError as error:
+        print(f"ladder verify: {error}", file=sys.stderr)
+        return 2
+    if not files:
+        print(f"ladder verify: no {PREREG_NAME} under {', '.join(args.paths)}", file=sys.stderr)
+        return 2
+    failures = 0
+    for file in files:
+        status = verify_seal(file)
+        if status.ok:
+            word = "ok"
+        elif status.found is None and status.expected:
+            word = "MISSING"
+        elif status.expected:
+            word = "BROKEN"
+        else:
+            word = "INVALID"
+        print(f"{word:<8}{file}  {status.expected if status.ok else status.message}")
+        failures += not status.ok
+        if args.schema and status.expected:
+            from pytest_ladder.prereg import PreregError, load_prereg
+
+            try:
+                load_prereg(file)
+            except PreregError as error:
+                print(f"{'SCHEMA':<8}{file}  {error}")
+                failures += 1
+    return 0 if failures == 0 else 1
