@@ -1,0 +1,193 @@
+"""`pytest archive/`: archived runs collected as test items whose outcomes mirror the archive (protocol §7).
+
+Each decision.json becomes one item per gate row (`gate:<name>[<cell>]`, `prefilter:<name>`) and one per trap row
+(`trap:<name>`): passed rows pass, a failed or errored gate fails (the killing one printing its postmortem section),
+a trap that did not fire as declared fails with expected vs observed, rows that did not run are skipped. Each
+run.json (ABORTED, PARTIAL, PREFILTER_PASS) becomes one skipped item. Items carry the `gate`/`trap` (and
+`analytical`) markers, so `-m gate` selects on replay as on a live run. The plugin's pytest_collect_file calls
+`collect_decision_file` / `collect_run_file`; the archive itself is only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ladder.archive import TMP_PREFIX, ArchiveError, read_record
+from pytest_ladder.postmortem import fmt, postmortem_lines_for, rule_text
+
+SKIPPED_OUTCOMES = ("skipped", "not run")
+
+
+class ReplayFailure(Exception):
+    """An archived row that failed; carries the text repr_failure prints."""
+
+
+MAX_DEPTH = 2  # <archive>/<rung>/<run-id>/decision.json: an argument at most two folders above the record
+
+
+def replay_requested(file_path: Path, config: pytest.Config) -> bool:
+    """Replay a record only when a command-line path names it, its run or rung folder, or the archive folder.
+
+    So `pytest archive/` (or a rung or run folder in it, or any folder laid out like an archive) replays, while a
+    plain `pytest` from a project root that also holds archive/ runs the rungs and leaves the records alone.
+    Records inside `.tmp-*` folders (an interrupted write) are never replayed.
+    """
+    if any(part.startswith(TMP_PREFIX) for part in file_path.parts):
+        return False
+    file_path = file_path.resolve()
+    base = Path(config.invocation_params.dir)
+    for arg in config.args:
+        given = (base / str(arg).split("::")[0]).resolve()
+        if given == file_path or given in file_path.parents[: MAX_DEPTH + 1]:
+            return True
+    return False
+
+
+def _load(collector: pytest.File) -> dict:
+    try:
+        return read_record(collector.path)
+    except ArchiveError as error:
+        raise collector.CollectError(str(error)) from None
+
+
+class DecisionFile(pytest.File):
+    """One archived decision.json: an item per gate row and per trap row."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        record = _load(self)
+        for row in record.get("gates") or []:
+            kind = row.get("kind", "gate")
+            name = f"{kind}:{row['name']}" + (f"[{row['cell']}]" if row.get("cell") else "")
+            item = ArchivedGate.from_parent(self, name=name, record=record, row=row)
+            item.skip_if_not_run()
+            item.add_marker("gate")
+            if kind == "prefilter":
+                item.add_marker("analytical")
+            yield item
+        for row in record.get("traps") or []:
+            name = f"trap:{row['name']}" + (f"[{row['cell']}]" if row.get("cell") else "")
+            item = ArchivedTrap.from_parent(self, name=name, record=record, row=row)
+            item.skip_if_not_run()
+            item.add_marker("trap")
+            yield item
+
+
+class RunFile(pytest.File):
+    """One archived run.json (not a decision): a single skipped item saying what the run was."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        record = _load(self)
+        item = ArchivedRunItem.from_parent(self, name=f"run:{record.get('verdict')}", record=record, row={})
+        item.skip_if_not_run()
+        yield item
+
+
+class _ArchivedItem(pytest.Item):
+    def __init__(self, *, record: dict, row: dict, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.record = record
+        self.row = row
+
+    @property
+    def _run(self) -> str:
+        return f"{self.record.get('rung')} run {self.record.get('run_id')} ({self.record.get('kind')})"
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self._run}: {self.name}"
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ReplayFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def skip_if_not_run(self) -> None:
+        """Rows that did not run skip, reported at the record's location (a skip mark, not a raise in here)."""
+        outcome = self.row.get("outcome")
+        if outcome in SKIPPED_OUTCOMES and self.row.get("passed") is not False:
+            reason = f"archived as {outcome} in {self._run}"
+            if self.row.get("message"):
+                reason += f": {self.row['message'].strip().splitlines()[0]}"
+            self.add_marker(pytest.mark.skip(reason=reason))
+
+
+class ArchivedGate(_ArchivedItem):
+    """A gate (or prefilter) row of an archived decision."""
+
+    def runtest(self) -> None:
+        row, record = self.row, self.record
+        failed = row.get("outcome") in ("failed", "error") or row.get("passed") is False
+        if not failed:
+            return
+        killed = record.get("killed_by") or {}
+        is_killer = killed.get("name") == row["name"] and killed.get("cell") == row.get("cell") and \
+            killed.get("kind") == row.get("kind", "gate")
+        where = row["name"] + (f" @ {row['cell']}" if row.get("cell") else "")
+        lines = [
+            f"archived {record.get('verdict')} of {self._run}: {self.path}",
+            f"{row.get('kind', 'gate')} {where}: outcome {row.get('outcome')}"
+            + (" — this gate KILLED the claim" if is_killer and record.get("verdict") == "KILL" else ""),
+        ]
+        if row.get("value") is not None:
+            rule = rule_text(row.get("op"), row.get("threshold"))
+            lines.append(f"value {fmt(row['value'])} against the locked rule value {rule}")
+        tau = row.get("tau")
+        if tau:
+            lines.append(f"τ floor {fmt(tau.get('tau'))}, margin {fmt(tau.get('margin'))}, rule {tau.get('rule')}: "
+                         f"beaten {fmt(tau.get('beats'))}")
+        if row.get("outcome") == "error" and row.get("message"):
+            lines.append(f"error: {row['message'].strip()}")
+        section = postmortem_lines_for(self.path.parent, row["name"], row.get("cell"))
+        if section:
+            lines += ["", f"from {self.path.parent / 'postmortem.md'}:", section]
+        raise ReplayFailure("\n".join(lines))
+
+
+class ArchivedTrap(_ArchivedItem):
+    """A trap row of an archived run: fails unless it fired as declared."""
+
+    def runtest(self) -> None:
+        row = self.row
+        fired = row.get("fired_as_declared")
+        if fired is False or row.get("outcome") in ("failed", "error"):
+            refs = ", ".join(f"{k}={fmt(v)}" for k, v in (row.get("refs") or {}).items())
+            what = "did not fire as declared" if fired is False else f"test {row.get('outcome')}"
+            lines = [
+                f"archived {self.record.get('verdict')} of {self._run}: {self.path}",
+                f"trap {row['name']} {what}: expected {row.get('expected')}, observed "
+                f"{fmt(row.get('observed'))}" + (f" ({refs})" if refs else ""),
+            ]
+            if row.get("message"):
+                lines.append(row["message"].strip())
+            raise ReplayFailure("\n".join(lines))
+
+
+class ArchivedRunItem(_ArchivedItem):
+    """The single item of a run.json: always skipped, since the run decided nothing."""
+
+    def skip_if_not_run(self) -> None:
+        record = self.record
+        why = (record.get("selection") or {}).get("aborted") if record.get("verdict") == "ABORTED" else None
+        reason = f"{self._run} was {record.get('verdict')}" + (f" ({why})" if why else "") + ": not a decision"
+        self.add_marker(pytest.mark.skip(reason=reason))
+
+    def runtest(self) -> None:
+        raise AssertionError("unreachable: an archived run.json item is always skipped")  # pragma: no cover
+
+
+def collect_decision_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
+    """pytest_collect_file helper: a DecisionFile for an archived decision.json, when replay_requested."""
+    if file_path.name != "decision.json" or not replay_requested(file_path, parent.config):
+        return None
+    return DecisionFile.from_parent(parent, path=file_path)
+
+
+def collect_run_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
+    """pytest_collect_file helper: a RunFile for an archived run.json, when replay_requested."""
+    if file_path.name != "run.json" or not replay_requested(file_path, parent.config):
+        return None
+    return RunFile.from_parent(parent, path=file_path)
+

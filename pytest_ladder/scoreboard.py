@@ -1,0 +1,159 @@
+"""`ladder scoreboard`: the ladder table generated from the archive, never typed by hand (protocol §7).
+
+One row per rung (per rung and model when the archive holds several models and no --model is given): the rung's
+original decision (the newest sealed decision, replications counted beside it), or when it has none its latest
+non-decision run. Status is the human label when the prereg sets one, else the verdict (KILLED, PASSED, INVALID,
+prefilter passed, aborted, partial). Rows run in ladder order: G-rungs by number, then R-rungs (ordering.natural_key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from pytest_ladder.archive import ArchivedRun, ArchiveError, iter_runs
+from pytest_ladder.ordering import natural_key
+from pytest_ladder.postmortem import fmt
+from pytest_ladder.prereg import GateSpec
+
+STATUS = {
+    "KILL": "KILLED",
+    "PASS": "PASSED",
+    "INVALID": "INVALID",
+    "PREFILTER_PASS": "prefilter passed",
+    "ABORTED": "aborted",
+    "PARTIAL": "partial",
+}
+NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
+COLUMNS = ("rung", "claim", "status", "verdict", "killed_by", "model", "date", "run_id", "replications", "theorems")
+
+
+def _model(run: ArchivedRun) -> str | None:
+    return (run.record.get("model") or {}).get("name")
+
+
+def killed_by_text(record: dict) -> str:
+    """What decided against the claim, e.g. "activation_error @ layer=3-task=text: 0.31 > 0.2"."""
+    killed, invalid = record.get("killed_by"), record.get("invalid_because")
+    if killed:
+        if killed.get("kind") == "requires":
+            return f"requires {killed.get('name')} (KILLED)"
+        where = str(killed.get("name")) + (f" @ {killed['cell']}" if killed.get("cell") else "")
+        op, tau, value, threshold = killed.get("op"), killed.get("tau"), killed.get("value"), killed.get("threshold")
+        within = op in NEGATED and isinstance(value, (int, float)) and isinstance(threshold, (int, float)) and \
+            GateSpec(str(killed.get("name")), op, float(threshold)).passes(value)
+        if tau and not tau.get("beats", True) and within:
+            return f"{where}: {fmt(value)} vs τ {fmt(tau.get('tau'))} fails {tau.get('rule')}"
+        return f"{where}: {fmt(value)} {NEGATED.get(op, 'fails ' + str(op))} {fmt(threshold)}"
+    if invalid:
+        what = "trap" if invalid.get("kind") == "trap" else "error in"
+        where = str(invalid.get("name")) + (f" @ {invalid['cell']}" if invalid.get("cell") else "")
+        return f"{what} {where}" + (" fired wrong" if invalid.get("kind") == "trap" else "")
+    return ""
+
+
+def _row(shown: ArchivedRun, replications: int) -> dict:
+    record = shown.record
+    content = (record.get("prereg") or {}).get("content") or {}
+    verdict = record.get("verdict")
+    label = record.get("label") or content.get("label")
+    return {
+        "rung": record.get("rung") or shown.rung,
+        "claim": record.get("claim") or content.get("claim"),
+        "status": label or STATUS.get(verdict, str(verdict)),
+        "verdict": verdict,
+        "killed_by": killed_by_text(record),
+        "model": _model(shown),
+        "date": str((record.get("timings") or {}).get("end") or "")[:10],
+        "run_id": record.get("run_id") or shown.run_id,
+        "replications": replications,
+        "theorems": list(content.get("theorems") or []),
+    }
+
+
+def scoreboard_rows(archive_dir: Path, *, model: str | None = None) -> list[dict]:
+    """One row per rung (and model) in ladder order; see the module docstring for which run each row shows."""
+    groups: dict[tuple[str, str | None], list[ArchivedRun]] = {}
+    for run in iter_runs(Path(archive_dir)):
+        if model is not None and _model(run) != model:
+            continue
+        groups.setdefault((run.rung, _model(run)), []).append(run)
+    rows = []
+    for runs in groups.values():
+        decisions = [r for r in runs if r.is_decision and r.record.get("kind") == "decision"]
+        if decisions:
+            shown = decisions[-1]  # the decision of the newest seal; runs are sorted by run id (time)
+            replications = sum(
+                1 for r in runs
+                if r.record.get("kind") == "replication" and r.record.get("replication_of") == shown.run_id
+            )
+        else:
+            shown, replications = runs[-1], 0
+        rows.append(_row(shown, replications))
+    return sorted(rows, key=lambda row: (natural_key(row["rung"]), row["model"] or ""))
+
+
+def render_markdown(rows: list[dict]) -> str:
+    """The rows as a GitHub markdown table (tabulate)."""
+    headers = ["rung", "claim", "status", "killed by", "model", "date", "run", "replications", "theorems"]
+    table = [
+        [r["rung"], r["claim"] or "", r["status"], r["killed_by"], r["model"] or "", r["date"], f"`{r['run_id']}`",
+         r["replications"], ", ".join(r["theorems"])]
+        for r in rows
+    ]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def update_readme(path: Path, text: str) -> None:
+    """Replace what stands between the scoreboard markers in `path` with `text` (ValueError if a marker is missing)."""
+    content = path.read_text(encoding="utf-8")
+    start, end = content.find(START), content.find(END)
+    if start < 0 or end < start:
+        raise ValueError(
+            f"{path}: the scoreboard markers are missing or out of order; put the two lines {START} and {END} "
+            "where the table belongs"
+        )
+    updated = content[: start + len(START)] + "\n" + text.rstrip("\n") + "\n" + content[end:]
+    if updated != content:
+        path.write_text(updated, encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    """`ladder scoreboard [--archive DIR] [--format markdown|json] [--model NAME] [--update-readme FILE]`."""
+    parser = argparse.ArgumentParser(prog="ladder scoreboard", description="The ladder table, from the archive.")
+    parser.add_argument("--archive", default="archive", metavar="DIR", help="archive folder (default: ./archive)")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--model", default=None, metavar="NAME", help="only runs on this model")
+    parser.add_argument("--update-readme", default=None, metavar="FILE",
+                        help=f"write the markdown table into FILE between {START} and {END}")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    archive = Path(args.archive)
+    if not archive.is_dir():
+        print(f"ladder scoreboard: no archive folder at {archive}; run a rung first or pass --archive DIR",
+              file=sys.stderr)
+        return 2
+    try:
+        rows = scoreboard_rows(archive, model=args.model)
+    except ArchiveError as error:
+        print(f"ladder scoreboard: {error}", file=sys.stderr)
+        return 1
+    output: Any = json.dumps(rows, indent=2, ensure_ascii=False) if args.format == "json" else render_markdown(rows)
+    if args.update_readme:
+        try:
+            update_readme(Path(args.update_readme), render_markdown(rows))
+        except (OSError, ValueError) as error:
+            print(f"ladder scoreboard: {error}", file=sys.stderr)
+            return 2
+        print(f"updated {args.update_readme} ({len(rows)} rungs)")
+        return 0
+    print(output)
+    return 0
