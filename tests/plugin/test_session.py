@@ -188,7 +188,7 @@ def test_requires_in_the_same_session_runs_the_lower_rung_first(toy):
 
 def test_keyboard_interrupt_is_aborted_and_no_decision(toy):
     toy.rung(hook="raise KeyboardInterrupt")
-    result = toy.pytester.runpytest()
+    result = toy.pytester.runpytest(no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     (run,) = toy.runs()
     assert not (run / "decision.json").exists()
