@@ -12,8 +12,8 @@ tokens weighs more than one that sees few (an expert with no routed tokens contr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

@@ -7,7 +7,7 @@ evaluation cannot slip through as a loss change.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 NLLSum = tuple[float, int]  # (summed nats, number of scored tokens)
 
@@ -22,7 +22,9 @@ def delta_nll_fraction(nll_dense_nats: float, nll_comp_nats: float, *, tokens_de
     if tokens_dense <= 0:
         raise ValueError("delta_nll_fraction: no scored tokens; the held-out split of this task is empty")
     if not (math.isfinite(nll_dense_nats) and nll_dense_nats > 0):
-        raise ValueError(f"delta_nll_fraction: dense NLL must be a positive finite number of nats, got {nll_dense_nats}")
+        raise ValueError(
+            f"delta_nll_fraction: dense NLL must be a positive finite number of nats, got {nll_dense_nats}"
+        )
     return (float(nll_comp_nats) - float(nll_dense_nats)) / float(nll_dense_nats)
 
 

@@ -7,7 +7,7 @@ to the requested device and dtype.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,8 +9,8 @@ softmax routers (softmax is monotone, renormalisation does not change the set).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -77,7 +77,7 @@ def topk_margin(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def margin_certifies_no_flip(logits: torch.Tensor, perturbed_logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool (...): max_e |Δlogit_e| < margin/2, which guarantees the top-k set is unchanged (route_flip_zero_above_margin)."""
+    """Bool (...): max_e |Δlogit_e| < margin/2, which guarantees an unchanged top-k set (route_flip_zero_above_margin)."""
     perturbation = (perturbed_logits.to(F64) - logits.to(F64)).abs().amax(dim=-1)
     return perturbation < topk_margin(logits, k) / 2
 

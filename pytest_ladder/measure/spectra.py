@@ -18,7 +18,7 @@ F64 = torch.float64
 
 
 def singular_values(w: torch.Tensor, *, method: str = "svd") -> torch.Tensor:
-    """σ of W (..., m, n) -> (..., min(m, n)) in float64, descending; method "svd" or "gram" (eigh of the smaller Gram)."""
+    """σ of W (..., m, n) -> (..., min(m, n)), float64, descending; method "svd" or "gram" (eigh of the smaller Gram)."""
     w = w.to(F64)
     if method == "svd":
         return torch.linalg.svdvals(w)
@@ -49,7 +49,7 @@ def energy_fractions(sv: torch.Tensor) -> torch.Tensor:
 
 
 def effective_rank(sv: torch.Tensor) -> torch.Tensor:
-    """r_eff = exp(−Σ p_i ln p_i), p_i = σ_i² / Σ σ_j² (see module docstring), batched over leading dims; 0 for σ = 0."""
+    """r_eff = exp(−Σ p_i ln p_i), p_i = σ_i² / Σ σ_j² (module docstring), batched over leading dims; 0 for σ = 0."""
     p = energy_fractions(sv)
     entropy = -torch.special.xlogy(p, p).sum(-1)
     return torch.where(p.sum(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
@@ -62,7 +62,7 @@ def energy_at_rank(sv: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def residual_energy(sv: torch.Tensor, rank: int) -> torch.Tensor:
-    """Energy left outside the top `rank` directions: Σ_{i>r} σ_i² / Σ σ_i² (the Eckart–Young residual at the budget)."""
+    """Energy outside the top `rank` directions: Σ_{i>r} σ_i² / Σ σ_i² (the Eckart–Young residual at the budget)."""
     _check_rank(rank, sv.shape[-1])
     return energy_fractions(sv)[..., rank:].sum(-1)
 

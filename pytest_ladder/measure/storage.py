@@ -12,8 +12,8 @@ The helpers only need shapes and dtypes (no tensor data), so meta tensors and cl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ def index_dtype(n: int) -> torch.dtype:
 
 @dataclass(frozen=True)
 class TensorStorage:
-    """One stored tensor: `shape` at `dtype` (numel × itemsize bytes) or packed `bits`-bit codes (ceil(numel·bits/8))."""
+    """One stored tensor: `shape` at `dtype` (numel × itemsize bytes) or packed `bits`-bit codes (⌈numel·bits/8⌉)."""
 
     name: str
     shape: tuple[int, ...]
@@ -111,14 +111,16 @@ class Artifact:
         names = [p.name for p in parts]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"Artifact: part names must be unique (qualify them, e.g. 'layer3.up.codes'): {duplicates}")
+            raise ValueError(
+                f"Artifact: part names must be unique (qualify them, e.g. 'layer3.up.codes'): {duplicates}"
+            )
         object.__setattr__(self, "parts", parts)
 
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
-    def __add__(self, other: "Artifact") -> "Artifact":
+    def __add__(self, other: Artifact) -> Artifact:
         return Artifact(self.parts + other.parts)
 
     def bytes_by_kind(self) -> dict[str, int]:
@@ -141,7 +143,7 @@ def combine(artifacts: Iterable[Artifact]) -> Artifact:
 
 
 def global_delta_bytes(compressed: Artifact, dense: Artifact) -> int:
-    """Gate 1: bytes the compressed artifact stores minus bytes of the dense original at its stored dtype (< 0 saves)."""
+    """Gate 1: bytes the compressed artifact stores minus the dense original's bytes at its stored dtype (< 0 saves)."""
     return compressed.nbytes - dense.nbytes
 
 

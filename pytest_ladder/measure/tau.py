@@ -9,8 +9,9 @@ The spread (min, max, mean, population std) is reported with every decision.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 

@@ -17,8 +17,8 @@ locked values).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ explicit reconstruction in the tests); `tucker_residual` uses it and never mater
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

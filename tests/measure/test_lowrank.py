@@ -27,7 +27,8 @@ F64 = torch.float64
 def _data(seed: int = 0, out_features: int = 8, in_features: int = 12, tokens: int = 60):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out_features, in_features, generator=g, dtype=F64)
-    x = torch.randn(in_features, tokens, generator=g, dtype=F64) * torch.linspace(0.1, 4, in_features, dtype=F64)[:, None]
+    scales = torch.linspace(0.1, 4, in_features, dtype=F64)[:, None]
+    x = torch.randn(in_features, tokens, generator=g, dtype=F64) * scales
     return w, x
 
 
@@ -51,7 +52,7 @@ def test_planted_low_rank_is_recovered_exactly():
 
 def test_truncation_error_is_the_eckart_young_floor():
     w, _ = _data(2)
-    for rank in range(0, 9):
+    for rank in range(9):
         got = float(frobenius_relative_error(w, truncate(w, rank)))
         assert math.isclose(got, float(spectrum_floor(singular_values(w), rank)), rel_tol=1e-9, abs_tol=1e-12)
 

@@ -29,8 +29,11 @@ def test_lowrank_bytes_closed_form():
     assert lowrank_delta_bytes((8, 4), 2, torch.float32, dense_dtype=torch.bfloat16, count=3) == 3 * (24 * 4 - 32 * 2)
 
 
-@pytest.mark.parametrize(("shape", "dtype", "dense"), [((1024, 2048), "bfloat16", None), ((10, 10), "float32", "float16"),
-                                                      ((3, 3), "float16", None), ((1, 5), "float16", None)])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "dense"),
+    [((1024, 2048), "bfloat16", None), ((10, 10), "float32", "float16"), ((3, 3), "float16", None),
+     ((1, 5), "float16", None)],
+)
 def test_break_even_rank_is_the_largest_saving_rank(shape, dtype, dense):
     rank = break_even_rank(shape, dtype, dense_dtype=dense)
     if rank > 0:

@@ -70,8 +70,8 @@ def test_whitened_spectrum_is_spectrum_of_w_times_x():
     w = torch.randn(4, 6, generator=g, dtype=F64)
     x = torch.randn(6, 30, generator=g, dtype=F64)
     assert torch.allclose(whitened_singular_values(w, x @ x.T), singular_values(w @ x), rtol=1e-9)
-    assert torch.allclose(singular_values_from_gram(x.T @ x), torch.cat([singular_values(x), torch.zeros(24, dtype=F64)]),
-                          atol=1e-6)
+    padded = torch.cat([singular_values(x), torch.zeros(24, dtype=F64)])
+    assert torch.allclose(singular_values_from_gram(x.T @ x), padded, atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
