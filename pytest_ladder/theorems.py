@@ -517,21 +517,17 @@ def _flag_sorry_warnings(decls: list[Declaration], warnings: Iterable[str]) -> s
 
 
 def prereg_theorems(rung: str, prereg_dir: str | os.PathLike = "prereg") -> list[str]:
-    """The theorem names `prereg/<rung>/tau.json` links to its rung (field "theorems"; [] when absent)."""
+    """The theorem names `prereg/<rung>/tau.json` links to its rung (its "theorems" field; [] without a prereg).
+
+    The prereg is read by `pytest_ladder.prereg.load_prereg`, so a bad file raises its `PreregError` naming the
+    file, the field and the fix.
+    """
     path = Path(prereg_dir) / rung / "tau.json"
     if not path.is_file():
         return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); fix the file, then re-seal it with `ladder seal {path}`")
-    names = data.get("theorems", []) if isinstance(data, dict) else []
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(
-            f"{path}: field 'theorems' must be a list of Lean theorem names (strings), got {names!r}; "
-            f"fix it, then re-seal with `ladder seal {path}`"
-        )
-    return names
+    from pytest_ladder.prereg import load_prereg  # imports pytest: only when a prereg is actually read
+
+    return list(load_prereg(path).theorems)
 
 
 def theorems_for_rung(

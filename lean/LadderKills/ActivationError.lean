@@ -25,7 +25,7 @@ theorem activation_weighted_error_le_frobenius (Δ : Matrix o d ℝ) (X : Matrix
   have htr := hpsd.trace_nonneg
   have e1 : Δ * (lam • (1 : Matrix d d ℝ) - X * Xᵀ) * Δᵀ = lam • (Δ * Δᵀ) - (Δ * X) * (Δ * X)ᵀ := by
     simp only [Matrix.mul_sub, Matrix.sub_mul, Matrix.mul_smul, Matrix.smul_mul, Matrix.mul_one,
-      Matrix.transpose_mul, Matrix.mul_assoc]
+      Matrix.one_mul, Matrix.transpose_mul, Matrix.mul_assoc]
   rw [e1, Matrix.trace_sub, Matrix.trace_smul, smul_eq_mul, Matrix.trace_mul_comm Δ Δᵀ,
     Matrix.trace_mul_comm (Δ * X) (Δ * X)ᵀ] at htr
   unfold frobSq

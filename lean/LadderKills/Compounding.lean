@@ -11,7 +11,8 @@ depth.
 
 namespace LadderKills
 
-/-- Bernoulli's inequality for `ε ≥ 0`: `1 + L ε ≤ (1 + ε)^L`. -/
+/-- rung: r1
+Bernoulli's inequality for `ε ≥ 0`: `1 + L ε ≤ (1 + ε)^L`. -/
 theorem one_add_mul_le_pow_of_nonneg (ε : ℝ) (hε : 0 ≤ ε) (L : ℕ) : 1 + (L : ℝ) * ε ≤ (1 + ε) ^ L := by
   induction L with
   | zero => simp

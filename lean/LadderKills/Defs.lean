@@ -22,12 +22,14 @@ def frobSq (X : Matrix m n ℝ) : ℝ := (Xᵀ * X).trace
 /-- `Q` is orthogonal: `Qᵀ Q = 1` and `Q Qᵀ = 1`. -/
 def IsOrthogonal [DecidableEq m] (Q : Matrix m m ℝ) : Prop := Qᵀ * Q = 1 ∧ Q * Qᵀ = 1
 
-/-- The Gram matrix `Wᵀ W` is symmetric (Hermitian over `ℝ`). -/
+/-- rung: g0
+The Gram matrix `Wᵀ W` is symmetric (Hermitian over `ℝ`). -/
 theorem gram_isHermitian (W : Matrix m n ℝ) : (Wᵀ * W).IsHermitian := by
   rw [Matrix.IsHermitian, Matrix.conjTranspose_eq_transpose_of_trivial, Matrix.transpose_mul,
     Matrix.transpose_transpose]
 
-/-- Equal Hermitian matrices have equal eigenvalue families (the proofs of hermiticity do not matter). -/
+/-- rung: g0
+Equal Hermitian matrices have equal eigenvalue families (the proofs of hermiticity do not matter). -/
 theorem eigenvalues_congr [DecidableEq n] {A B : Matrix n n ℝ} (hA : A.IsHermitian) (hB : B.IsHermitian)
     (h : A = B) : hA.eigenvalues = hB.eigenvalues := by
   subst h

@@ -23,7 +23,8 @@ theorem invertible_gauge_preserves_rank_family {ι : Type*} (M : ι → Matrix m
   rw [Matrix.rank_mul_eq_left_of_isUnit_det (N i) (M i * W i) (hN i),
     Matrix.rank_mul_eq_right_of_isUnit_det (M i) (W i) (hM i)]
 
-/-- An orthogonal matrix is invertible: `Qᵀ Q = 1` makes `det Q` a unit. -/
+/-- rung: g0
+An orthogonal matrix is invertible: `Qᵀ Q = 1` makes `det Q` a unit. -/
 theorem IsOrthogonal.isUnit_det {Q : Matrix m m ℝ} (hQ : IsOrthogonal Q) : IsUnit Q.det :=
   Matrix.isUnit_det_of_left_inverse hQ.1
 

@@ -12,17 +12,20 @@ grows as the rank shrinks. The measured values are the only non-algebraic input,
 
 namespace LadderKills
 
-/-- The tail energy shrinks as the kept rank grows (for a nonnegative spectrum). -/
+/-- rung: g2
+The tail energy shrinks as the kept rank grows (for a nonnegative spectrum). -/
 theorem tailEnergy_antitone (s : ℕ → ℝ) (hs : ∀ i, 0 ≤ s i) (d : ℕ) {r R : ℕ} (h : r ≤ R) :
     tailEnergy s d R ≤ tailEnergy s d r := by
   unfold tailEnergy
   exact Finset.sum_le_sum_of_subset_of_nonneg (Finset.Ico_subset_Ico_left h) (fun i _ _ => hs i)
 
-/-- Every mode of the expert tensor is nonempty. -/
+/-- rung: g2
+Every mode of the expert tensor is nonempty. -/
 theorem modeDim_pos (k : TuckerMode) : 0 < modeDim k := by
   cases k <;> decide
 
-/-- One factor matrix alone already costs `d_k r_k` of the Tucker parameters. -/
+/-- rung: g2
+One factor matrix alone already costs `d_k r_k` of the Tucker parameters. -/
 theorem modeDim_mul_rank_le_tuckerParams (r : TuckerMode → ℕ) (k : TuckerMode) :
     modeDim k * r k ≤ tuckerParams r := by
   have h1 : modeDim k * r k ≤ tuckerFactorParams r := by

@@ -251,12 +251,23 @@ def test_cli_missing_lean_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 # Links to rungs through the prereg
 
 
+def write_prereg(prereg_dir: Path, rung: str, **fields) -> Path:
+    """A valid prereg for `rung` (schema of pytest_ladder.prereg) with `fields` overriding the defaults."""
+    data = {
+        "claim": "a fixture claim", "metric": "relative Frobenius error", "data_points": 10, "random_seeds": 2,
+        "decision_threshold": "error < tau * (1 - margin)", "tau_margin": 0.1, "model": "embedded",
+        "tasks": ["text"], "cells": [{"layer": 0, "task": "text"}], "hardest_cell": "layer=0-task=text",
+        "gates": {"activation_error": 0.1}, "traps": {"trivial_pass": "observed == 0"}, **fields,
+    }
+    path = prereg_dir / rung / "tau.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
 def test_theorems_for_rung_joins_tags_and_prereg(project: Path, tmp_path: Path) -> None:
     prereg = tmp_path / "prereg"
-    (prereg / "g2").mkdir(parents=True)
-    (prereg / "g2" / "tau.json").write_text(
-        json.dumps({"claim": "x", "theorems": ["direct_axiom", "Fix.Inner.clean_inner", "no_such_theorem"]})
-    )
+    write_prereg(prereg, "g2", theorems=["direct_axiom", "Fix.Inner.clean_inner", "no_such_theorem"])
     rows = theorems.theorems_for_rung("g2", project, prereg)
     assert [r["theorem"] for r in rows] == [
         "unfinished", "direct_axiom", "via_def", "clean_inner", "no_such_theorem",
@@ -271,9 +282,8 @@ def test_theorems_for_rung_joins_tags_and_prereg(project: Path, tmp_path: Path) 
 
 
 def test_prereg_theorems_field_must_be_names(tmp_path: Path) -> None:
-    (tmp_path / "g4").mkdir()
-    (tmp_path / "g4" / "tau.json").write_text(json.dumps({"theorems": "static_student_bytes_lt_dense"}))
-    with pytest.raises(ValueError, match=r"tau.json: field 'theorems' must be a list"):
+    write_prereg(tmp_path, "g4", theorems="static_student_bytes_lt_dense")
+    with pytest.raises(pytest.UsageError, match=r"g4/tau.json: field 'theorems'"):
         theorems.prereg_theorems("g4", tmp_path)
     assert theorems.prereg_theorems("g5", tmp_path) == []
 
@@ -308,6 +318,7 @@ def test_repository_theorems_are_declared_and_tagged(repo_lean: Path) -> None:
         assert name in rows, f"lean/ does not declare {name}"
         assert rows[name]["rung"] == rung
     assert all(row["status"] != "proved" and not row["checked"] for row in rows.values())
+    assert all(row["rung"] for row in rows.values()), "every theorem's doc comment names its rung"
 
 
 def test_repository_sorry_and_axioms_are_reported(repo_lean: Path) -> None:
