@@ -9,7 +9,7 @@ recorded on this machine.
 A theorem is **proved** only when it has no `sorry`, no named axiom, and `ladder theorems --check` ran `lake build`
 successfully on sources with the same SHA-256 as now (recorded in `<lean>/.lake-check.json`, git-ignored), with its
 file among the modules that build compiles. Otherwise its status is `sorry`, `axiom-dependent` (a proof conditional
-on measured constants) or `not checked`; `checked` says whether a matching successful build covers its file. Where
+on measured constants, or on `Lean.ofReduceBool` through `native_decide`) or `not checked`; `checked` says whether a matching successful build covers its file. Where
 no Lean toolchain is installed nothing is ever checked, so no report can claim more than the sources hold.
 
 Dependencies are found by name: every identifier of a declaration (statement and proof) is matched against the
@@ -59,6 +59,8 @@ _OTHER_COMMAND_RE = re.compile(
 )
 _IDENT_RE = re.compile(r"(?<![\w'.!?])(?:«[^»]*»|[^\W\d][\w'!?]*)(?:\.(?:«[^»]*»|[^\W\d][\w'!?]*))*")
 _SORRY_RE = re.compile(r"(?<![\w'.])(?:sorry|admit|sorryAx)(?![\w'!?])")
+# Tactics that trust the compiler instead of the kernel: the proof depends on Lean's `Lean.ofReduceBool` axiom.
+_TRUST_RE = re.compile(r"(?<![\w'.])(?:native_decide|Lean\.ofReduceBool)(?![\w'!?])")
 _RUNG_RE = re.compile(r"\brung:\s*([A-Za-z0-9][\w.′'\-]*)")
 _IMPORT_RE = re.compile(r"^[ \t]*(?:(?:public|private|meta)[ \t]+)*import[ \t]+(?:all[ \t]+)?([^\n]+)", re.M)
 # Lean prints `F.lean:3:8: warning: declaration uses 'sorry'`; lake relays it as `warning: ./F.lean:3:8: declaration ...`
@@ -78,6 +80,7 @@ class Declaration:
     rung: str | None
     has_sorry: bool
     identifiers: frozenset[str] = field(repr=False)
+    trusts: frozenset[str] = frozenset()  # built-in axioms the proof text invokes (native_decide: Lean.ofReduceBool)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,6 +180,7 @@ def parse_lean_source(text: str, file: str) -> list[Declaration]:
                 rung=rung_match.group(1) if rung_match else None,
                 has_sorry=bool(_SORRY_RE.search(body)),
                 identifiers=frozenset(_IDENT_RE.findall(body[m.end(2) - start :])),
+                trusts=frozenset({"Lean.ofReduceBool"}) if _TRUST_RE.search(body) else frozenset(),
             )
         )
     return decls
@@ -282,8 +286,10 @@ class DependencyGraph:
         return self._closure[index]
 
     def axioms(self, index: int) -> list[str]:
-        """Names of the `axiom` declarations `index` depends on, sorted."""
-        return sorted({self.decls[j].name for j in self.reachable(index) if self.decls[j].kind == "axiom"})
+        """Names of the `axiom`s `index` depends on (and `Lean.ofReduceBool` behind `native_decide`), sorted."""
+        used = self.reachable(index) | {index}
+        named = {self.decls[j].name for j in used if self.decls[j].kind == "axiom" and j != index}
+        return sorted(named.union(*(self.decls[j].trusts for j in used)))
 
     def uses_sorry(self, index: int, flagged: set[int] = frozenset()) -> bool:
         """True when `index` or anything it depends on says `sorry` (or is in `flagged`, from build warnings)."""

@@ -39,7 +39,7 @@ from pytest_ladder.measure import (
 from pytest_ladder.measure.rng import cpu_generator
 
 F64 = torch.float64
-PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None)
+PROPERTY = settings(max_examples=20, deadline=None, derandomize=True, database=None)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 

@@ -24,7 +24,7 @@ REPO_LEAN = Path(__file__).resolve().parents[2] / "lean"
 
 CLEAN = {"clean_add", "clean_lemma", "attributed", "private_clean", "string_not_sorry", "hidden_sorry", "clean_inner"}
 SORRY = {"unfinished", "uses_unfinished", "uses_admit", "sorry_and_axiom"}
-AXIOM = {"direct_axiom", "via_def", "via_theorem"}
+AXIOM = {"direct_axiom", "via_def", "via_theorem", "by_native"}
 ORPHAN = {"orphan_clean"}
 
 
@@ -71,7 +71,7 @@ def status_counts(rows: list[dict]) -> Counter:
 def test_fixture_without_a_build_proves_nothing(project: Path) -> None:
     rows = theorems.theorem_rows(project)
     assert set(by_name(rows)) == CLEAN | SORRY | AXIOM | ORPHAN
-    assert status_counts(rows) == {"not checked": 8, "sorry": 4, "axiom-dependent": 3}
+    assert status_counts(rows) == {"not checked": 8, "sorry": 4, "axiom-dependent": 4}
     assert not any(row["checked"] for row in rows)
     rows_ = by_name(rows)
     assert {n for n, r in rows_.items() if r["status"] == "sorry"} == SORRY
@@ -101,6 +101,7 @@ def test_axioms_are_found_transitively(project: Path) -> None:
     assert rows["sorry_and_axiom"]["axioms"] == ["measured_floor"]
     assert rows["sorry_and_axiom"]["status"] == "sorry"  # sorry outranks axiom-dependent
     assert rows["uses_unfinished"]["sorry"] is True  # sorry through a lemma it uses
+    assert rows["by_native"]["axioms"] == ["Lean.ofReduceBool"]  # native_decide trusts the compiler
     assert theorems.declared_axioms(project) == both
 
 
@@ -153,7 +154,7 @@ def test_successful_build_proves_the_clean_theorems_it_compiled(project: Path, f
     assert json.loads((project / theorems.RECORD_NAME).read_text()) == record
 
     rows = by_name(theorems.theorem_rows(project))
-    assert status_counts(rows.values()) == {"proved": 7, "sorry": 4, "axiom-dependent": 3, "not checked": 1}
+    assert status_counts(rows.values()) == {"proved": 7, "sorry": 4, "axiom-dependent": 4, "not checked": 1}
     assert {n for n, r in rows.items() if r["status"] == "proved"} == CLEAN
     assert rows["orphan_clean"]["status"] == "not checked" and rows["orphan_clean"]["checked"] is False
     assert all(rows[n]["checked"] for n in CLEAN | SORRY | AXIOM)
@@ -173,7 +174,7 @@ def test_build_warnings_expose_a_sorry_the_sources_hide(project: Path, fake_lake
     rows = by_name(theorems.theorem_rows(project))
     assert rows["hidden_sorry"]["status"] == "sorry" and rows["hidden_sorry"]["sorry"] is True
     assert rows["clean_add"]["status"] == "proved"
-    assert status_counts(rows.values()) == {"proved": 6, "sorry": 5, "axiom-dependent": 3, "not checked": 1}
+    assert status_counts(rows.values()) == {"proved": 6, "sorry": 5, "axiom-dependent": 4, "not checked": 1}
 
 
 def test_changed_sources_void_the_record(project: Path, fake_lake) -> None:
@@ -192,7 +193,7 @@ def test_failed_build_checks_nothing(project: Path, fake_lake) -> None:
     record = theorems.run_lake_build(project, timeout_s=60)
     assert record["ok"] is False and record["returncode"] == 1
     rows = theorems.theorem_rows(project)
-    assert status_counts(rows) == {"not checked": 8, "sorry": 4, "axiom-dependent": 3}
+    assert status_counts(rows) == {"not checked": 8, "sorry": 4, "axiom-dependent": 4}
     assert "FAILED" in theorems.build_note(project)
 
 
@@ -216,7 +217,7 @@ def test_cli_json_is_the_row_list(project: Path, capsys: pytest.CaptureFixture) 
     assert ladder_main(["theorems", "--lean-dir", str(project), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == theorems.theorem_rows(project)
-    assert len(rows) == 15 and all(list(row) == list(theorems.ROW_KEYS) for row in rows)
+    assert len(rows) == 16 and all(list(row) == list(theorems.ROW_KEYS) for row in rows)
 
 
 def test_cli_grid_says_not_checked_everywhere_without_a_build(
@@ -228,7 +229,7 @@ def test_cli_grid_says_not_checked_everywhere_without_a_build(
     assert "lake is not on PATH" in captured.err
     body = [line for line in captured.out.splitlines() if line.split() and line.split()[0] in by_name(
         theorems.theorem_rows(project))]
-    assert len(body) == 15 and all("not checked" in line for line in body)
+    assert len(body) == 16 and all("not checked" in line for line in body)
     assert "0 proved" in captured.out and "never run here" in captured.out
     assert "2 named axioms (measured constants): measured_floor, measured_floor_pos" in captured.out
     assert not (project / theorems.RECORD_NAME).exists()
