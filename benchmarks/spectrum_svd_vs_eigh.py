@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         f"chunk {args.chunk}, fastest of {args.repeat}, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
 
-    warm = torch.randn(4, 32, 64, device=device)
+    warm = torch.randn(2, out_features, in_features, device=device)
     singular_values(warm), singular_values(warm, method="gram")  # first-call overheads out of the timings
 
     generator = torch.Generator().manual_seed(args.seed)
