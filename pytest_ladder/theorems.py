@@ -9,8 +9,9 @@ recorded on this machine.
 A theorem is **proved** only when it has no `sorry`, no named axiom, and `ladder theorems --check` ran `lake build`
 successfully on sources with the same SHA-256 as now (recorded in `<lean>/.lake-check.json`, git-ignored), with its
 file among the modules that build compiles. Otherwise its status is `sorry`, `axiom-dependent` (a proof conditional
-on measured constants, or on `Lean.ofReduceBool` through `native_decide`) or `not checked`; `checked` says whether a matching successful build covers its file. Where
-no Lean toolchain is installed nothing is ever checked, so no report can claim more than the sources hold.
+on measured constants, or on `Lean.ofReduceBool` through `native_decide`) or `not checked`; `checked` says whether
+a matching successful build covers its file. Where no Lean toolchain is installed nothing is ever checked, so no
+report can claim more than the sources hold.
 
 Dependencies are found by name: every identifier of a declaration (statement and proof) is matched against the
 declarations of the sources (full name or a dotted suffix of it). Name clashes can only add dependencies, never hide
@@ -29,9 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 RECORD_NAME = ".lake-check.json"
 ROW_KEYS = ("theorem", "rung", "file", "line", "status", "sorry", "axioms", "checked")
@@ -43,27 +44,29 @@ DEFAULT_TIMEOUT_S = 3600
 _MODIFIERS = r"(?:private|protected|noncomputable|partial|unsafe|nonrec|public|meta)"
 _PREFIX = r"(?:@\[[^\]]*\]\s*|set_option\s+\S+\s+\S+\s+in\s+|" + _MODIFIERS + r"\s+)*"
 _KINDS = r"(theorem|lemma|def|abbrev|instance|axiom|opaque|structure|inductive|class|example)"
-_DECL_RE = re.compile(r"^[ \t]*" + _PREFIX + _KINDS + r"\b[ \t]*((?:«[^»]*»|[^\s:(){}\[\]⦃⦄«])+)?", re.M)
+_NAME = r"((?:«[^»]*»|[^\s:(){}\[\]⦃⦄«])+)?"
+_DECL_RE = re.compile(r"^[ \t]*" + _PREFIX + _KINDS + r"\b[ \t]*" + _NAME, re.MULTILINE)
 _SCOPE_RE = re.compile(
     r"^[ \t]*(?:(?P<ns>namespace)[ \t]+(?P<ns_name>\S+)"
     r"|(?:@\[[^\]]*\][ \t]*)?(?:(?:public|private|noncomputable)[ \t]+)*(?P<sec>section)\b"
     r"|(?P<mutual>mutual)\b"
     r"|(?P<end>end)\b)",
-    re.M,
+    re.MULTILINE,
 )
 _OTHER_COMMAND_RE = re.compile(
     r"^(?:namespace|section|end|noncomputable[ \t]+section|public[ \t]+section|variable|universe|open|"
     r"attribute|import|omit|include|mutual|export|#\w+|set_option\s+\S+\s+\S+\s*$|initialize|macro|syntax|"
     r"notation|infix|infixl|infixr|prefix|postfix|elab|deriving)\b",
-    re.M,
+    re.MULTILINE,
 )
 _IDENT_RE = re.compile(r"(?<![\w'.!?])(?:«[^»]*»|[^\W\d][\w'!?]*)(?:\.(?:«[^»]*»|[^\W\d][\w'!?]*))*")
 _SORRY_RE = re.compile(r"(?<![\w'.])(?:sorry|admit|sorryAx)(?![\w'!?])")
 # Tactics that trust the compiler instead of the kernel: the proof depends on Lean's `Lean.ofReduceBool` axiom.
 _TRUST_RE = re.compile(r"(?<![\w'.])(?:native_decide|Lean\.ofReduceBool)(?![\w'!?])")
 _RUNG_RE = re.compile(r"\brung:\s*([A-Za-z0-9][\w.′'\-]*)")
-_IMPORT_RE = re.compile(r"^[ \t]*(?:(?:public|private|meta)[ \t]+)*import[ \t]+(?:all[ \t]+)?([^\n]+)", re.M)
-# Lean prints `F.lean:3:8: warning: declaration uses 'sorry'`; lake relays it as `warning: ./F.lean:3:8: declaration ...`
+_IMPORT_RE = re.compile(r"^[ \t]*(?:(?:public|private|meta)[ \t]+)*import[ \t]+(?:all[ \t]+)?([^\n]+)", re.MULTILINE)
+# Lean prints `F.lean:3:8: warning: declaration uses 'sorry'`; lake relays it as
+# `warning: ./F.lean:3:8: declaration uses 'sorry'`.
 _SORRY_WARNING_RE = re.compile(r"(?P<file>[^\s:]+\.lean):(?P<line>\d+):\d+:(?: warning:)? declaration uses 'sorry'")
 
 
@@ -327,7 +330,7 @@ def _lean_libs(lean_dir: Path) -> list[tuple[list[str], str]]:
             if not m.group(1):
                 continue
             name = m.group(2).strip("«»")
-            nxt = re.compile(r"^\S", re.M).search(code, m.end())
+            nxt = re.compile(r"^\S", re.MULTILINE).search(code, m.end())
             body_code = code[m.end() : nxt.start() if nxt else len(code)]
             body_raw = raw[m.end() : nxt.start() if nxt else len(code)]
             roots_m = re.search(r"roots\s*:=\s*#\[([^\]]*)\]", body_code)
@@ -351,7 +354,7 @@ def _lean_libs(lean_dir: Path) -> list[tuple[list[str], str]]:
 
 
 def built_files(lean_dir: str | os.PathLike) -> set[str]:
-    """Files (relative to `lean_dir`) that a plain `lake build` compiles: the default targets' roots and their imports."""
+    """Files (relative to `lean_dir`) a plain `lake build` compiles: the default targets' roots and their imports."""
     lean_dir = Path(lean_dir)
     built: set[str] = set()
     for roots, src in _lean_libs(lean_dir):

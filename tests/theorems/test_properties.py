@@ -7,6 +7,7 @@ checks that the bound is the right one, so these tests can fail.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -19,8 +20,8 @@ from pytest_ladder.measure import (
     TensorStorage,
     activation_error,
     activation_sq_error,
-    gram,
     global_delta_bytes,
+    gram,
     margin_certifies_no_flip,
     mode_spectra,
     project_inputs,
@@ -142,7 +143,7 @@ def test_tucker_budget_caps_mode_ranks_and_each_mode_floors_the_residual(
         assert residual >= floor - 1e-12
         # the tail only grows as the rank shrinks (tailEnergy_antitone)
         tails = [float(residual_energy(spectra[k], r)) for r in range(dims[k] + 1)]
-        assert all(a >= b - 1e-15 for a, b in zip(tails, tails[1:]))
+        assert all(a >= b - 1e-15 for a, b in itertools.pairwise(tails))
 
 
 # ----------------------------------------------------------------------------------------------------------------
