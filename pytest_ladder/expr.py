@@ -172,7 +172,7 @@ def _is_comparison(node: ast.AST) -> bool:
 
 
 def _divide(a: float, b: float) -> float:
-    if b != 0 or math.isnan(b):
+    if b != 0:  # NaN != 0 too: a / NaN is NaN
         return a / b
     if a == 0 or math.isnan(a):
         return math.nan

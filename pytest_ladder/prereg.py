@@ -239,6 +239,10 @@ class _Reader:
             if not value:
                 raise self.error("random_seeds", "must be a whole number > 0 or a non-empty list of seeds (got [])")
             seeds = [self.integer(f"random_seeds[{i}]", s, 0) for i, s in enumerate(value)]
+            for i, seed in enumerate(seeds):
+                if seed in seeds[:i]:
+                    raise self.error(f"random_seeds[{i}]", f"repeats seed {seed}: each random baseline needs its own",
+                                     "Remove the duplicate")
             return seeds, len(seeds)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(

@@ -20,13 +20,11 @@ from pytest_ladder.archive import TMP_PREFIX, ArchiveError, read_record
 from pytest_ladder.postmortem import fmt, postmortem_lines_for, rule_text
 
 SKIPPED_OUTCOMES = ("skipped", "not run")
+MAX_DEPTH = 2  # <archive>/<rung>/<run-id>/decision.json: an argument at most two folders above the record
 
 
 class ReplayFailure(Exception):
     """An archived row that failed; carries the text repr_failure prints."""
-
-
-MAX_DEPTH = 2  # <archive>/<rung>/<run-id>/decision.json: an argument at most two folders above the record
 
 
 def replay_requested(file_path: Path, config: pytest.Config) -> bool:
@@ -102,7 +100,7 @@ class _ArchivedItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ReplayFailure):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)
+        return super().repr_failure(excinfo, style=style)
 
     def skip_if_not_run(self) -> None:
         """Rows that did not run skip, reported at the record's location (a skip mark, not a raise in here)."""

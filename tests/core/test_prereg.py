@@ -131,6 +131,7 @@ BAD = [
     ("random_seeds", [1, True], "random_seeds[1]", "(got true, a boolean)"),
     ("random_seeds", [1, -2], "random_seeds[1]", "must be a whole number >= 0 (got -2)"),
     ("random_seeds", "10", "random_seeds", "whole number > 0 or a non-empty list"),
+    ("random_seeds", [4, 5, 4], "random_seeds[2]", "repeats seed 4: each random baseline needs its own"),
     ("tau_margin", 1.0, "tau_margin", "must be a number with 0 <= margin < 1 (got 1.0)"),
     ("tau_margin", -0.1, "tau_margin", "(got -0.1)"),
     ("tau_margin", float("nan"), "tau_margin", "(got NaN)"),
