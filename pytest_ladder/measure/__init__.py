@@ -98,6 +98,7 @@ from pytest_ladder.measure.spectra import (
 from pytest_ladder.measure.storage import (
     Artifact,
     TensorStorage,
+    codebook_artifact,
     combine,
     dense_artifact,
     global_delta_bytes,
@@ -148,6 +149,7 @@ __all__ = [
     "break_even_rank",
     "calibrate",
     "coactivation",
+    "codebook_artifact",
     "combine",
     "condition_number",
     "delta_nll_by_task",

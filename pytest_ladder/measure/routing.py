@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from pytest_ladder.measure.lowrank import activation_lowrank, truncate
 from pytest_ladder.measure.spectra import effective_rank, singular_values
@@ -126,12 +127,13 @@ def effective_weights(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Ten
 
 
 def effective_weight_spectra(
-    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, chunk: int = 16
+    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, chunk: int = 16, progress: bool = False
 ) -> torch.Tensor:
     """Singular values (T, min(out, in)) of every token's effective weight, `chunk` tokens at a time (memory bound)."""
+    starts = range(0, idx.shape[0], chunk)
     return torch.cat([
         singular_values(effective_weights(weights, idx[start:start + chunk], gates[start:start + chunk]))
-        for start in range(0, idx.shape[0], chunk)
+        for start in tqdm(starts, desc="effective-weight spectra", disable=not progress, leave=False)
     ])
 
 

@@ -181,6 +181,17 @@ def tucker_artifact(name: str, dims: Sequence[int], ranks: Sequence[int], dtype:
     return Artifact(tuple(parts))
 
 
+def codebook_artifact(name: str, n_vectors: int, codebook_size: int, dim: int, dtype: DtypeLike) -> Artifact:
+    """Vector quantization: a (codebook_size, dim) codebook at `dtype` plus one ⌈log2 K⌉-bit packed index per vector."""
+    if codebook_size < 1 or n_vectors < 0 or dim < 1:
+        raise ValueError(f"codebook_artifact {name!r}: need codebook_size >= 1, dim >= 1, n_vectors >= 0")
+    index_bits = max((codebook_size - 1).bit_length(), 1)
+    return Artifact((
+        TensorStorage(f"{name}.codebook", (codebook_size, dim), dtype=dtype, kind="codebook"),
+        TensorStorage(f"{name}.indices", (n_vectors,), bits=index_bits, kind="indices"),
+    ))
+
+
 def quantized_artifact(
     name: str,
     shape: Sequence[int],

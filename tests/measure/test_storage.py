@@ -9,6 +9,7 @@ from pytest_ladder.measure.quant import QuantSpec, quantize
 from pytest_ladder.measure.storage import (
     Artifact,
     TensorStorage,
+    codebook_artifact,
     combine,
     dense_artifact,
     global_delta_bytes,
@@ -60,6 +61,13 @@ def test_lowrank_and_tucker_hand_counts():
     assert lowrank_artifact("w", (100, 30), 4, torch.float16).nbytes == (100 * 4 + 4 * 30) * 2
     tucker = tucker_artifact("t", (16, 64, 32), (2, 8, 4), torch.float32)
     assert tucker.nbytes == (2 * 8 * 4 + 16 * 2 + 64 * 8 + 32 * 4) * 4
+
+
+def test_codebook_hand_count():
+    # 1000 vectors into a 256-entry codebook of 8-dim fp16 vectors: 256*8*2 bytes + 1000 one-byte indices
+    assert codebook_artifact("vq", 1000, 256, 8, torch.float16).nbytes == 4096 + 1000
+    # 5-entry codebook: 3-bit indices, 10 of them pack into 4 bytes
+    assert codebook_artifact("vq", 10, 5, 2, torch.float32).nbytes == 40 + 4
 
 
 def test_identity_has_zero_delta_even_on_meta_tensors():
