@@ -63,10 +63,12 @@ _IDENT_RE = re.compile(r"(?<![\w'.!?])(?:«[^»]*»|[^\W\d][\w'!?]*)(?:\.(?:«[^
 _SORRY_RE = re.compile(r"(?<![\w'.])(?:sorry|admit|sorryAx)(?![\w'!?])")
 # Tactics that trust the compiler instead of the kernel: the proof depends on Lean's `Lean.ofReduceBool` axiom.
 _TRUST_RE = re.compile(r"(?<![\w'.])(?:native_decide|Lean\.ofReduceBool)(?![\w'!?])")
+_CHAR_RE = re.compile(r"'(?:\\[^']+|[^\\'\n])'")  # a char literal: 'a', '\n', '\x41'
 _RUNG_RE = re.compile(r"\brung:\s*([A-Za-z0-9][\w.′'\-]*)")
 _IMPORT_RE = re.compile(r"^[ \t]*(?:(?:public|private|meta)[ \t]+)*import[ \t]+(?:all[ \t]+)?([^\n]+)", re.MULTILINE)
 # Lean prints `F.lean:3:8: warning: declaration uses 'sorry'`; lake relays it as
 # `warning: ./F.lean:3:8: declaration uses 'sorry'`.
+_TOP_LEVEL_LINE_RE = re.compile(r"^\S", re.MULTILINE)
 _SORRY_WARNING_RE = re.compile(r"(?P<file>[^\s:]+\.lean):(?P<line>\d+):\d+:(?: warning:)? declaration uses 'sorry'")
 
 
@@ -132,7 +134,7 @@ def blank_comments_and_strings(text: str) -> tuple[str, list[tuple[int, int, str
             blank(i, min(j + 1, n))
             i = j + 1
         elif c == "'" and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_'!?.")):
-            m = re.compile(r"'(?:\\[^']+|[^\\'\n])'").match(text, i)
+            m = _CHAR_RE.match(text, i)
             if m:
                 blank(i, m.end())
                 i = m.end()
@@ -330,13 +332,17 @@ def _lean_libs(lean_dir: Path) -> list[tuple[list[str], str]]:
             if not m.group(1):
                 continue
             name = m.group(2).strip("«»")
-            nxt = re.compile(r"^\S", re.MULTILINE).search(code, m.end())
+            nxt = _TOP_LEVEL_LINE_RE.search(code, m.end())
             body_code = code[m.end() : nxt.start() if nxt else len(code)]
             body_raw = raw[m.end() : nxt.start() if nxt else len(code)]
             roots_m = re.search(r"roots\s*:=\s*#\[([^\]]*)\]", body_code)
             roots = re.findall(r"`(«[^»]+»|[\w.]+)", roots_m.group(1)) if roots_m else [name]
-            src_m = re.search(r"srcDir\s*:=", body_code)
-            src = re.search(r'srcDir\s*:=\s*"([^"]*)"', body_raw[src_m.start() :]).group(1) if src_m else "."
+            src = "."
+            if re.search(r"\bsrcDir\b", body_code):
+                literal = re.search(r'\bsrcDir\s*:=\s*"([^"]*)"', body_raw)
+                if literal is None:  # a computed srcDir: what gets built is unknown, so nothing counts as built
+                    continue
+                src = literal.group(1)
             libs.append(([r.strip("«»") for r in roots], src))
         return libs
     toml_path = lean_dir / "lakefile.toml"

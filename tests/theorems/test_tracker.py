@@ -142,6 +142,24 @@ def test_built_files_follow_the_default_target_imports(project: Path) -> None:
     assert theorems.built_files(project) == {"Kills.lean", "Algebra.lean", "Measured.lean"}
 
 
+def test_built_files_honour_src_dir_and_default_targets(tmp_path: Path) -> None:
+    (tmp_path / "src" / "Main").mkdir(parents=True)
+    (tmp_path / "lakefile.lean").write_text(
+        "import Lake\nopen Lake DSL\npackage p\n\nlean_lib Other where\n\n"
+        '@[default_target]\nlean_lib Main where\n  srcDir := "src"\n'
+    )
+    (tmp_path / "src" / "Main.lean").write_text("import Main.Sub\nimport Mathlib\n-- import Main.Commented\n")
+    (tmp_path / "src" / "Main" / "Sub.lean").write_text("theorem t : True := trivial\n")
+    (tmp_path / "Other.lean").write_text("theorem o : True := trivial\n")
+    assert theorems.built_files(tmp_path) == {"src/Main.lean", "src/Main/Sub.lean"}
+    (tmp_path / "lakefile.lean").unlink()
+    (tmp_path / "lakefile.toml").write_text(
+        'name = "p"\ndefaultTargets = ["Other"]\n\n[[lean_lib]]\nname = "Other"\n\n'
+        '[[lean_lib]]\nname = "Main"\nsrcDir = "src"\n'
+    )
+    assert theorems.built_files(tmp_path) == {"Other.lean"}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # A recorded build
 
