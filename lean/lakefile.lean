@@ -8,7 +8,7 @@ package «ladder-kills» where
   leanOptions := #[⟨`autoImplicit, false⟩, ⟨`relaxedAutoImplicit, false⟩]
 
 require mathlib from git
-  "https://github.com/leanprover-community/mathlib4" @ "v4.19.0"
+  "https://github.com/leanprover-community/mathlib4" @ "v4.24.0"
 
 @[default_target]
 lean_lib LadderKills where
