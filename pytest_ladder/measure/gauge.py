@@ -5,7 +5,8 @@ straight-through estimator for the quantizer q (forward: the real round trip; ba
 every step M is projected by SVD: its singular values are clamped into [σ_max/κ, σ_max] and then divided by σ_max,
 so cond(M) ≤ κ always holds and the scale of M (to which the round trip is invariant up to scale rounding) cannot
 drift. Deterministic from the seed: the seed draws the initial M (a Haar-random orthogonal matrix, or identity).
-The null the gate compares against is `round_trip_error(w, random_orthogonal(n, seed), spec)`; R1/R2 use the same
+The null the gate compares against is `round_trip_error(w, random_orthogonal(n, seed), spec)` (draw it from a seed
+other than the gauge's, or the gauge starts at the null); R1/R2 use the same
 round trip with an SRHT (fast transform) or a Haar rotation, on either side of W.
 """
 
@@ -50,7 +51,10 @@ def condition_number(m: torch.Tensor) -> float:
 
 
 def round_trip(w: torch.Tensor, m: torch.Tensor | SRHT, spec: QuantSpec, *, side: str = "left") -> torch.Tensor:
-    """M⁻¹ q(M W) (side "left") or q(W M) M⁻¹ (side "right") in float64; an SRHT is applied by its fast transform."""
+    """M⁻¹ q(M W) (side "left") or q(W M) M⁻¹ (side "right"), float64.
+
+    An SRHT R is applied by its fast transform to the columns (left: R W) or rows (right: W Rᵀ) of W and undone by Rᵀ.
+    """
     w = w.to(F64)
     if side not in ("left", "right"):
         raise ValueError(f"round_trip: side must be 'left' (M W) or 'right' (W M), got {side!r}")
