@@ -168,19 +168,25 @@ def quantize(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None
     params = params if params is not None else calibrate(x, spec)
     grouped, _ = _grouped(x64, spec)
     try:
-        torch.broadcast_shapes(params.scale.shape, grouped.shape)
+        fits = torch.broadcast_shapes(params.scale.shape, grouped.shape) == grouped.shape
     except RuntimeError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"quantize: calibrated scales of shape {tuple(params.scale.shape)} do not apply to a tensor of shape "
             f"{shape} ({spec.granularity} granularity): calibrate on data with the same channel layout"
-        ) from None
-    scale = params.scale.to(x64.device)
+        )
+    if (params.zero is None) != spec.symmetric:
+        raise ValueError("quantize: asymmetric specs need params with zero points and symmetric ones without")
+    params = QuantParams(
+        scale=params.scale.to(x64.device), zero=None if params.zero is None else params.zero.to(x64.device)
+    )
     if spec.symmetric and spec.bits == 1:
         codes = torch.where(grouped >= 0, 1, -1)
     elif spec.symmetric:
-        codes = torch.round(grouped / scale).clamp(-spec.qmax, spec.qmax)
+        codes = torch.round(grouped / params.scale).clamp(-spec.qmax, spec.qmax)
     else:
-        codes = torch.round((grouped - params.zero.to(x64.device)) / scale).clamp(0, spec.qmax)
+        codes = torch.round((grouped - params.zero) / params.scale).clamp(0, spec.qmax)
     return Quantized(
         codes=codes.to(torch.int32), params=params, spec=spec, shape=shape, outlier_index=outlier_index,
         outlier_values=outlier_values,

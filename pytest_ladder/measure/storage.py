@@ -153,7 +153,10 @@ def dense_artifact(name: str, shape: Sequence[int], dtype: DtypeLike, *, kind: s
 
 
 def tensors_artifact(tensors: Mapping[str, torch.Tensor]) -> Artifact:
-    """Dense artifact of named tensors at their own dtype (shapes and dtypes only: meta tensors are fine)."""
+    """Dense artifact of named tensors at their own dtype (shapes and dtypes only: meta tensors are fine).
+
+    Pass `dict(model.named_parameters())` (shared/tied weights appear once), not a state_dict that repeats them.
+    """
     return Artifact(tuple(TensorStorage(name, tuple(t.shape), dtype=t.dtype) for name, t in tensors.items()))
 
 

@@ -109,6 +109,11 @@ def test_calibrated_scales_apply_to_other_data_and_saturate():
     assert ((evaluation - out).abs()[inside] <= params.scale.expand_as(evaluation)[inside] / 2).all()
     with pytest.raises(ValueError, match="same channel layout"):
         fake_quant(torch.randn(5, 4), spec, params)
+    per_token = calibrate(calibration, QuantSpec(8, granularity="channel", axis=0))  # (200, 1): one per token
+    with pytest.raises(ValueError, match="same channel layout"):
+        fake_quant(evaluation[:1], QuantSpec(8, granularity="channel", axis=0), per_token)
+    with pytest.raises(ValueError, match="zero points"):
+        fake_quant(evaluation, QuantSpec(8, granularity="channel", axis=-1, symmetric=False), params)
 
 
 def test_random_scales_are_seeded_and_hurt():
