@@ -17,6 +17,7 @@ import argparse
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -346,7 +347,7 @@ def _guard(config: pytest.Config, bound: Rung) -> Guard:
         return state.guards[bound.name]
     guard = Guard()
     loaded = bound_prereg(config, bound)
-    status = verify_seal(loaded.path)
+    status = verify_seal(loaded.path, display=loaded.display_path)
     model = effective_model(config, loaded)
     archive = archive_dir(config)
     if not status.ok:
@@ -465,7 +466,7 @@ class LadderSession:
             state.guard_info[rung] = props["ladder_guard"]
         if CONTEXT_KEY in props:
             state.context.update(props[CONTEXT_KEY])
-        message = report.longreprtext or None
+        message = _message(report)
         if report.when == "setup":
             if report.failed:
                 out.outcome, out.message = "error", message
@@ -588,6 +589,14 @@ class LadderSession:
             if rows:
                 tr.write_line(tabulate(rows, headers=["kind", "name", "cell", "value", "threshold", "tau", "outcome"]))
             tr.write_line(f"archived: {_display(self.config, path)}")
+
+
+def _message(report: pytest.TestReport) -> str | None:
+    """The failure text, without the "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
+    lines = (report.longreprtext or "").splitlines()
+    if lines and re.match(r"\[gw\d+\] ", lines[0]):
+        lines = lines[1:]
+    return "\n".join(lines).strip() or None
 
 
 def _verdict_line(record: dict) -> str:

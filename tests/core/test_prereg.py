@@ -194,7 +194,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("change", "value", "field", "says"), BAD, ids=[f"{b[0]}={b[1]!r}"[:60] for b in BAD])
+@pytest.mark.parametrize(("change", "value", "field", "says"), BAD, ids=[(f"{b[0]}=<deleted>" if b[1] is DELETE else f"{b[0]}={b[1]!r}")[:60] for b in BAD])
 def test_bad_prereg_names_file_field_and_fix(tmp_path, g4, write_prereg, change, value, field, says):
     data = copy.deepcopy(g4)
     _set(data, change, value)

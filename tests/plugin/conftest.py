@@ -98,7 +98,10 @@ class ToyLadder:
     def __init__(self, pytester: pytest.Pytester) -> None:
         self.pytester = pytester
         self.root = Path(pytester.path)
-        (self.root / "pytest.ini").write_text("[pytest]\nladder_prereg_dir = prereg\nladder_archive_dir = archive\n")
+        (self.root / "pytest.ini").write_text(
+            "[pytest]\nladder_prereg_dir = prereg\nladder_archive_dir = archive\n"
+            "addopts = -p no:hypothesispytest -p no:benchmark\n"  # keep each inner session light
+        )
 
     def prereg(self, name: str = "toy", seal: bool = True, **changes) -> Path:
         data = copy.deepcopy(TOY_PREREG)
