@@ -58,7 +58,16 @@ def killed_by_text(record: dict) -> str:
     return ""
 
 
-def _row(shown: ArchivedRun, replications: int) -> dict:
+def theorem_status(lean_dir: Path | None) -> dict[str, str]:
+    """Theorem name -> tracker status (proved / sorry / axiom-dependent / not checked) from the Lean sources."""
+    if lean_dir is None or not Path(lean_dir).is_dir():
+        return {}
+    from pytest_ladder.theorems import theorem_rows
+
+    return {row["theorem"]: row["status"] for row in theorem_rows(lean_dir)}
+
+
+def _row(shown: ArchivedRun, replications: int, statuses: dict[str, str]) -> dict:
     record = shown.record
     content = (record.get("prereg") or {}).get("content") or {}
     verdict = record.get("verdict")
@@ -73,12 +82,19 @@ def _row(shown: ArchivedRun, replications: int) -> dict:
         "date": str((record.get("timings") or {}).get("end") or "")[:10],
         "run_id": record.get("run_id") or shown.run_id,
         "replications": replications,
-        "theorems": list(content.get("theorems") or []),
+        "theorems": [
+            {"theorem": name, "status": statuses.get(name, "missing" if statuses else "not read")}
+            for name in content.get("theorems") or []
+        ],
     }
 
 
-def scoreboard_rows(archive_dir: Path, *, model: str | None = None) -> list[dict]:
-    """One row per rung (and model) in ladder order; see the module docstring for which run each row shows."""
+def scoreboard_rows(archive_dir: Path, *, model: str | None = None, lean_dir: Path | None = None) -> list[dict]:
+    """One row per rung (and model) in ladder order; see the module docstring for which run each row shows.
+
+    With `lean_dir`, each theorem a rung's prereg names carries its status from the theorem tracker.
+    """
+    statuses = theorem_status(lean_dir)
     groups: dict[tuple[str, str | None], list[ArchivedRun]] = {}
     for run in iter_runs(Path(archive_dir)):
         if model is not None and _model(run) != model:
@@ -95,7 +111,7 @@ def scoreboard_rows(archive_dir: Path, *, model: str | None = None) -> list[dict
             )
         else:
             shown, replications = runs[-1], 0
-        rows.append(_row(shown, replications))
+        rows.append(_row(shown, replications, statuses))
     return sorted(rows, key=lambda row: (natural_key(row["rung"]), row["model"] or ""))
 
 
@@ -104,7 +120,7 @@ def render_markdown(rows: list[dict]) -> str:
     headers = ["rung", "claim", "status", "killed by", "model", "date", "run", "replications", "theorems"]
     table = [
         [r["rung"], r["claim"] or "", r["status"], r["killed_by"], r["model"] or "", r["date"], f"`{r['run_id']}`",
-         r["replications"], ", ".join(r["theorems"])]
+         r["replications"], ", ".join(f"{t['theorem']} ({t['status']})" for t in r["theorems"])]
         for r in rows
     ]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
@@ -130,6 +146,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--archive", default="archive", metavar="DIR", help="archive folder (default: ./archive)")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--model", default=None, metavar="NAME", help="only runs on this model")
+    parser.add_argument("--lean-dir", default="lean", metavar="DIR",
+                        help="Lean sources whose theorem status the theorems column shows (default: ./lean)")
     parser.add_argument("--update-readme", default=None, metavar="FILE",
                         help=f"write the markdown table into FILE between {START} and {END}")
     try:
@@ -142,7 +160,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     try:
-        rows = scoreboard_rows(archive, model=args.model)
+        rows = scoreboard_rows(archive, model=args.model, lean_dir=Path(args.lean_dir))
     except ArchiveError as error:
         print(f"ladder scoreboard: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_rows_in_ladder_order(ladder_archive):
         "rung": "g0", "claim": "a static rank-16 basis per task replaces the expert inputs", "status": "KILLED",
         "verdict": "KILL", "killed_by": "activation_error @ layer=3-task=text: 0.31 > 0.2", "model": OLMOE,
         "date": "2025-01-02", "run_id": "20250101T000000Z-000001", "replications": 1,
-        "theorems": ["task_union_basis_contains_task_basis"],
+        "theorems": [{"theorem": "task_union_basis_contains_task_basis", "status": "not read"}],
     }
     assert (by_rung["g1_0"]["status"], by_rung["g1_0"]["killed_by"]) == ("KILLED", "requires g0 (KILLED)")
     assert (by_rung["g2"]["status"], by_rung["g2"]["verdict"], by_rung["g2"]["killed_by"]) == ("aborted", "ABORTED", "")
@@ -81,14 +82,14 @@ def test_markdown(ladder_archive):
     assert lines[1].startswith("|---")
     assert [c.strip() for c in lines[2].strip("|").split("|")] == [
         "g4", "a static rank-16 basis per task replaces the expert inputs", "PASSED", "", "qwen", "2025-01-02",
-        "`20250107T000000Z-000009`", "0", "task_union_basis_contains_task_basis"]
+        "`20250107T000000Z-000009`", "0", "task_union_basis_contains_task_basis (not read)"]
     assert len(lines) == 3
 
 
 def test_cli_markdown_and_json(ladder_archive, capsys):
-    assert main(["--archive", str(ladder_archive), "--model", "qwen"]) == 0
+    assert main(["--archive", str(ladder_archive), "--model", "qwen", "--lean-dir", "no-such-dir"]) == 0
     assert capsys.readouterr().out == render_markdown(scoreboard_rows(ladder_archive, model="qwen")) + "\n"
-    assert main(["--archive", str(ladder_archive), "--format", "json"]) == 0
+    assert main(["--archive", str(ladder_archive), "--format", "json", "--lean-dir", "no-such-dir"]) == 0
     assert json.loads(capsys.readouterr().out) == scoreboard_rows(ladder_archive)
 
 
@@ -101,12 +102,12 @@ def test_cli_default_archive_is_cwd_archive(ladder_archive, monkeypatch, capsys)
 def test_cli_update_readme(ladder_archive, tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# Ladder\n\nintro\n<!-- scoreboard:start -->\nold table\n<!-- scoreboard:end -->\nafter\n")
-    assert main(["--archive", str(ladder_archive), "--model", "qwen", "--update-readme", str(readme)]) == 0
+    assert main(["--archive", str(ladder_archive), "--model", "qwen", "--lean-dir", "no-such-dir", "--update-readme", str(readme)]) == 0
     assert capsys.readouterr().out == f"updated {readme} (1 rungs)\n"
     table = render_markdown(scoreboard_rows(ladder_archive, model="qwen"))
     expected = f"# Ladder\n\nintro\n<!-- scoreboard:start -->\n{table}\n<!-- scoreboard:end -->\nafter\n"
     assert readme.read_text() == expected
-    assert main(["--archive", str(ladder_archive), "--model", "qwen", "--update-readme", str(readme)]) == 0
+    assert main(["--archive", str(ladder_archive), "--model", "qwen", "--lean-dir", "no-such-dir", "--update-readme", str(readme)]) == 0
     assert readme.read_text() == expected  # idempotent
 
 
@@ -122,3 +123,10 @@ def test_cli_errors(tmp_path, ladder_archive, capsys):
     (ladder_archive / "g0" / "20250101T000000Z-000001" / "decision.json").write_text("{")
     assert main(["--archive", str(ladder_archive)]) == 1
     assert "decision.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_theorem_status_comes_from_the_tracker_never_claiming_more(ladder_archive):
+    lean = Path(__file__).resolve().parents[2] / "lean"
+    (row,) = scoreboard_rows(ladder_archive, model="qwen", lean_dir=lean)
+    # no recorded lake build on this machine: the tracker says "not checked", never "proved"
+    assert row["theorems"] == [{"theorem": "task_union_basis_contains_task_basis", "status": "not checked"}]
