@@ -29,7 +29,7 @@ import pytest
 
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY, GateCheck, Rung, TrapCheck, run_context
 
-pytest_plugins = ["pytest_ladder.fixtures"]
+pytest_plugins = ["pytest_ladder.fixtures", "pytest_ladder.rung_fixtures"]
 
 REFUSED_KEY = "ladder_refused"
 REQUIRES_KEY = "ladder_requires_killed"

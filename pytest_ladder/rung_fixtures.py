@@ -1,0 +1,90 @@
+"""Shared fixtures for rung modules: the checkpoint's weights, the shared captures, cells resolved against the model.
+
+Registered by the plugin (import-light: heavy imports happen inside the fixtures). A rung names its model in the
+prereg (`model`), `--ladder-model` overrides it; every fixture here resolves the model the requesting rung runs on
+and caches per model for the session, so one capture pass serves every rung.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ladder.rung import record_context
+
+_cache_key = pytest.StashKey[dict]()
+
+
+def resolve_layer(spec: int | str, n_layers: int) -> int:
+    """A cell's layer on an `n_layers` model: an int is absolute; "a/b" is the relative position floor(a·n/b).
+
+    "3/16" is layer 3 of OLMoE-1B-7B's 16 and layer 1 of an 8-layer model, so one prereg serves every depth.
+    """
+    if isinstance(spec, bool):
+        raise TypeError(f"layer {spec!r}: give an int or 'a/b'")
+    if isinstance(spec, int):
+        layer = spec
+    else:
+        try:
+            fraction = Fraction(str(spec))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"layer {spec!r}: give an absolute int or a relative position like '3/16'") from None
+        if not 0 <= fraction < 1:
+            raise ValueError(f"layer {spec!r}: a relative position must lie in [0, 1)")
+        layer = math.floor(fraction * n_layers)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {spec!r} resolves to {layer}, outside 0..{n_layers - 1}")
+    return layer
+
+
+def resolve_size(fraction: float, full: int, *, minimum: int = 1) -> int:
+    """A size given as a fraction of a model dimension (e.g. rank 16/2048 of hidden): ceil(fraction·full), >= minimum."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"size fraction {fraction!r} must lie in (0, 1]")
+    return max(minimum, math.ceil(fraction * full - 1e-9))
+
+
+def model_folder(name: str) -> Path:
+    """Where the model `name` lives: 'embedded' (built on first use), a local folder, or a hub id (where reachable)."""
+    if name == "embedded":
+        from pytest_ladder.models.embedded import ensure_embedded_model
+
+        return Path(ensure_embedded_model())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as error:  # offline, unknown id, gated...
+        raise pytest.UsageError(
+            f"model {name!r} is neither 'embedded', a local folder, nor reachable on the Hugging Face hub ({error}). "
+            "Pass --ladder-model /path/to/save_pretrained/folder"
+        ) from None
+
+
+def _cache(config: pytest.Config) -> dict:
+    return config.stash.setdefault(_cache_key, {})
+
+
+def _model_name(request: pytest.FixtureRequest) -> str:
+    from pytest_ladder.plugin import effective_model
+
+    return effective_model(request.config, request.getfixturevalue("prereg"))
+
+
+@pytest.fixture
+def ladder_weights(request: pytest.FixtureRequest) -> Any:
+    """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass."""
+    from pytest_ladder.models.checkpoint import Checkpoint
+
+    name = _model_name(request)
+    cache = _cache(request.config)
+    if ("weights", name) not in cache:
+        cache[("weights", name)] = Checkpoint(model_folder(name))
+    return cache[("weights", name)]
