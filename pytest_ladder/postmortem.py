@@ -174,6 +174,35 @@ def _mapping(title: str, data: Any) -> list[str]:
     return lines
 
 
+SEED_MODEL = "OLMoE-1B-7B"
+
+
+def _seed_section(record: dict) -> list[str]:
+    """The seeds' verdict on OLMoE-1B-7B (prereg `params.seed_verdict`, numbers in `notes`) against this run's."""
+    content = (record.get("prereg") or {}).get("content") or {}
+    seed = (content.get("params") or {}).get("seed_verdict")
+    if not seed:
+        return []
+    verdict, model = record.get("verdict"), (record.get("model") or {}).get("name")
+    lines = ["", f"## Against the seeds' {SEED_MODEL} verdict", "", f"- seeds on {SEED_MODEL}: **{seed}**"]
+    if content.get("notes"):
+        lines.append(f"- seeds' numbers: {content['notes']}")
+    lines.append(f"- this run on `{model}`: **{verdict}**")
+    if verdict in ("KILL", "PASS"):
+        seed_killed = str(seed).upper().startswith("KILL")
+        if seed_killed == (verdict == "KILL"):
+            lines.append(f"- this run **agrees** with the seeds' verdict.")
+        else:
+            lines.append(
+                f"- this run **differs** from the seeds: {seed} on {SEED_MODEL}, {verdict} on `{model}`. That is a "
+                "finding about this model under the same locked rules, not a bug to tune away: the seeds' numbers "
+                "come from one model family and claim no transfer."
+            )
+    else:
+        lines.append("- not comparable: this run decided nothing about the claim.")
+    return lines
+
+
 def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     """Markdown postmortem of one archived run (see module docstring); `plots` are PNG names beside it."""
     prereg = record.get("prereg") or {}
@@ -194,12 +223,19 @@ def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     if theorems:
         lines.append(f"- Lean theorems: {', '.join(f'`{t}`' for t in theorems)}")
     lines += ["", "## Verdict", ""] + _verdict_section(record) + _failing_sections(record)
+    lines += _seed_section(record)
     lines += ["", "## Gates", ""] + _gate_table(record)
     lines += ["", "## Traps", ""] + _trap_table(record)
     lines += _tau_table(record)
     lines += _mapping("Ladder rule (requires)", record.get("requires"))
     lines += _mapping("Model", record.get("model"))
     lines += _mapping("Data", record.get("data"))
+    context = dict(record.get("context") or {})
+    budget = context.pop("budget_table", None)
+    if budget:
+        lines += ["", "## Budget table (bytes per line at the model's dtype)", ""]
+        lines += _table([[fmt(v) for v in row.values()] for row in budget], list(budget[0]))
+    lines += _mapping("Context (cells resolved against the model, ...)", context)
     if record.get("seeds"):
         lines += ["", "## Seeds", "", ", ".join(str(s) for s in record["seeds"])]
     lines += _mapping("Selection", record.get("selection"))
