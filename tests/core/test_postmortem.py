@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pytest_ladder.postmortem import postmortem_lines_for, render_plots, render_postmortem
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -94,3 +96,25 @@ def test_series_from_several_cells_share_one_plot(record):
 def test_nothing_to_plot(record):
     data = record(verdict="ABORTED", kind="aborted")
     assert data["gates"] == [] and render_plots(data) == {}
+
+
+@pytest.mark.parametrize(("seed", "verdict", "says"), [
+    ("KILLED", "KILL", "agrees"), ("MODEST CONSTRUCTIVE", "KILL", "differs"), ("KILLED", "PASS", "differs"),
+    ("OPEN", "PASS", "agrees"), ("KILLED", "INVALID", "not comparable"),
+])
+def test_the_seeds_verdict_is_compared_plainly(record, seed, verdict, says):
+    data = record("g4", verdict)
+    data["prereg"]["content"]["params"] = {"seed_verdict": seed}
+    data["prereg"]["content"]["notes"] = "full deploy +9.9% code"
+    text = render_postmortem(data)
+    section = text.split("## Against the seeds' OLMoE-1B-7B verdict", 1)[1].split("\n## ", 1)[0]
+    assert f"seeds on OLMoE-1B-7B: **{seed}**" in section and "+9.9% code" in section
+    assert says in section
+
+
+def test_budget_table_is_a_table(record):
+    data = record("r1", "KILL")
+    data["context"] = {"budget_table": [{"line": "experts", "GB": 12.9}, {"line": "attention", "GB": 0.5}],
+                       "cells": {"layer=3/16": 1}}
+    text = render_postmortem(data)
+    assert "| experts " in text and "| attention " in text and '- cells: {"layer=3/16": 1}' in text
