@@ -1,0 +1,291 @@
+"""G10: residual-stream quantization — each routed expert's output is quantized before it is summed.
+
+An MoE layer adds Σ_k g_k y_{e_k}(x) to the residual stream, y_e the output of expert e. The claim: y_e can travel
+as INT4 codes with static scales and the model still works end to end. The seeds' variants, all measured here:
+
+- v3 (the claim): per-channel INT4, symmetric, one float32 scale per (layer, expert, hidden channel), calibrated on
+  the calibration tokens of one task (the seeds: 1000 wikitext tokens): s = max |y_e,c| / 7 over those tokens;
+  ŷ = s · clamp(round(y / s), −7, 7). Values beyond the calibrated range saturate.
+- v4: the K largest-|y| entries of every token's output kept aside at float16 (top-K outliers per token).
+- v5: calibration task × evaluation task, a 3 × 3 matrix of ΔNLL.
+- traps: INT2 (same calibration, 2 bits) and random scales (every calibrated scale times a log-uniform factor in
+  [0.1, 10]), both expected to be catastrophic.
+
+y is quantized before its routing weight g (what an expert would ship); an expert that saw no calibration token
+gets its layer's scales over all experts. Quantization is token-local (each row with fixed scales), so padding in a
+batch changes nothing. The dense reference runs through the same per-expert loop with the identity transform
+(models.weights.transformed_expert_outputs), so the uncompressed pipeline gives ΔNLL exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pytest_ladder.measure.loss import delta_nll_fraction
+from pytest_ladder.measure.quant import QuantParams, QuantSpec, calibrate, fake_quant, random_scales
+from pytest_ladder.measure.rng import cpu_generator
+from pytest_ladder.measure.storage import Artifact, TensorStorage, global_delta_bytes, index_dtype
+
+if TYPE_CHECKING:
+    from pytest_ladder.models.adapters import MoEAdapter
+    from pytest_ladder.models.capture import Capture
+
+ExpertTransform = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+def output_spec(bits: int, *, outliers: int = 0, scale_dtype: torch.dtype = torch.float32) -> QuantSpec:
+    """Per-channel symmetric quantization of expert outputs (tokens, H): one scale per hidden channel (axis −1)."""
+    return QuantSpec(bits=bits, symmetric=True, granularity="channel", axis=-1, scale_dtype=scale_dtype,
+                     outliers=outliers)
+
+
+def identity_transform(layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
+    """The uncompressed pipeline: every expert output passes unchanged (the dense reference and trivial pass)."""
+    return output
+
+
+@dataclass(frozen=True)
+class OutputQuantizer:
+    """Static scales per (layer, expert) for expert outputs; `transform` is a models.weights ExpertTransform.
+
+    `fallback[layer]` serves experts that saw no calibration token; `calibration_tokens[layer][e]` counts the rows
+    each expert's scales were fit on.
+    """
+
+    spec: QuantSpec
+    params: dict[tuple[int, int], QuantParams]
+    fallback: dict[int, QuantParams]
+    calibration_tokens: dict[int, list[int]] = field(default_factory=dict)
+
+    def params_for(self, layer: int, expert: int) -> QuantParams:
+        found = self.params.get((layer, expert))
+        if found is not None:
+            return found
+        if layer not in self.fallback:
+            raise KeyError(f"OutputQuantizer: layer {layer} was not calibrated (calibrated: {sorted(self.fallback)})")
+        return self.fallback[layer]
+
+    def transform(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
+        """ŷ = dequantize(quantize(y)) with the static scales, back in y's dtype."""
+        return fake_quant(output, self.spec, self.params_for(layer, expert)).to(output.dtype)
+
+    def with_random_scales(self, seed: int, *, low: float = 0.1, high: float = 10.0) -> OutputQuantizer:
+        """The random-scales trap: every scale (fallbacks too) times its own log-uniform factor in [low, high]."""
+        generator = cpu_generator(seed)
+        params = {key: random_scales(self.params[key], generator, low=low, high=high) for key in sorted(self.params)}
+        fallback = {layer: random_scales(self.fallback[layer], generator, low=low, high=high)
+                    for layer in sorted(self.fallback)}
+        return OutputQuantizer(self.spec, params, fallback, self.calibration_tokens)
+
+    def uncalibrated_experts(self) -> dict[int, list[int]]:
+        """Per layer, the experts without calibration rows (they use the layer's fallback scales)."""
+        return {layer: [e for e, n in enumerate(counts) if n == 0] for layer, counts in self.calibration_tokens.items()}
+
+
+def calibrate_outputs(outputs: Mapping[int, Mapping[int, torch.Tensor]], n_experts: int, spec: QuantSpec
+                      ) -> OutputQuantizer:
+    """Scales from calibration outputs {layer: {expert: (rows, H)}}: per expert, and per layer for the fallback.
+
+    With `spec.outliers` = K the top-K |y| of each row are taken out before the scales are fit (measure.quant).
+    """
+    params: dict[tuple[int, int], QuantParams] = {}
+    fallback: dict[int, QuantParams] = {}
+    counts: dict[int, list[int]] = {}
+    for layer, per_expert in outputs.items():
+        rows = [values for values in per_expert.values() if values.shape[0]]
+        if not rows:
+            raise ValueError(f"calibrate_outputs: no calibration rows reached any expert of layer {layer}; capture "
+                             "more calibration tokens (params.calibration_tokens)")
+        fallback[layer] = calibrate(torch.cat(rows), spec)
+        counts[layer] = [0] * n_experts
+        for expert, values in per_expert.items():
+            if values.shape[0]:
+                params[(layer, expert)] = calibrate(values, spec)
+                counts[layer][expert] = int(values.shape[0])
+    return OutputQuantizer(spec, params, fallback, counts)
+
+
+def captured_outputs(capture: Capture) -> dict[int, dict[int, torch.Tensor]]:
+    """{layer: {expert: (rows, H)}} from a models.capture run with CaptureSpec(expert_outputs=True)."""
+    found = {}
+    for layer, result in capture.layers.items():
+        if result.expert_outputs is None:
+            raise ValueError("captured_outputs: the capture holds no expert outputs; capture with "
+                             "CaptureSpec(expert_outputs=True)")
+        found[layer] = {expert: values for expert, (_, values) in result.expert_outputs.items()}
+    return found
+
+
+def delta_nll_under(adapter: MoEAdapter, transform: ExpertTransform, score: Callable[[], Any], reference: Any
+                    ) -> float:
+    """ΔNLL fraction of the model whose expert outputs pass through `transform` against `reference`.
+
+    `score()` returns an NLL result (.nats, .tokens) of the model as it is when called; `reference` is that score
+    under `identity_transform` (the dense pipeline). Full depth: every MoE layer is transformed.
+    """
+    from pytest_ladder.models.weights import transformed_expert_outputs
+
+    with transformed_expert_outputs(adapter, transform):
+        result = score()
+    return delta_nll_fraction(reference.nats, result.nats, tokens_dense=reference.tokens, tokens_comp=result.tokens)
+
+
+def reference_nll(adapter: MoEAdapter, score: Callable[[], Any]) -> Any:
+    """The dense reference: `score()` with every expert output through the per-expert loop, unchanged."""
+    from pytest_ladder.models.weights import transformed_expert_outputs
+
+    with transformed_expert_outputs(adapter, identity_transform):
+        return score()
+
+
+def outlier_counts(fractions: Sequence[float], hidden: int) -> list[int]:
+    """v4's K values for a model of width `hidden`: ceil(f · hidden) for each fraction (0 stays 0), deduplicated,
+    ascending (the seeds' K ∈ {0, 8, 16, 32, 64} on hidden 2048 are the fractions K / 2048)."""
+    counts = {0 if f == 0 else max(1, math.ceil(f * hidden - 1e-9)) for f in fractions}
+    if any(not 0 <= k <= hidden for k in counts):
+        raise ValueError(f"outlier fractions {list(fractions)} must lie in [0, 1]")
+    return sorted(counts)
+
+
+def activation_bytes(top_k: int, hidden: int, bits: int, dtype: torch.dtype, *, outliers: int = 0,
+                     outlier_dtype: torch.dtype = torch.float16) -> Artifact:
+    """What one token's k routed expert outputs occupy on the wire: packed codes (k, H) plus, with K outliers per
+    row, their values (k, K) at `outlier_dtype` and column indices; `bits` >= 16 means the dense rows at `dtype`."""
+    if bits >= 16:
+        return Artifact((TensorStorage("token.expert_outputs", (top_k, hidden), dtype=dtype),))
+    parts = [TensorStorage("token.expert_outputs.codes", (top_k, hidden), bits=bits, kind="codes")]
+    if outliers:
+        parts += [
+            TensorStorage("token.expert_outputs.outlier_values", (top_k, outliers), dtype=outlier_dtype,
+                          kind="outlier_values"),
+            TensorStorage("token.expert_outputs.outlier_indices", (top_k, outliers), dtype=index_dtype(hidden),
+                          kind="outlier_indices"),
+        ]
+    return Artifact(tuple(parts))
+
+
+def activation_delta_bytes(top_k: int, hidden: int, bits: int, dtype: torch.dtype, *, outliers: int = 0) -> int:
+    """Bytes one token's k quantized expert outputs save on the wire against the dense ones at `dtype` (< 0 saves).
+
+    The scales are static (stored once, see `scale_bytes`), so per token only codes (and outliers) travel:
+    k · (⌈H · bits / 8⌉ + K · (2 + index bytes)) − k · H · itemsize.
+    """
+    dense = Artifact((TensorStorage("token.expert_outputs", (top_k, hidden), dtype=dtype),))
+    return global_delta_bytes(activation_bytes(top_k, hidden, bits, dtype, outliers=outliers), dense)
+
+
+def checkpoint_dtype(config: Mapping[str, Any]) -> torch.dtype:
+    """The dtype a checkpoint's config.json declares (`dtype`, or `torch_dtype` before transformers 5); float32 when
+    it declares none (transformers' default)."""
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, str(name).removeprefix("torch."))
+
+
+def scale_bytes(n_layers: int, n_experts: int, hidden: int, scale_dtype: torch.dtype = torch.float32) -> int:
+    """The static metadata G10 stores: one scale per (MoE layer, expert, channel) at `scale_dtype`."""
+    return Artifact((TensorStorage("expert_output.scales", (n_layers, n_experts, hidden), dtype=scale_dtype,
+                                   kind="scales"),)).nbytes
+
+
+# ------------------------------------------------------------------------------------------------ the study ---
+
+
+def heldout_texts(documents: Sequence[Any], tokenizer: Any, n_tokens: int) -> list[str]:
+    """The first documents of a split (in split order) whose tokens reach `n_tokens`: the ΔNLL points, whole
+    documents so the rolling NLL windows them exactly as lm-eval would (the count scored is recorded)."""
+    texts, total = [], 0
+    for document in documents:
+        texts.append(document.text)
+        total += len(tokenizer(document.text, add_special_tokens=False)["input_ids"])
+        if total >= n_tokens:
+            return texts
+    raise ValueError(f"the split holds only {total} tokens, {n_tokens} were asked for; lower data_points or give a "
+                     "larger corpus with --ladder-corpus TASK=PATH")
+
+
+class OutputQuantStudy:
+    """G10 on one loaded model (models.loading.LoadedModel) and its corpora: dense reference NLLs, calibrations and
+    candidate NLLs, each computed once. `n_points` held-out tokens per task score ΔNLL; `calibration_tokens`
+    calibration tokens of a task fit its scales."""
+
+    def __init__(self, loaded: Any, corpora: Mapping[str, Any], *, n_points: int, calibration_tokens: int,
+                 scale_dtype: torch.dtype = torch.float32, batch_size: int = 8) -> None:
+        self.loaded, self.corpora = loaded, corpora
+        self.n_points, self.calibration_tokens = n_points, calibration_tokens
+        self.scale_dtype, self.batch_size = scale_dtype, batch_size
+        self._texts: dict[str, list[str]] = {}
+        self._reference: dict[str, Any] = {}
+        self._outputs: dict[str, dict[int, dict[int, torch.Tensor]]] = {}
+        self._quantizers: dict[tuple, OutputQuantizer] = {}
+        self._delta: dict[tuple, float] = {}
+
+    @property
+    def adapter(self) -> MoEAdapter:
+        return self.loaded.adapter
+
+    def texts(self, task: str) -> list[str]:
+        if task not in self._texts:
+            self._texts[task] = heldout_texts(self.corpora[task].heldout, self.loaded.tokenizer, self.n_points)
+        return self._texts[task]
+
+    def score(self, task: str) -> Any:
+        """Rolling NLL of the task's held-out texts with the model as it is now."""
+        from pytest_ladder.models.nll import rolling_nll
+
+        return rolling_nll(self.loaded.model, self.loaded.tokenizer, self.texts(task), batch_size=self.batch_size,
+                           desc=f"nll {task}")
+
+    def reference(self, task: str) -> Any:
+        """The dense reference: the per-expert pipeline with the identity transform."""
+        if task not in self._reference:
+            self._reference[task] = reference_nll(self.adapter, lambda: self.score(task))
+        return self._reference[task]
+
+    def calibration_outputs(self, task: str) -> dict[int, dict[int, torch.Tensor]]:
+        """Every MoE layer's routed expert outputs on `calibration_tokens` calibration tokens of `task`."""
+        if task not in self._outputs:
+            from pytest_ladder.models.capture import CaptureSpec, capture
+            from pytest_ladder.models.corpora import token_sequences
+
+            loaded = self.loaded
+            sequences = token_sequences(self.corpora[task].calibration, loaded.tokenizer, self.calibration_tokens,
+                                        loaded.max_length, loaded.prefix_token_id)
+            pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+            captured = capture(loaded.model, self.adapter, sequences,
+                               CaptureSpec(gram=False, topk=False, expert_outputs=True), batch_size=self.batch_size,
+                               pad_token_id=pad, desc=f"calibrate {task}")
+            self._outputs[task] = captured_outputs(captured)
+        return self._outputs[task]
+
+    def quantizer(self, calibration_task: str, bits: int, outliers: int = 0) -> OutputQuantizer:
+        key = (calibration_task, bits, outliers)
+        if key not in self._quantizers:
+            spec = output_spec(bits, outliers=outliers, scale_dtype=self.scale_dtype)
+            self._quantizers[key] = calibrate_outputs(self.calibration_outputs(calibration_task),
+                                                      self.adapter.n_experts, spec)
+        return self._quantizers[key]
+
+    def delta_nll(self, task: str, quantizer: OutputQuantizer | None, key: tuple) -> float:
+        """ΔNLL of `task` with expert outputs through `quantizer` (None: the identity, the trivial pass), cached
+        under `key` (which names the quantizer: its calibration task, bits, outliers, or a trap and seed)."""
+        if (task, *key) not in self._delta:
+            transform = identity_transform if quantizer is None else quantizer.transform
+            self._delta[(task, *key)] = delta_nll_under(self.adapter, transform, lambda: self.score(task),
+                                                        self.reference(task))
+        return self._delta[(task, *key)]
+
+    def candidate(self, task: str, calibration_task: str, bits: int, outliers: int = 0) -> float:
+        """ΔNLL of `task` with scales calibrated on `calibration_task`."""
+        return self.delta_nll(task, self.quantizer(calibration_task, bits, outliers),
+                              ("calibrated", calibration_task, bits, outliers))
+
+    def random_scales(self, task: str, calibration_task: str, bits: int, seed: int, *, low: float = 0.1,
+                      high: float = 10.0) -> float:
+        """ΔNLL of `task` with the calibrated scales each multiplied by a random log-uniform factor in [low, high]."""
+        quantizer = self.quantizer(calibration_task, bits).with_random_scales(seed, low=low, high=high)
+        return self.delta_nll(task, quantizer, ("random_scales", calibration_task, bits, seed, low, high))
