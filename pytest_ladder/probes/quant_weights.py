@@ -1,0 +1,178 @@
+"""G1.0′ (learned gauge → quantize → inverse, against a random orthogonal null) and R2 (SRHT vs Haar rotation, same
+quantizer): round trips of expert weights through a quantizer, in float64.
+
+Errors are relative Frobenius errors ‖W − W'‖_F / ‖W‖_F pooled over the matrices of a cell: the error of the stacked
+matrices, so a large expert weighs more than a small one (`measure.frobenius_relative_error` on the stack).
+
+G1.0′: per expert matrix a gauge M (cond ≤ κ) is learned by `measure.learn_gauge` (Adam on the straight-through
+round-trip loss, SVD projection after each step) and the round trip M⁻¹ q(M W) is scored; the null is the same round
+trip with a Haar-random orthogonal M, one per seed (τ = the best of them); plain quantization (M = I) is the
+reference of the random-basis trap (rotation alone should already help). The gate is the ratio to the null.
+
+R2: per layer and weight type, every expert goes through the right-side round trip q(W R) Rᵀ with R an SRHT
+(Hadamard·Rademacher, fast transform) or a Haar-random orthogonal matrix, one per seed, same quantizer. The gate is
+the percentage-point difference of the mean relative errors, 100·(mean err_Haar − mean err_SRHT) (> 0: SRHT
+better). Bytes: the quantized experts (packed codes, scales) plus one SRHT sign vector per layer and weight type,
+against the dense experts at their stored dtype (`measure.storage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pytest_ladder.measure.errors import frobenius_relative_error
+from pytest_ladder.measure.gauge import learn_gauge, round_trip
+from pytest_ladder.measure.hadamard import SRHT, srht
+from pytest_ladder.measure.orthogonal import random_orthogonal
+from pytest_ladder.measure.quant import QuantSpec, fake_quant
+from pytest_ladder.measure.storage import Artifact, DtypeLike, combine, dense_artifact, global_delta_bytes
+
+F64 = torch.float64
+
+
+def pooled_error(ws: torch.Tensor, approx: torch.Tensor) -> float:
+    """‖W − W'‖_F / ‖W‖_F of the stacked matrices (k, m, n): the token-free analogue of a pooled error."""
+    n = ws.shape[-1]
+    return float(frobenius_relative_error(ws.reshape(-1, n), approx.reshape(-1, n)))
+
+
+def on_grid(ws: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """Each matrix (k, m, n) replaced by its own quantization: weights the quantizer represents exactly."""
+    return torch.stack([fake_quant(w, spec) for w in ws.to(F64)])
+
+
+def gauge_round_trips(ws: torch.Tensor, gauges: Sequence[torch.Tensor], spec: QuantSpec) -> torch.Tensor:
+    """M_i⁻¹ q(M_i W_i) for each matrix W_i (k, m, n) and its own gauge (left side, per-matrix quantizer)."""
+    return torch.stack([round_trip(w, m, spec) for w, m in zip(ws, gauges)])
+
+
+def identity_error(ws: torch.Tensor, spec: QuantSpec) -> float:
+    """Pooled error of the round trip with M = I (plain quantization through the gauge pipeline)."""
+    eye = torch.eye(ws.shape[-2], dtype=F64, device=ws.device)
+    return pooled_error(ws, gauge_round_trips(ws.to(F64), [eye] * len(ws), spec))
+
+
+@dataclass(frozen=True)
+class GaugeCell:
+    """G1.0′ on one cell: the learned gauges' error, the orthogonal null per seed, plain quantization, the gauges' κ."""
+
+    gauge_error: float
+    orthogonal_errors: tuple[float, ...]
+    identity_error: float
+    kappas: tuple[float, ...]
+    final_losses: tuple[float, ...]
+
+    @property
+    def orthogonal_best(self) -> float:
+        return min(self.orthogonal_errors)
+
+    @property
+    def ratio(self) -> float:
+        """vs_orthogonal_ratio = err_gauge / err_orth (the best null): ≤ 0.5 means twice as good as a free rotation."""
+        return self.gauge_error / self.orthogonal_best
+
+    @property
+    def tau_in_ratio_units(self) -> dict:
+        """The null's τ floor in units of its best draw: τ = 1, values err_orth(seed) / min err_orth."""
+        return {"tau": 1.0, "values": [e / self.orthogonal_best for e in self.orthogonal_errors]}
+
+    @property
+    def rotation_gain(self) -> float:
+        """Random-basis trap: mean err_orth / err_identity (< 1: rotation alone already reduces the error)."""
+        return sum(self.orthogonal_errors) / len(self.orthogonal_errors) / self.identity_error
+
+
+def gauge_vs_orthogonal(
+    ws: torch.Tensor,
+    spec: QuantSpec,
+    *,
+    kappa_max: float,
+    steps: int,
+    lr: float,
+    gauge_seed: int,
+    null_seeds: Sequence[int],
+) -> GaugeCell:
+    """Learn one gauge per matrix (seeded from `gauge_seed`, never a null seed) and score it against the null."""
+    if any(gauge_seed + i in null_seeds for i in range(len(ws))):
+        raise ValueError("gauge_vs_orthogonal: a gauge seed is one of the null's; the gauge would start at the null")
+    ws = ws.to(F64)
+    gauges = [learn_gauge(w, spec, kappa_max=kappa_max, seed=gauge_seed + i, steps=steps, lr=lr)
+              for i, w in enumerate(ws)]
+    gauge_error = pooled_error(ws, gauge_round_trips(ws, [g.matrix for g in gauges], spec))
+    m = ws.shape[-2]
+    orthogonal = tuple(
+        pooled_error(ws, gauge_round_trips(ws, [random_orthogonal(m, seed, device=ws.device)] * len(ws), spec))
+        for seed in null_seeds
+    )
+    return GaugeCell(gauge_error, orthogonal, identity_error(ws, spec), tuple(g.kappa for g in gauges),
+                     tuple(g.losses[-1] if g.losses else float("nan") for g in gauges))
+
+
+# --------------------------------------------------------------------------------------------------- R2 --------
+
+
+def row_spec(bits: int, in_features: int, *, scale_dtype: DtypeLike = torch.float16) -> QuantSpec:
+    """Symmetric INT-b with one scale per output row of each matrix (groups of one whole row)."""
+    return QuantSpec(bits=bits, granularity="group", group_size=in_features, scale_dtype=scale_dtype)
+
+
+@dataclass(frozen=True)
+class RotationComparison:
+    """R2 on one cell: pooled round-trip errors with an SRHT and with a Haar rotation per seed, and without rotation."""
+
+    srht_errors: tuple[float, ...]
+    haar_errors: tuple[float, ...]
+    identity_error: float
+
+    @property
+    def srht_mean(self) -> float:
+        return sum(self.srht_errors) / len(self.srht_errors)
+
+    @property
+    def haar_mean(self) -> float:
+        return sum(self.haar_errors) / len(self.haar_errors)
+
+    @property
+    def pp(self) -> float:
+        """Percentage points by which SRHT's mean error is below Haar's: 100·(mean err_Haar − mean err_SRHT)."""
+        return 100.0 * (self.haar_mean - self.srht_mean)
+
+
+def rotation_error(ws: torch.Tensor, rotation: torch.Tensor | SRHT, spec: QuantSpec) -> float:
+    """Pooled error of the right-side round trip q(W R) Rᵀ of every matrix (k, out, in) with one rotation R."""
+    ws = ws.to(F64)
+    return pooled_error(ws, round_trip(ws, rotation, spec, side="right"))
+
+
+def srht_vs_haar(ws: torch.Tensor, spec: QuantSpec, *, srht_seeds: Sequence[int],
+                 haar_seeds: Sequence[int]) -> RotationComparison:
+    """R2's comparison on one stack of experts (k, out, in): one rotation per seed, shared by the matrices."""
+    n = ws.shape[-1]
+    return RotationComparison(
+        srht_errors=tuple(rotation_error(ws, srht(n, s, device=ws.device), spec) for s in srht_seeds),
+        haar_errors=tuple(rotation_error(ws, random_orthogonal(n, s, device=ws.device), spec) for s in haar_seeds),
+        identity_error=rotation_error(ws, torch.eye(n, dtype=F64, device=ws.device), spec),
+    )
+
+
+def rotated_experts_artifact(name: str, shape: Sequence[int], bits: int, *, scale_dtype: DtypeLike,
+                             rotations: int = 1) -> Artifact:
+    """What one stack of experts (E, out, in) stores after R2's scheme: packed INT-b codes, one scale per row, and
+    `rotations` SRHT sign vectors of length `in`."""
+    e, out, inp = (int(s) for s in shape)
+    codes = row_spec(bits, inp, scale_dtype=scale_dtype).artifact(name, (e, out, inp))
+    signs = [srht(inp, 0).artifact(f"{name}.srht{i}") for i in range(rotations)]
+    return combine([codes, *signs])
+
+
+def expert_bytes_delta(stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]], bits: int, *,
+                       scale_dtype: DtypeLike) -> tuple[int, Artifact, Artifact]:
+    """global_delta_bytes of every expert stack {name: (stored dtype, (E, out, in))} quantized as R2 does, against the
+    dense stacks; returns (delta, compressed artifact, dense artifact)."""
+    compressed = combine(rotated_experts_artifact(name, shape, bits, scale_dtype=scale_dtype)
+                         for name, (_, shape) in stacks.items())
+    dense = combine(dense_artifact(name, shape, dtype) for name, (dtype, shape) in stacks.items())
+    return global_delta_bytes(compressed, dense), compressed, dense

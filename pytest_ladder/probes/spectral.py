@@ -1,0 +1,247 @@
+"""G0 (free orthogonal regauge) and G2 (Tucker across layer × expert × hidden): what the weights' spectra allow.
+
+G0. An orthogonal regauge Q changes a weight's coordinates, never its singular values (σ(QW) = σ(W)); so the best any
+regauge followed by keeping r coordinates can do is the Eckart–Young residual Σ_{i>r} σ_i² / Σ σ_i² of W itself.
+Per MoE layer the probe reads every expert matrix (gate (E, I, H), up (E, I, H), down (E, H, I)) and the stacked
+layer matrix [gate_e; up_e; down_eᵀ]_e (3·E·I, H), whose rows all live in the hidden space a residual-stream regauge
+rotates. The claim is judged on the layer's most compressible matrix (min over all of them). The executed
+pipeline rotates the smaller side of each matrix by Q, keeps the first r rotated coordinates and rotates back:
+W' = Q_r Q_rᵀ W (left) or W Q_r Q_rᵀ (right); the best Q holds the singular vectors (error = the Eckart–Young floor),
+a Haar-random Q is the τ baseline, Q = I at full rank is the trivial pass (W' = W bit for bit).
+
+G2. The experts of one weight type form a tensor T (layer, expert, intermediate, hidden) (down transposed to
+(I, H)). A Tucker model with mode ranks r stores Π r_k + Σ d_k r_k values. Its mode-k unfolding has rank ≤ r_k, so by
+Eckart–Young its residual is at least the tail energy of that unfolding past r_k; the analytical floor is the least
+max_k tail_k(r_k) over every rank tuple within the parameter budget (exact search over the tails). The executed
+pipeline projects T on factor matrices U_k (HOSVD, Haar-random, or identity for the trivial pass) and measures
+‖T − T ×_k U_k U_kᵀ‖² / ‖T‖² explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pytest_ladder.measure.errors import frobenius_relative_error
+from pytest_ladder.measure.lowrank import input_basis, project_inputs
+from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+from pytest_ladder.measure.rng import Seed, cpu_generator
+from pytest_ladder.measure.spectra import effective_rank, residual_energy, singular_values
+from pytest_ladder.measure.tucker import Tucker, hosvd, mode_effective_ranks, mode_spectra
+
+F64 = torch.float64
+KINDS = ("gate", "up", "down", "layer")  # the matrices G0 reads per layer; "layer" is the stacked layer matrix
+
+
+# --------------------------------------------------------------------------------------------------- G0 --------
+
+
+def layer_matrices(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:
+    """G0's matrices of one layer, float64: gate, up (E, I, H), down (E, H, I), stacked layer matrix (1, 3EI, H)."""
+    e, i, h = gate.shape
+    if up.shape != (e, i, h) or down.shape != (e, h, i):
+        raise ValueError(f"layer_matrices: expected gate/up (E, I, H) and down (E, H, I), got {tuple(gate.shape)}, "
+                         f"{tuple(up.shape)}, {tuple(down.shape)}")
+    gate, up, down = gate.to(F64), up.to(F64), down.to(F64)
+    stacked = torch.cat([gate.reshape(e * i, h), up.reshape(e * i, h), down.mT.reshape(e * i, h)])
+    return {"gate": gate, "up": up, "down": down, "layer": stacked.unsqueeze(0)}
+
+
+def layer_spectra(matrices: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """σ of every matrix kind, (batch, min(m, n)) float64 descending (eigh of the smaller Gram)."""
+    return {kind: singular_values(w, method="gram") for kind, w in matrices.items()}
+
+
+@dataclass(frozen=True)
+class RegaugeFloor:
+    """G0's analytical floor on one layer: the least residual energy and effective rank any regauge can expose."""
+
+    residual: float  # min over matrices of Σ_{i>r} σ_i² / Σ σ_i² at the matrix's budget rank r
+    residual_at: str  # which matrix, e.g. "up[3]" or "layer[0]"
+    effective_rank_ratio: float  # min over matrices of r_eff / r (≤ 1: the energy spreads over at most r directions)
+    effective_rank_at: str
+    per_kind: dict[str, dict[str, float]]  # kind -> min/max residual, min r_eff, budget rank
+
+
+def regauge_floor(spectra: dict[str, torch.Tensor], ranks: dict[str, int]) -> RegaugeFloor:
+    """Eckart–Young residual and r_eff / r of every matrix (orthogonal regauges leave σ unchanged); min per layer."""
+    best_residual, best_ratio = (math.inf, ""), (math.inf, "")
+    per_kind = {}
+    for kind, sv in spectra.items():
+        rank = ranks[kind]
+        residual, reff = residual_energy(sv, rank), effective_rank(sv)
+        ratio = reff / rank
+        i, j = int(residual.argmin()), int(ratio.argmin())
+        best_residual = min(best_residual, (float(residual[i]), f"{kind}[{i}]"))
+        best_ratio = min(best_ratio, (float(ratio[j]), f"{kind}[{j}]"))
+        per_kind[kind] = {"rank": rank, "residual_min": float(residual.min()), "residual_max": float(residual.max()),
+                          "effective_rank_min": float(reff.min())}
+    return RegaugeFloor(best_residual[0], best_residual[1], best_ratio[0], best_ratio[1], per_kind)
+
+
+def _rotated_side(w: torch.Tensor) -> str:
+    """The side a regauge rotates: the smaller dimension (left = output rows, right = input columns)."""
+    return "left" if w.shape[-2] < w.shape[-1] else "right"
+
+
+def regauge_truncate(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """W' = Q_r Q_rᵀ W (left) or W Q_r Q_rᵀ (right) on W's smaller side; q (…, n, r) orthonormal columns."""
+    if _rotated_side(w) == "right":
+        return project_inputs(w, q)
+    return project_inputs(w.mT, q).mT
+
+
+def best_regauge(w: torch.Tensor, rank: int) -> torch.Tensor:
+    """The optimal regauge's kept coordinates: the top-r singular vectors of W's smaller side (…, n, r)."""
+    side_gram = w.mT @ w if _rotated_side(w) == "right" else w @ w.mT
+    return input_basis(side_gram, rank)
+
+
+def random_regauge(w: torch.Tensor, rank: int, seed: Seed) -> torch.Tensor:
+    """A Haar-random regauge's kept coordinates (n, r), shared by the batch: the τ baseline of G0."""
+    n = min(w.shape[-2:])
+    return random_orthonormal_columns(n, rank, seed, device=w.device)
+
+
+def identity_regauge(w: torch.Tensor) -> torch.Tensor:
+    """Q = I at full rank: the trivial pass (W' = W exactly)."""
+    n = min(w.shape[-2:])
+    return torch.eye(n, dtype=F64, device=w.device)
+
+
+@dataclass(frozen=True)
+class RegaugeError:
+    """G0's executed pipeline on one layer: the least relative error ‖W − W'‖_F / ‖W‖_F over its matrices."""
+
+    value: float
+    at: str
+    per_kind: dict[str, float]
+
+
+def regauge_error(matrices: dict[str, torch.Tensor], regauges: dict[str, torch.Tensor]) -> RegaugeError:
+    """min over the layer's matrices of ‖W − W'‖_F / ‖W‖_F with W' = regauge_truncate(W, Q) and Q per kind."""
+    best = (math.inf, "")
+    per_kind = {}
+    for kind, w in matrices.items():
+        errors = frobenius_relative_error(w, regauge_truncate(w, regauges[kind]))
+        i = int(errors.argmin())
+        best = min(best, (float(errors[i]), f"{kind}[{i}]"))
+        per_kind[kind] = float(errors.min())
+    return RegaugeError(best[0], best[1], per_kind)
+
+
+def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
+    """max |σ(W') − σ(W)| / σ_max(W) over the batch for the full regauge W' = Q W (left) or W Q (right) of W's smaller
+    side, Q (n, n): 0 up to rounding for any orthogonal Q (Lean: orthogonal_gauge_preserves_singular_values)."""
+    w = w.to(F64)
+    q = q.to(device=w.device, dtype=F64)
+    before = singular_values(w)
+    after = singular_values(w @ q if _rotated_side(w) == "right" else q @ w)
+    return float(((after - before).abs() / before[..., :1]).max())
+
+
+# --------------------------------------------------------------------------------------------------- G2 --------
+
+
+def expert_tensor(per_layer: Sequence[torch.Tensor], projection: str) -> torch.Tensor:
+    """T (layer, expert, intermediate, hidden) float64 from each layer's stacked experts of `projection`
+    (gate/up (E, I, H) as stored, down (E, H, I) transposed)."""
+    if projection not in ("gate", "up", "down"):
+        raise ValueError(f"expert_tensor: projection must be gate, up or down, got {projection!r}")
+    layers = [w.to(F64) for w in per_layer]
+    return torch.stack([w.mT if projection == "down" else w for w in layers])
+
+
+def tucker_params(dims: Sequence[int], ranks: Sequence[int]) -> int:
+    """Values a Tucker model stores: Π r_k (core) + Σ d_k r_k (factors); the closed form of `tucker_artifact`."""
+    return math.prod(ranks) + sum(d * r for d, r in zip(dims, ranks))
+
+
+def mode_tails(t: torch.Tensor) -> list[torch.Tensor]:
+    """tail_k(r) = Σ_{i>r} σ_i² / Σ σ_i² of every mode unfolding, for r = 0..d_k (float64)."""
+    return [torch.tensor([float(residual_energy(sv, r)) for r in range(sv.shape[-1] + 1)], dtype=F64)
+            for sv in mode_spectra(t)]
+
+
+@dataclass(frozen=True)
+class TuckerFloor:
+    """G2's analytical floor: the least Eckart–Young residual any Tucker model within the budget can reach."""
+
+    residual: float  # min over feasible rank tuples of max_k tail_k(r_k)
+    ranks: tuple[int, ...]  # the smallest rank tuple reaching it
+    budget_params: int
+    params: int  # what that tuple stores
+    mode_effective_ranks: tuple[float, ...]
+
+
+def tucker_floor(t: torch.Tensor, budget_params: int) -> TuckerFloor:
+    """min over r with Π r_k + Σ d_k r_k ≤ budget of max_k tail_k(r_k): a lower bound on every Tucker model's residual.
+
+    Exact: for a level ℓ each mode needs r_k(ℓ) = min{r : tail_k(r) ≤ ℓ}; the parameter count of r(ℓ) falls as ℓ
+    rises, so a bisection over the sorted tail values finds the least feasible level. If not even ranks (1, …, 1)
+    fit, every Tucker model stores nothing and the floor is 1.
+    """
+    dims = tuple(t.shape)
+    tails = mode_tails(t)
+    reff = tuple(mode_effective_ranks(t))
+
+    def ranks_at(level: float) -> tuple[int, ...]:
+        return tuple(max(1, int((tail > level).sum())) for tail in tails)  # tails fall with r: count those above
+
+    ones = (1,) * len(dims)
+    if tucker_params(dims, ones) > budget_params:
+        return TuckerFloor(1.0, (0,) * len(dims), budget_params, 0, reff)
+    levels = sorted({float(v) for tail in tails for v in tail})
+    lo, hi = 0, len(levels) - 1  # levels[hi] = 1 is feasible (every rank 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tucker_params(dims, ranks_at(levels[mid])) <= budget_params:
+            hi = mid
+        else:
+            lo = mid + 1
+    ranks = ranks_at(levels[lo])
+    residual = max(float(tail[r]) for tail, r in zip(tails, ranks))
+    return TuckerFloor(residual, ranks, budget_params, tucker_params(dims, ranks), reff)
+
+
+def projection_residual(t: torch.Tensor, factors: Sequence[torch.Tensor]) -> float:
+    """‖T − T̂‖² / ‖T‖² with T̂ = T ×_k U_k U_kᵀ, computed on the explicit reconstruction (float64)."""
+    t = t.to(F64)
+    core = t
+    for mode, u in enumerate(factors):
+        core = torch.tensordot(u.to(F64).mT, core, dims=([1], [mode])).movedim(0, mode)
+    approx = Tucker(core=core, factors=tuple(u.to(F64) for u in factors), norm_sq=float(t.square().sum()))
+    return float((t - approx.reconstruct()).square().sum()) / approx.norm_sq
+
+
+def hosvd_factors(t: torch.Tensor, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """The truncated HOSVD's factor matrices at `ranks` (top eigenvectors of each mode Gram); a zero rank anywhere
+    (nothing fits the budget) gives empty factors, i.e. T̂ = 0."""
+    if min(ranks) == 0:
+        return tuple(torch.zeros(d, r, dtype=F64) for d, r in zip(t.shape, ranks))
+    return hosvd(t, ranks).factors
+
+
+def random_factors(dims: Sequence[int], ranks: Sequence[int], seed: Seed) -> tuple[torch.Tensor, ...]:
+    """Haar-random orthonormal factors (d_k, r_k), drawn mode after mode from one seeded generator: G2's τ baseline."""
+    generator = cpu_generator(seed)
+    return tuple(random_orthonormal_columns(d, r, generator) for d, r in zip(dims, ranks))
+
+
+def identity_factors(dims: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """U_k = I at full ranks: the trivial pass (T̂ = T exactly)."""
+    return tuple(torch.eye(d, dtype=F64) for d in dims)
+
+
+def mode_energy_curves(t: torch.Tensor, points: int = 32) -> dict[str, list[float]]:
+    """Cumulative energy of each mode unfolding at up to `points` evenly spaced ranks, for the postmortem plots."""
+    curves = {}
+    for mode, sv in enumerate(mode_spectra(t)):
+        d = sv.shape[-1]
+        ranks = sorted({max(1, round(d * (k + 1) / points)) for k in range(min(points, d))})
+        curves[f"mode{mode}_energy"] = [1.0 - float(residual_energy(sv, r)) for r in ranks]
+    return curves
+
