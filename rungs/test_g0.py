@@ -1,0 +1,79 @@
+"""G0: a free orthogonal regauge exposes compressible structure. Weights only, no forward pass (probes.spectral).
+
+Killed analytically when, on some layer, even the layer's most compressible matrix leaves more than the locked
+share of its energy outside the budget rank: singular values are invariant under orthogonal maps (Eckart–Young).
+"""
+
+from functools import cache, lru_cache
+
+import pytest
+
+from pytest_ladder import rung
+from pytest_ladder.measure.orthogonal import random_orthogonal
+from pytest_ladder.measure.tau import tau_floor
+from pytest_ladder.probes import spectral
+from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+
+ladder = rung("g0")
+
+
+@lru_cache(maxsize=2)
+def matrices(weights, layer):
+    return spectral.layer_matrices(*(weights.experts(layer, p) for p in ("gate", "up", "down")))
+
+
+@cache
+def spectra(weights, layer):
+    return spectral.layer_spectra(matrices(weights, layer))
+
+
+@pytest.fixture
+def layer(cell, prereg, ladder_weights, request):
+    """The cell's layer on this model, with each matrix kind's budget rank (recorded in the decision's context)."""
+    index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
+    fraction = prereg.params["rank_fraction"]
+    ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in spectra(ladder_weights, index).items()}
+    cells = run_context(request.config).get("cells", {})
+    record_context(request.config, "cells", {**cells, f"g0 {cell.id}": {"layer": index, "ranks": ranks}})
+    return index, ranks
+
+
+@ladder.trap("trivial_pass")
+def test_trivial_pass(trap, prereg, ladder_weights):
+    index = resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers)
+    mats, svs = matrices(ladder_weights, index), spectra(ladder_weights, index)
+    error = spectral.regauge_error(mats, {k: spectral.identity_regauge(w) for k, w in mats.items()}).value
+    floor = spectral.regauge_floor(svs, {k: s.shape[-1] for k, s in svs.items()}).residual
+    drift = max(spectral.singular_value_drift(w, spectral.identity_regauge(w)) for w in mats.values())
+    trap.check(max(error, floor, drift), error=error, floor_residual=floor, sigma_drift=drift)
+
+
+@ladder.prefilter("residual_at_budget")
+def test_residual_at_budget(cell, gate, ladder_weights, layer):
+    floor = spectral.regauge_floor(spectra(ladder_weights, layer[0]), layer[1])
+    series = {"layer_spectrum": [float(s) for s in spectra(ladder_weights, layer[0])["layer"][0, :64]]}
+    gate.check(floor.residual, at=floor.residual_at, per_kind=floor.per_kind, series=series)
+
+
+@ladder.prefilter("effective_rank")
+def test_effective_rank(cell, gate, ladder_weights, layer):
+    floor = spectral.regauge_floor(spectra(ladder_weights, layer[0]), layer[1])
+    gate.check(floor.effective_rank_ratio, at=floor.effective_rank_at, per_kind=floor.per_kind)
+
+
+@ladder.gate("regauge_error")
+def test_regauge_error(cell, gate, ladder_weights, ladder_seeds, layer):
+    mats, ranks = matrices(ladder_weights, layer[0]), layer[1]
+    best = spectral.regauge_error(mats, {k: spectral.best_regauge(w, ranks[k]) for k, w in mats.items()})
+    tau = tau_floor(lambda seed: {k: spectral.random_regauge(w, ranks[k], seed) for k, w in mats.items()},
+                    lambda regauges: spectral.regauge_error(mats, regauges).value, ladder_seeds)
+    gate.check(best.value, tau=tau, at=best.at, per_kind=best.per_kind)
+
+
+@ladder.trap("random_basis")
+def test_random_basis(trap, prereg, ladder_weights, ladder_seeds):
+    mats = matrices(ladder_weights, resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
+    drift = max(spectral.singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), ladder_seeds[0]))
+                for w in mats.values())
+    trap.check(drift)

@@ -1,0 +1,80 @@
+"""R2: SRHT (Hadamard·Rademacher) beats a Haar random rotation under the same quantizer, on the experts' bytes line.
+
+An impact rung: it opens with the GB it takes off the experts line of the budget table (probes.budget), recorded in
+the postmortem. Weights only, no forward pass (probes.quant_weights).
+"""
+
+from functools import cache
+
+import pytest
+import torch
+
+from pytest_ladder import rung
+from pytest_ladder.probes import quant_weights
+from pytest_ladder.probes.budget import budget_table
+from pytest_ladder.probes.rotorquant import expert_stacks
+from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung_fixtures import resolve_layer
+from pytest_ladder.seal import derive_seeds
+
+ladder = rung("r2")
+
+
+@cache
+def comparison(weights, layer, weight, bits, seal, haar_seeds):
+    ws = weights.experts(layer, weight)
+    srht_seeds = derive_seeds(seal, len(haar_seeds), purpose="srht")
+    return quant_weights.srht_vs_haar(ws, quant_weights.row_spec(bits, ws.shape[-1]), srht_seeds=srht_seeds,
+                                      haar_seeds=haar_seeds)
+
+
+@pytest.fixture
+def rotated(cell, prereg, ladder_weights, ladder_seeds, request):
+    """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded)."""
+    layer = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
+    cells = run_context(request.config).get("cells", {})
+    record_context(request.config, "cells", {**cells, f"r2 {cell.id}": {"layer": layer}})
+    return comparison(ladder_weights, layer, cell.params["weight"], prereg.params["bits"], prereg.seal or "",
+                      tuple(ladder_seeds))
+
+
+@ladder.trap("trivial_pass")
+def test_trivial_pass(trap, prereg, ladder_weights):
+    """Weights on the quantizer's grid with R = I round-trip exactly; the dense experts R2 counts are exactly the
+    budget table's experts line (two independent byte counts of the uncompressed model)."""
+    hardest = prereg.hardest_cell.params
+    ws = ladder_weights.experts(resolve_layer(hardest["layer"], ladder_weights.n_layers), hardest["weight"])
+    spec = quant_weights.row_spec(prereg.params["bits"], ws.shape[-1])
+    error = quant_weights.rotation_error(quant_weights.on_grid(ws, spec), torch.eye(ws.shape[-1]), spec)
+    _, _, dense = quant_weights.expert_bytes_delta(expert_stacks(ladder_weights.dtype_bytes()), prereg.params["bits"],
+                                                   scale_dtype=prereg.params["scale_dtype"])
+    unaccounted = dense.nbytes - budget_table(ladder_weights.dtype_bytes()).line_bytes("experts")
+    trap.check(max(error, abs(unaccounted)), error=error, delta_bytes=unaccounted)
+
+
+@ladder.prefilter("bytes")
+def test_bytes(gate, prereg, ladder_weights, request):
+    stacks = expert_stacks(ladder_weights.dtype_bytes())
+    delta, compressed, dense = quant_weights.expert_bytes_delta(stacks, prereg.params["bits"],
+                                                                scale_dtype=prereg.params["scale_dtype"])
+    table = budget_table(ladder_weights.dtype_bytes(), tied_head=bool(ladder_weights.config.get("tie_word_embeddings")))
+    table = table.with_target(prereg.params["target_device_memory_fraction"])
+    deltas = {**run_context(request.config).get("budget_deltas", {}), "r2": {"experts": delta}}
+    record_context(request.config, "budget_deltas", deltas)
+    record_context(request.config, "budget_table", table.rows(deltas))
+    gate.check(delta, delta_gb=delta / 1e9, expert_line_bytes=table.line_bytes("experts"),
+               compressed=compressed.bytes_by_kind(), dense_bytes=dense.nbytes, total_bytes=table.total_bytes,
+               after_bytes=table.after({"experts": delta}), target_bytes=table.target_bytes)
+
+
+@ladder.gate("srht_vs_haar_pp")
+def test_srht_vs_haar_pp(cell, gate, rotated):
+    gate.check(rotated.pp, srht_mean=rotated.srht_mean, haar_mean=rotated.haar_mean,
+               identity_error=rotated.identity_error, srht_errors=list(rotated.srht_errors),
+               haar_errors=list(rotated.haar_errors))
+
+
+@ladder.gate("round_trip_error")
+def test_round_trip_error(cell, gate, rotated):
+    gate.check(rotated.srht_mean, tau={"tau": min(rotated.haar_errors), "values": list(rotated.haar_errors)},
+               srht_errors=list(rotated.srht_errors))
