@@ -206,8 +206,11 @@ class RotorQuantStudy:
 
     def __init__(self, loaded: Any, corpora: Any, *, quantizer: RotorQuant, n_points: int, batch_size: int = 8
                  ) -> None:
+        from pytest_ladder.models.capture import model_device
+
         self.loaded, self.corpora, self.quantizer = loaded, corpora, quantizer
         self.n_points, self.batch_size = n_points, batch_size
+        self.device = model_device(loaded.model)  # where weights, Grams and round trips are computed
         self._stacks: dict[int, dict[str, torch.Tensor]] = {}
         self._captures: dict[str, Any] = {}
         self._grams: dict[tuple[int, str], LayerGrams] = {}
@@ -219,14 +222,18 @@ class RotorQuantStudy:
     def adapter(self) -> Any:
         return self.loaded.adapter
 
-    def stacks(self, layer: int) -> dict[str, torch.Tensor]:
-        if layer not in self._stacks:
-            self._stacks[layer] = layer_stacks(self.adapter, layer)
-        return self._stacks[layer]
+    def stacks(self, layer: int, *, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The layer's expert stacks on the study's device (kept for later calls unless `keep` is False)."""
+        if layer in self._stacks:
+            return self._stacks[layer]
+        stacks = {p: w.to(self.device) for p, w in layer_stacks(self.adapter, layer).items()}
+        if keep:
+            self._stacks[layer] = stacks
+        return stacks
 
-    def compress(self, layer: int, key: tuple) -> dict[str, torch.Tensor]:
-        """W' of one layer's experts under compressor `key` (float64)."""
-        stacks = self.stacks(layer)
+    def compress(self, layer: int, key: tuple, *, keep: bool = True) -> dict[str, torch.Tensor]:
+        """W' of one layer's experts under compressor `key` (float64); `keep` as in `stacks`."""
+        stacks = self.stacks(layer, keep=keep)
         if key == IDENTITY:
             return {p: w.to(F64) for p, w in stacks.items()}
         if key == METHOD:
@@ -263,7 +270,8 @@ class RotorQuantStudy:
     def grams(self, layer: int, task: str) -> LayerGrams:
         if (layer, task) not in self._grams:
             captured = self.capture(task)[layer]
-            self._grams[(layer, task)] = layer_grams(captured.inputs, captured.topk_index, self.stacks(layer),
+            self._grams[(layer, task)] = layer_grams(captured.inputs.to(self.device),
+                                                     captured.topk_index.to(self.device), self.stacks(layer),
                                                      self.adapter.experts_module(layer).act_fn)
         return self._grams[(layer, task)]
 
@@ -287,7 +295,7 @@ class RotorQuantStudy:
             updates: dict = {}
             if key is not None:
                 for layer in self.adapter.moe_layers():
-                    updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key)}))
+                    updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key, keep=False)}))
             with patched_parameters(loaded.model, updates):
                 nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=self.batch_size,
                                   desc=f"nll {task}")
