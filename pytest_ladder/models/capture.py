@@ -1,0 +1,281 @@
+"""Routing and activation capture (protocol §3: gates 2-4 need each expert's routed inputs X_e).
+
+Hooks sit on the modules, not on F.linear (fused experts run grouped_mm, which bypasses linear hooks):
+- a forward pre-hook on each MoE layer's experts module sees exactly what the experts compute on: the router
+  input x_t (T, H) and the chosen top-k indices and weights. Expert e's routed inputs are the rows x_t with
+  e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 so that
+  ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide a gate;
+- a forward hook on the router keeps its logits; a pre-hook on self-attention gives the attention input Gram;
+- expert outputs need the per-expert loop of weights.transformed_expert_outputs (a recording transform).
+
+Only *points* are captured: non-padding positions, minus position 0 when `skip_prefix` (sequences start with the
+BOS/EOS prefix token; see corpora.token_sequences). Points are numbered in sequence order, then position. Hooks
+see tensors wherever accelerate runs the layer, so capture works under offload; Grams accumulate on `gram_device`
+(default: where the activations are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from pytest_ladder.models.adapters import MoEAdapter
+from pytest_ladder.models.weights import transformed_expert_outputs
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What to capture. `layers` None: every MoE layer."""
+
+    layers: tuple[int, ...] | None = None
+    gram: bool = True  # per-expert Gram of routed inputs, float64 (E, H, H)
+    topk: bool = True  # top-k indices (N, k) and weights (N, k) per point
+    router_logits: bool = False  # (N, E)
+    inputs: bool = False  # the MoE block input per point (N, H), float32; X_e = inputs[(topk_index == e).any(-1)]
+    input_gram: bool = False  # Gram of the MoE block (router) input over all points (H, H), float64
+    attention_input_gram: bool = False  # Gram of the self-attention input over all points (H, H), float64
+    expert_outputs: bool = False  # each routed expert's output before its routing weight (per expert)
+    gram_device: str | None = None
+    skip_prefix: bool = True
+
+
+@dataclass
+class LayerCapture:
+    """What one MoE layer saw over all points. `expert_tokens[e]` = number of points routed to expert e."""
+
+    layer: int
+    n_points: int = 0
+    expert_tokens: torch.Tensor | None = None
+    expert_gram: torch.Tensor | None = None
+    topk_index: torch.Tensor | None = None
+    topk_weight: torch.Tensor | None = None
+    router_logits: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
+    input_gram: torch.Tensor | None = None
+    attention_input_gram: torch.Tensor | None = None
+    expert_outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None  # e -> (point index (n,), (n, H))
+
+    def expert_usage(self) -> torch.Tensor:
+        """Fraction of routed slots per expert: expert_tokens / (n_points · k), float64 (E,)."""
+        counts = self.expert_tokens.to(torch.float64)
+        return counts / counts.sum()
+
+
+@dataclass
+class Capture:
+    """One capture run: per-layer results, the number of points and a hash of the token sequences used."""
+
+    layers: dict[int, LayerCapture]
+    n_points: int
+    tokens_sha256: str
+    spec: CaptureSpec = field(default_factory=CaptureSpec)
+
+    def __getitem__(self, layer: int) -> LayerCapture:
+        return self.layers[layer]
+
+
+def tokens_sha256(sequences: Sequence[Sequence[int]]) -> str:
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(torch.tensor(list(sequence), dtype=torch.int64).numpy().tobytes())
+        digest.update(b"\xff" * 8)
+    return digest.hexdigest()
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_token_id: int, device: Any = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) for a batch of token lists (right padding leaves real positions
+    and their causal context unchanged)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+        mask[row, :len(sequence)] = 1
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where inputs go: the embedding's execution device (accelerate) or the first real parameter's device."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    if hook is not None and getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    for parameter in model.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
+
+
+def batches(sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[Sequence[Sequence[int]]]:
+    for start in range(0, len(sequences), batch_size):
+        yield sequences[start:start + batch_size]
+
+
+class _Recorder:
+    """Hook state of one capture run."""
+
+    def __init__(self, adapter: MoEAdapter, spec: CaptureSpec, layers: list[int]) -> None:
+        self.adapter = adapter
+        self.spec = spec
+        self.results = {layer: LayerCapture(layer) for layer in layers}
+        self.lists: dict[int, dict[str, list]] = {layer: {} for layer in layers}
+        self.outputs: dict[int, dict[int, list]] = {layer: {} for layer in layers}
+        self.pending: dict[int, torch.Tensor] = {}  # layer -> top_k_index of the current call (expert outputs)
+        self.valid: torch.Tensor | None = None  # flattened point mask of the current batch (B*T,)
+        self.point_of: torch.Tensor | None = None  # flattened position -> global point index
+        self.offset = 0
+
+    def start_batch(self, valid: torch.Tensor) -> None:
+        flat = valid.reshape(-1)
+        self.valid = flat
+        self.point_of = torch.cumsum(flat.long(), 0) - 1 + self.offset
+        self.offset += int(flat.sum())
+
+    def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[self.valid.to(tensor.device)]
+
+    def _accumulate(self, result: LayerCapture, attribute: str, gram: torch.Tensor) -> None:
+        current = getattr(result, attribute)
+        setattr(result, attribute, gram if current is None else current + gram)
+
+    def _gram_input(self, x: torch.Tensor) -> torch.Tensor:
+        device = self.spec.gram_device or x.device
+        return x.detach().to(device=device, dtype=torch.float64)
+
+    def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
+        names = ("hidden_states", "top_k_index", "top_k_weights")
+        values = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
+        hidden, top_k_index, top_k_weights = values
+        if top_k_index is None:  # GPT-OSS spells them router_indices / routing_weights
+            top_k_index, top_k_weights = kwargs.get("router_indices"), kwargs.get("routing_weights")
+        result, lists = self.results[layer], self.lists[layer]
+        x, index, weight = self._mask(hidden), self._mask(top_k_index), self._mask(top_k_weights)
+        result.n_points += x.shape[0]
+        counts = torch.bincount(index.reshape(-1).cpu(), minlength=self.adapter.n_experts)
+        result.expert_tokens = counts if result.expert_tokens is None else result.expert_tokens + counts
+        if self.spec.gram or self.spec.input_gram:
+            x64 = self._gram_input(x)
+            if self.spec.input_gram:
+                self._accumulate(result, "input_gram", x64.T @ x64)
+            if self.spec.gram:
+                if result.expert_gram is None:
+                    h = x64.shape[1]
+                    result.expert_gram = torch.zeros((self.adapter.n_experts, h, h), dtype=torch.float64,
+                                                     device=x64.device)
+                routed = index.to(x64.device)
+                for expert in torch.unique(routed).tolist():
+                    rows = x64[(routed == expert).any(dim=-1)]
+                    result.expert_gram[expert] += rows.T @ rows
+        if self.spec.topk:
+            lists.setdefault("topk_index", []).append(index.detach().cpu())
+            lists.setdefault("topk_weight", []).append(weight.detach().float().cpu())
+        if self.spec.inputs:
+            lists.setdefault("inputs", []).append(x.detach().float().cpu())
+        if self.spec.expert_outputs:
+            self.pending[layer] = top_k_index.detach()
+
+    def router_post(self, layer: int, output: Any) -> None:
+        logits = output[0] if isinstance(output, (tuple, list)) else output
+        self.lists[layer].setdefault("router_logits", []).append(self._mask(logits).detach().float().cpu())
+
+    def attention_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        x64 = self._gram_input(self._mask(hidden.reshape(-1, hidden.shape[-1])))
+        self._accumulate(self.results[layer], "attention_input_gram", x64.T @ x64)
+
+    def expert_output(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
+        """Recording transform (identity): rows are in the eager loop's order, torch.where(top_k_index.T == e)."""
+        index = self.pending[layer]
+        _, token = torch.where(index.T == expert)
+        keep = self.valid.to(token.device)[token]
+        points = self.point_of.to(token.device)[token[keep]]
+        self.outputs[layer].setdefault(expert, []).append((points.cpu(), output[keep].detach().float().cpu()))
+        return output
+
+    def finish(self) -> dict[int, LayerCapture]:
+        for layer, result in self.results.items():
+            for name, parts in self.lists[layer].items():
+                setattr(result, name, torch.cat(parts) if parts else None)
+            if self.spec.expert_outputs:
+                result.expert_outputs = {}
+                for expert, parts in sorted(self.outputs[layer].items()):
+                    points = torch.cat([p for p, _ in parts])
+                    values = torch.cat([v for _, v in parts])
+                    order = torch.argsort(points, stable=True)
+                    result.expert_outputs[expert] = (points[order], values[order])
+            if result.expert_tokens is None:
+                result.expert_tokens = torch.zeros(self.adapter.n_experts, dtype=torch.long)
+        return self.results
+
+
+@contextlib.contextmanager
+def _hooks(recorder: _Recorder, adapter: MoEAdapter, layers: list[int]) -> Iterator[None]:
+    handles = []
+    spec = recorder.spec
+    try:
+        for layer in layers:
+            handles.append(adapter.experts_module(layer).register_forward_pre_hook(
+                lambda module, args, kwargs, layer=layer: recorder.experts_pre(layer, args, kwargs),
+                with_kwargs=True))
+            if spec.router_logits:
+                handles.append(adapter.router_module(layer).register_forward_hook(
+                    lambda module, args, output, layer=layer: recorder.router_post(layer, output)))
+            if spec.attention_input_gram:
+                handles.append(adapter.decoder_layers()[layer].self_attn.register_forward_pre_hook(
+                    lambda module, args, kwargs, layer=layer: recorder.attention_pre(layer, args, kwargs),
+                    with_kwargs=True))
+        if spec.expert_outputs:
+            with transformed_expert_outputs(adapter, recorder.expert_output, layers):
+                yield
+        else:
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def capture(model: nn.Module, adapter: MoEAdapter, sequences: Sequence[Sequence[int]],
+            spec: CaptureSpec = CaptureSpec(), *, batch_size: int = 8, pad_token_id: int = 0,
+            desc: str = "capture", progress: bool | None = None) -> Capture:
+    """Run `sequences` (token lists, each starting with the prefix token) through the model in batches and record
+    what `spec` asks for at every MoE layer (see the module docstring for what a point is)."""
+    if not sequences:
+        raise ValueError("capture needs at least one sequence")
+    from tqdm.auto import tqdm
+
+    layers = list(spec.layers) if spec.layers is not None else adapter.moe_layers()
+    recorder = _Recorder(adapter, spec, layers)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _hooks(recorder, adapter, layers):
+            total = (len(sequences) + batch_size - 1) // batch_size
+            for batch in tqdm(batches(sequences, batch_size), total=total, desc=desc,
+                              disable=None if progress is None else not progress, leave=False):
+                ids, mask = pad_batch(batch, pad_token_id, device)
+                valid = mask.bool().clone()
+                if spec.skip_prefix:
+                    valid[:, 0] = False
+                recorder.start_batch(valid)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        model.train(was_training)
+    return Capture(recorder.finish(), recorder.offset, tokens_sha256(sequences), spec)
+
+
+def capture_tasks(model: nn.Module, adapter: MoEAdapter, sequences: dict[str, Sequence[Sequence[int]]],
+                  spec: CaptureSpec = CaptureSpec(), **options: Any) -> dict[str, Capture]:
+    """One capture per task (same spec), e.g. the calibration or held-out token sequences of code, math, text."""
+    return {task: capture(model, adapter, seqs, spec, desc=f"capture {task}", **options)
+            for task, seqs in sequences.items()}
+
+
+__all__ = ["CaptureSpec", "Capture", "LayerCapture", "capture", "capture_tasks", "pad_batch", "model_device",
+           "tokens_sha256"]

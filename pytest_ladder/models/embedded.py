@@ -1,0 +1,387 @@
+"""The embedded default model (issue 3, item 7): a tiny OLMoE trained here, on the calibration splits only.
+
+`ladder model build [--force] [--seed N]` (and `ensure_embedded_model()` on first use, under a file lock so
+concurrent xdist workers build once) trains, deterministically from the seed:
+- a byte-level BPE tokenizer (tokenizers library) on the code, math and text calibration documents;
+- an OlmoeForCausalLM (RECIPE: 8 layers, hidden 128, 16 experts, top-2, expert intermediate 128) on those documents,
+  each preceded by <|endoftext|>, packed into 256-token rows, an equal number of rows per task in every step, with
+  OLMoE's load-balancing loss so the experts are used;
+and saves both with save_pretrained into <cache>/models/olmoe-tiny-<key> (cache: $LADDER_CACHE_DIR, default
+~/.cache/pytest-ladder), key = sha256 of the recipe, the seed and the corpus files' SHA-256. Determinism: fixed seed,
+torch.use_deterministic_algorithms, a fixed thread count, a seeded data order.
+
+The build prints (and stores in build_report.json) the held-out NLL per task against a unigram baseline and, per
+layer, the Jensen-Shannon divergence between the tasks' expert-usage histograms: the routing has task structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable
+
+EMBEDDED_FORMAT = 1  # bump when the build procedure changes the weights
+CACHE_ENV = "LADDER_CACHE_DIR"
+BOS = "<|endoftext|>"
+PAD = "<|padding|>"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the embedded model's weights, apart from the seed and the data."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 4
+    num_experts: int = 16
+    num_experts_per_tok: int = 2
+    intermediate_size: int = 128
+    seq_len: int = 256
+    steps: int = 200
+    rows_per_task: int = 3  # rows of seq_len tokens per task in every step
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 20
+    weight_decay: float = 0.1
+    router_aux_loss_coef: float = 0.01
+    threads: int = 2
+    tasks: tuple[str, ...] = ("code", "math", "text")
+    eval_documents: int = 48  # held-out documents per task for the NLL report
+    eval_tokens: int = 4096  # held-out tokens per task for the routing report
+
+    def olmoe_config(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_attention_heads,
+            "num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+            "max_position_embeddings": self.seq_len, "router_aux_loss_coef": self.router_aux_loss_coef,
+            "norm_topk_prob": False, "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0,
+            "pad_token_id": 1,
+        }
+
+
+RECIPE = Recipe()
+
+
+@dataclass
+class BuildReport:
+    """What a build measured (stored as build_report.json beside the weights)."""
+
+    key: str
+    seed: int
+    recipe: dict
+    seconds: dict = field(default_factory=dict)
+    peak_rss_bytes: int = 0
+    n_params: int = 0
+    train_tokens: int = 0
+    final_train_loss: float = 0.0
+    heldout_nll: dict = field(default_factory=dict)
+    expert_usage: dict = field(default_factory=dict)
+    expert_usage_js_bits: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------- the cache ---
+
+
+def cache_root() -> Path:
+    """$LADDER_CACHE_DIR, else ~/.cache/pytest-ladder."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pytest-ladder").expanduser()
+
+
+def model_key(recipe: Recipe = RECIPE, seed: int = 0) -> str:
+    """sha256 (16 hex) of the build format, recipe, seed and the SHA-256 of the corpus files it trains on."""
+    from pytest_ladder.models.corpora import source_fingerprint
+
+    payload = {"format": EMBEDDED_FORMAT, "recipe": asdict(recipe), "seed": seed,
+               "data": source_fingerprint(recipe.tasks)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embedded_model_dir(recipe: Recipe = RECIPE, seed: int = 0) -> Path:
+    return cache_root() / "models" / f"olmoe-tiny-{model_key(recipe, seed)}"
+
+
+def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = RECIPE,
+                          log: Callable[[str], None] | None = None) -> Path:
+    """The embedded model's folder, built first if missing (or `force`), under a file lock: concurrent processes
+    (xdist workers) wait for one build. The folder appears atomically (built aside, then renamed)."""
+    from filelock import FileLock, Timeout
+
+    folder = embedded_model_dir(recipe, seed)
+    if (folder / "build_report.json").is_file() and not force:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder) + ".lock")
+    try:
+        with lock.acquire(timeout=1800):
+            if (folder / "build_report.json").is_file() and not force:
+                return folder
+            staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr)
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)
+    except Timeout:
+        raise RuntimeError(f"waited 30 minutes for another process building {folder} (lock {lock.lock_file}); "
+                           "if no build is running, delete the lock file and retry") from None
+    return folder
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the build ---
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
+    """Byte-level BPE (tokenizers) over `texts` (deterministic given the texts), wrapped for transformers:
+    <|endoftext|> (id 0) is BOS and EOS, <|padding|> (id 1) pads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=BOS, pad_token=PAD,
+                                   model_max_length=max_length)
+
+
+def _rows(documents: list[list[int]], bos: int, seq_len: int, generator: Any) -> Any:
+    """Documents in a seeded order, each preceded by BOS, concatenated and cut into rows of seq_len tokens."""
+    import torch
+
+    order = torch.randperm(len(documents), generator=generator).tolist()
+    stream = [token for i in order for token in (bos, *documents[i])]
+    n_rows = len(stream) // seq_len
+    return torch.tensor(stream[:n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+
+
+class _TaskStream:
+    """Endless rows of one task: a seeded permutation of its rows per epoch."""
+
+    def __init__(self, rows: Any, generator: Any) -> None:
+        self.rows, self.generator, self.order, self.position = rows, generator, [], 0
+
+    def take(self, n: int) -> Any:
+        import torch
+
+        picked = []
+        while len(picked) < n:
+            if self.position >= len(self.order):
+                self.order = torch.randperm(len(self.rows), generator=self.generator).tolist()
+                self.position = 0
+            picked.append(self.order[self.position])
+            self.position += 1
+        return self.rows[picked]
+
+
+def _lr(step: int, recipe: Recipe) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def js_divergence_bits(p: Any, q: Any) -> float:
+    """Jensen-Shannon divergence in bits, JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m), m = ½(p + q); 0 (same) .. 1 (disjoint)."""
+    import torch
+
+    p, q = p.double() / p.sum(), q.double() / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: Any) -> Any:
+        nonzero = a > 0
+        return (a[nonzero] * torch.log2(a[nonzero] / m[nonzero])).sum()
+
+    return float(0.5 * kl(p) + 0.5 * kl(q))
+
+
+def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
+                         log: Callable[[str], None] = print) -> BuildReport:
+    """Train tokenizer and model into `out_dir` (save_pretrained) and write build_report.json; see module doc."""
+    import torch
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    from pytest_ladder.models.adapters import adapter_for
+    from pytest_ladder.models.capture import CaptureSpec, capture
+    from pytest_ladder.models.corpora import load_corpora, token_sequences
+    from pytest_ladder.models.nll import rolling_nll
+
+    started = time.perf_counter()
+    report = BuildReport(key=model_key(recipe, seed), seed=seed, recipe=asdict(recipe))
+    saved_threads = torch.get_num_threads()
+    saved_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        corpora = load_corpora(recipe.tasks)
+        calibration = {task: corpora[task].texts("calibration") for task in recipe.tasks}
+        tokenizer = train_tokenizer([t for task in recipe.tasks for t in calibration[task]], recipe.vocab_size,
+                                    recipe.seq_len)
+        bos = tokenizer.bos_token_id
+        encoded = {task: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+                   for task, texts in calibration.items()}
+        report.seconds["data_and_tokenizer"] = round(time.perf_counter() - started, 2)
+
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        streams = {task: _TaskStream(_rows(docs, bos, recipe.seq_len, generator), generator)
+                   for task, docs in encoded.items()}
+        config = OlmoeConfig(**recipe.olmoe_config())
+        model = OlmoeForCausalLM(config)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                      weight_decay=recipe.weight_decay)
+        from tqdm.auto import tqdm
+
+        train_started = time.perf_counter()
+        losses = []
+        bar = tqdm(range(recipe.steps), desc="train embedded OLMoE", disable=None, leave=False)
+        for step in bar:
+            batch = torch.cat([streams[task].take(recipe.rows_per_task) for task in recipe.tasks])
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, recipe)
+            out = model(input_ids=batch, labels=batch, output_router_logits=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        report.seconds["train"] = round(time.perf_counter() - train_started, 2)
+        report.train_tokens = recipe.steps * len(recipe.tasks) * recipe.rows_per_task * recipe.seq_len
+        report.final_train_loss = sum(losses[-10:]) / len(losses[-10:])
+        report.n_params = sum(p.numel() for p in model.parameters())
+        model.eval()
+
+        eval_started = time.perf_counter()
+        _evaluate(model, tokenizer, corpora, encoded, recipe, report, rolling_nll, capture, CaptureSpec,
+                  token_sequences, adapter_for)
+        report.seconds["evaluate"] = round(time.perf_counter() - eval_started, 2)
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        report.seconds["total"] = round(time.perf_counter() - started, 2)
+        report.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        (out_dir / "build_report.json").write_text(json.dumps(asdict(report), indent=1, sort_keys=True))
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.use_deterministic_algorithms(saved_deterministic)
+    for line in format_report(report).splitlines():
+        log(line)
+    return report
+
+
+def _evaluate(model: Any, tokenizer: Any, corpora: dict, encoded: dict, recipe: Recipe, report: BuildReport,
+              rolling_nll: Any, capture: Any, CaptureSpec: Any, token_sequences: Any, adapter_for: Any) -> None:
+    """Held-out NLL vs a unigram baseline, and per-layer expert usage per task with pairwise JS divergence."""
+    import torch
+
+    counts = torch.ones(recipe.vocab_size, dtype=torch.float64)  # add-one smoothed unigram over calibration
+    for docs in encoded.values():
+        for ids in docs:
+            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=recipe.vocab_size).double()
+    log_unigram = torch.log(counts / counts.sum())
+    adapter = adapter_for(model)
+    bos = tokenizer.bos_token_id
+    usage: dict[str, list[list[float]]] = {}
+    for task in recipe.tasks:
+        texts = corpora[task].texts("heldout")[:recipe.eval_documents]
+        result = rolling_nll(model, tokenizer, texts, batch_size=8, desc=f"nll {task}")
+        ids = torch.tensor([t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]])
+        report.heldout_nll[task] = {"nats_per_token": result.nats_per_token, "tokens": result.tokens,
+                                    "documents": result.documents,
+                                    "unigram_nats_per_token": float(-log_unigram[ids].mean())}
+        sequences = token_sequences(corpora[task].heldout, tokenizer, recipe.eval_tokens, recipe.seq_len, bos)
+        captured = capture(model, adapter, sequences, CaptureSpec(gram=False, topk=False), batch_size=8,
+                           pad_token_id=tokenizer.pad_token_id, desc=f"routing {task}")
+        usage[task] = [captured[layer].expert_usage().tolist() for layer in adapter.moe_layers()]
+    report.expert_usage = usage
+    for a, b in combinations(recipe.tasks, 2):
+        report.expert_usage_js_bits[f"{a}|{b}"] = [
+            js_divergence_bits(torch.tensor(pa), torch.tensor(pb)) for pa, pb in zip(usage[a], usage[b])
+        ]
+
+
+def format_report(report: BuildReport) -> str:
+    """The build summary: size, time, memory, held-out NLL vs unigram, per-layer JS divergence of expert usage."""
+    recipe = report.recipe
+    lines = [
+        f"embedded OLMoE {report.key} (seed {report.seed}): {recipe['num_hidden_layers']} layers, hidden "
+        f"{recipe['hidden_size']}, {recipe['num_experts']} experts top-{recipe['num_experts_per_tok']}, expert "
+        f"intermediate {recipe['intermediate_size']}, vocab {recipe['vocab_size']}, {report.n_params / 1e6:.2f}M "
+        "parameters",
+        f"trained {recipe['steps']} steps on {report.train_tokens / 1e6:.2f}M calibration tokens "
+        f"(final loss {report.final_train_loss:.3f}); time {report.seconds.get('total', 0):.1f} s "
+        f"(train {report.seconds.get('train', 0):.1f} s), peak RSS {report.peak_rss_bytes / 2**30:.2f} GiB, "
+        f"{recipe['threads']} threads",
+        "held-out NLL, nats/token (unigram baseline):  " + ", ".join(
+            f"{task} {v['nats_per_token']:.3f} ({v['unigram_nats_per_token']:.3f})"
+            for task, v in report.heldout_nll.items()),
+        "expert-usage Jensen-Shannon divergence between tasks, bits (0 same .. 1 disjoint):",
+    ]
+    pairs = list(report.expert_usage_js_bits)
+    lines.append("  layer  " + "  ".join(f"{p:>10}" for p in pairs))
+    n_layers = len(next(iter(report.expert_usage_js_bits.values()), []))
+    for layer in range(n_layers):
+        lines.append(f"  {layer:>5}  " + "  ".join(f"{report.expert_usage_js_bits[p][layer]:>10.3f}" for p in pairs))
+    if n_layers:
+        lines.append("   mean  " + "  ".join(
+            f"{sum(report.expert_usage_js_bits[p]) / n_layers:>10.3f}" for p in pairs))
+    return "\n".join(lines)
+
+
+def read_report(folder: Path) -> BuildReport:
+    return BuildReport(**json.loads((folder / "build_report.json").read_text()))
+
+
+# ------------------------------------------------------------------------------------------------------ CLI ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ladder model build [--force] [--seed N]` | `ladder model path [--seed N]`."""
+    parser = argparse.ArgumentParser(prog="ladder model", description="the embedded default model (a tiny OLMoE)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="train it (≤ 3 min on 2 CPU cores) unless already cached")
+    build.add_argument("--force", action="store_true", help="rebuild even if the cache holds it")
+    build.add_argument("--seed", type=int, default=0)
+    path = commands.add_parser("path", help=f"print its cache folder (${CACHE_ENV} or ~/.cache/pytest-ladder)")
+    path.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "path":
+        folder = embedded_model_dir(seed=args.seed)
+        print(folder)
+        if not (folder / "build_report.json").is_file():
+            print("not built yet: run `ladder model build`", file=sys.stderr)
+            return 1
+        return 0
+    folder = embedded_model_dir(seed=args.seed)
+    cached = (folder / "build_report.json").is_file() and not args.force
+    folder = ensure_embedded_model(seed=args.seed, force=args.force, log=print)
+    if cached:
+        print(f"cached (built earlier); report of that build:")
+        print(format_report(read_report(folder)))
+    print(folder)
+    return 0
+
+
+__all__ = ["Recipe", "RECIPE", "BuildReport", "build_embedded_model", "ensure_embedded_model", "embedded_model_dir",
+           "model_key", "cache_root", "train_tokenizer", "js_divergence_bits", "format_report", "main"]
