@@ -8,7 +8,9 @@ error ‖O − Ô‖_F / ‖O‖_F (pooled over points; measure.errors.frobenius
   contractive accumulation e_λ,t = λ e_λ,t−1 + (1 − λ) x_t (e_λ,−1 = 0, |λ| < 1), and ô_t = W φ_t with the features
   φ_t = [x_t, e_λ1,t, ..., e_λm,t] (d = H·(m+1) wide). W is the ridge least-squares fit on calibration points,
   W = (ΦᵀΦ + α I)⁻¹ ΦᵀO with α = ridge · tr(ΦᵀΦ) / d (ridge 0: plain least squares), from sufficient statistics in
-  float64. The memoryless map (features x_t alone) is fit alongside for comparison.
+  float64. The ridge is chosen from a locked grid on calibration alone: fit on four of every five calibration
+  sequences, pick the ridge with the lowest error on the fifth, refit on all of them. The memoryless map (features
+  x_t alone) is fit the same way for comparison.
 - G10.5: the smooth + sparse split: each query keeps its top-k keys per head with their exact attention weights
   (the sparse part, o_sparse = W_o Σ_h Σ_{s ∈ topk} A_h,ts v_h,s + b_o) and the scan fits what is left,
   o − o_sparse. Routing stability: the Jaccard index between each query's content-addressed top-k keys and the keys
@@ -82,6 +84,14 @@ class Normal:
             self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
 
+    def __add__(self, other: Normal) -> Normal:
+        if other.ftf is None:
+            return self
+        if self.ftf is None:
+            return other
+        return Normal(self.ftf + other.ftf, {k: v + other.fty[k] for k, v in self.fty.items()},
+                      {k: v + other.yy[k] for k, v in self.yy.items()}, self.n_points + other.n_points)
+
 
 def fit_scan(normal: Normal, target: str, ridge: float, *, width: int | None = None) -> torch.Tensor:
     """W = (ΦᵀΦ + α I)⁻¹ ΦᵀY with α = ridge · tr(ΦᵀΦ) / d (ridge 0: least squares via lstsq), float64.
@@ -103,6 +113,27 @@ def fit_error(normal: Normal, target: str, w: torch.Tensor) -> float:
     a, b = normal.ftf[:d, :d], normal.fty[target][:d]
     sq = float((w * (a @ w)).sum() - 2 * (w * b).sum()) + normal.yy[target]
     return (max(sq, 0.0) / normal.yy[target]) ** 0.5
+
+
+VALIDATION_EVERY = 5  # every fifth calibration sequence validates the ridge
+
+
+def readout(calibration: Calibration, target: str, ridges: Sequence[float], *, width: int | None = None
+            ) -> tuple[torch.Tensor, float]:
+    """(W, ridge): the ridge of `ridges` whose fit on the fitting sequences has the lowest error on the validation
+    sequences, and W refit with it on every calibration sequence (a single ridge is used as is)."""
+    ridges = list(ridges)
+    if not ridges:
+        raise ValueError("readout: no ridge given; params.ridges must list at least one value")
+    chosen = ridges[0]
+    if len(ridges) > 1:
+        if calibration.validation.ftf is None or calibration.fit.ftf is None:
+            raise ValueError(f"readout: choosing among {len(ridges)} ridges needs at least {VALIDATION_EVERY} "
+                             "calibration sequences; raise params.calibration_tokens_per_feature")
+        errors = [fit_error(calibration.validation, target, fit_scan(calibration.fit, target, r, width=width))
+                  for r in ridges]
+        chosen = ridges[min(range(len(ridges)), key=errors.__getitem__)]
+    return fit_scan(calibration.normal, target, chosen, width=width), chosen
 
 
 def random_readout(normal: Normal, target: str, seed: int) -> torch.Tensor:
@@ -346,7 +377,10 @@ class Calibration:
 
     decays: tuple[float, ...]
     skip_prefix: bool = True
-    normal: Normal = field(default_factory=Normal)
+    fit: Normal = field(default_factory=Normal)
+    validation: Normal = field(default_factory=Normal)
+    n_sequences: int = 0
+    _normal: Normal | None = field(default=None, repr=False, compare=False)
     sink: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -356,7 +390,10 @@ class Calibration:
         keep = _points(self.skip_prefix)
         targets = _targets(record.o_sparse is not None, len(record.o_random))
         phi = scan_features(record.x, self.decays)[keep]
-        self.normal.add(phi, {name: select(record)[keep] for name, select in targets.items()})
+        self.n_sequences += 1
+        fold = self.validation if self.n_sequences % VALIDATION_EVERY == 0 else self.fit
+        fold.add(phi, {name: select(record)[keep] for name, select in targets.items()})
+        self._normal = None
         if record.offset_mass is not None:
             t = record.offset_mass.shape[1]
             if self.offsets is None or self.offsets.shape[1] < t:
@@ -370,6 +407,13 @@ class Calibration:
             self.counts[:t] += record.offset_count.to(F64)
             self.sink = record.sink_mass.to(F64) if self.sink is None else self.sink + record.sink_mass.to(F64)
             self.queries += t
+
+    @property
+    def normal(self) -> Normal:
+        """The normal equations over every calibration sequence (fit + validation)."""
+        if self._normal is None:
+            self._normal = self.fit + self.validation
+        return self._normal
 
     def static_rule(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sink (heads,), offsets (heads, T_max)): mean attention on the first token and per offset (unseen: 0)."""
@@ -399,11 +443,13 @@ def _heldout_error(records: Sequence[SequenceCapture], phis: Sequence[torch.Tens
 
 @dataclass(frozen=True)
 class ScanResult:
-    """A fitted scan on one layer: held-out and calibration errors, and the memoryless map's held-out error."""
+    """A fitted scan on one layer: held-out and calibration errors, the chosen ridge, and the memoryless map's
+    held-out error."""
 
     heldout_error: float
     calibration_error: float
     memoryless_error: float
+    ridge: float
     n_calibration: int
     n_heldout: int
     n_features: int
@@ -413,16 +459,18 @@ class ScanResult:
         return self.heldout_error - self.calibration_error
 
 
-def fit_scan_layer(calibration: Calibration, heldout: Sequence[SequenceCapture], ridge: float) -> ScanResult:
+def fit_scan_layer(calibration: Calibration, heldout: Sequence[SequenceCapture], ridges: Sequence[float]
+                   ) -> ScanResult:
     """G10-scan on one layer: the readout fit on calibration, judged on held-out points."""
     normal, decays, skip = calibration.normal, calibration.decays, calibration.skip_prefix
     phis = _heldout_features(heldout, decays, skip, normal.ftf.device)
-    w = fit_scan(normal, "o", ridge)
-    memoryless = fit_scan(normal, "o", ridge, width=heldout[0].x.shape[-1])
+    w, ridge = readout(calibration, "o", ridges)
+    memoryless, _ = readout(calibration, "o", ridges, width=heldout[0].x.shape[-1])
     return ScanResult(
         heldout_error=_heldout_error(heldout, phis, w, lambda r: r.o, skip),
         calibration_error=fit_error(normal, "o", w),
         memoryless_error=_heldout_error(heldout, phis, memoryless, lambda r: r.o, skip),
+        ridge=ridge,
         n_calibration=normal.n_points,
         n_heldout=sum(r.o[_points(skip)].shape[0] for r in heldout),
         n_features=w.shape[0],
@@ -454,12 +502,13 @@ class HybridResult:
     sparse_mass: float
 
 
-def fit_hybrid_layer(calibration: Calibration, heldout: Sequence[SequenceCapture], ridge: float) -> HybridResult:
+def fit_hybrid_layer(calibration: Calibration, heldout: Sequence[SequenceCapture], ridges: Sequence[float]
+                     ) -> HybridResult:
     """G10.5 on one layer: the scan fit on o − o_sparse (oracle keys, and per random seed), judged on held-out."""
     normal, skip = calibration.normal, calibration.skip_prefix
     targets = _targets(True, len(heldout[0].o_random))
     phis = _heldout_features(heldout, calibration.decays, skip, normal.ftf.device)
-    errors = {name: _heldout_error(heldout, phis, fit_scan(normal, name, ridge), select, skip)
+    errors = {name: _heldout_error(heldout, phis, readout(calibration, name, ridges)[0], select, skip)
               for name, select in targets.items() if name != "o"}
     keep = _points(skip)
     outputs = torch.cat([r.o[keep] for r in heldout]).to(F64)
@@ -521,9 +570,10 @@ class AttentionStudy:
     """
 
     def __init__(self, loaded: Any, corpora: Any, layers: Sequence[int], *, n_points: int, decays: Sequence[float],
-                 ridge: float, calibration_tokens_per_feature: float, sparse: SparseSpec | None = None) -> None:
+                 ridges: Sequence[float], calibration_tokens_per_feature: float,
+                 sparse: SparseSpec | None = None) -> None:
         self.loaded, self.corpora, self.layers = loaded, corpora, sorted(set(layers))
-        self.n_points, self.decays, self.ridge, self.sparse = n_points, tuple(decays), ridge, sparse
+        self.n_points, self.decays, self.ridges, self.sparse = n_points, tuple(decays), tuple(ridges), sparse
         hidden = int(loaded.model.config.hidden_size)
         self.n_features = hidden * (1 + len(self.decays))
         self.calibration_tokens = int(calibration_tokens_per_feature * self.n_features)
@@ -560,7 +610,7 @@ class AttentionStudy:
         """G10-scan on (layer, task)."""
         if (layer, task) not in self._scan:
             self._scan[(layer, task)] = fit_scan_layer(self.calibration(layer, task), self.heldout(layer, task),
-                                                       self.ridge)
+                                                       self.ridges)
         return self._scan[(layer, task)]
 
     def random_scans(self, layer: int, task: str, seeds: Sequence[int]) -> list[float]:
@@ -572,7 +622,7 @@ class AttentionStudy:
         self._need_sparse()
         if (layer, task) not in self._hybrid:
             self._hybrid[(layer, task)] = fit_hybrid_layer(self.calibration(layer, task), self.heldout(layer, task),
-                                                           self.ridge)
+                                                           self.ridges)
         return self._hybrid[(layer, task)]
 
     def key_stability(self, layer: int, task: str) -> KeyStability:
