@@ -1,0 +1,292 @@
+"""G4: a static rank-r basis on the expert inputs, shared by one layer's experts, replaces what the experts see.
+
+The experts of a layer read their input x (the router input, H wide) through gate and up; stacked, W_e = [gate_e;
+up_e] (2I, H). A basis replaces x by P x with one rank-r P per layer (per task for the task-conditional variant),
+so every expert stores W_e P = (W_e L)(R): a factor W_e L (2I, r) per expert and one shared R (r, H) — the static
+student of the Lean theorem `static_student_bytes_lt_dense`.
+
+The fit (calibration Grams, float64): with G = Σ_e G_e the layer's routed-input Gram, S = G^{1/2} and
+M = Σ_e n_e W_eᵀ W_e (n_e tokens routed to e), V = top-r eigenvectors of S M S and P = S V Vᵀ S⁺. Writing
+X = S Z, ‖W_e (I − P) X‖² = tr(W_e S (I − V Vᵀ) S W_eᵀ), so under G_e ≈ (n_e / Σ n) G this P minimises the
+token-weighted activation error over rank-r input maps; on experts that are exactly rank r in a shared input
+subspace it reproduces every expert exactly on the data (S⁺ inverts S on the data's span; zero eigenvalues of G
+are cut at a relative 1e-12).
+
+Gates read the held-out Grams through `measure.activation_error`; the full-depth deploy installs W_e P (or the
+off-projection W_e (I − P)) in every MoE layer with `models.weights.patched_parameters` and scores routes and NLL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pytest_ladder.measure.errors import activation_error, worst_task_error
+from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+from pytest_ladder.measure.routing import route_flip_rate
+from pytest_ladder.measure.storage import Artifact, DtypeLike, TensorStorage, dense_artifact, global_delta_bytes
+
+if TYPE_CHECKING:
+    from pytest_ladder.models.adapters import MoEAdapter
+
+F64 = torch.float64
+EIG_CUTOFF = 1e-12  # eigenvalues of G below EIG_CUTOFF · λ_max count as zero (outside the data's span)
+
+
+@dataclass(frozen=True)
+class InputBasis:
+    """The rank-r input map P = L R (x -> P x) of one layer: L (H, r), R (r, H), float64."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[-1]
+
+    def projector(self) -> torch.Tensor:
+        """P = L R (H, H)."""
+        return self.left @ self.right
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        """W P for W (..., out, H): what the experts compute once their inputs pass through the basis, float64."""
+        w = w.to(F64)
+        return (w @ self.left.to(w.device)) @ self.right.to(w.device)
+
+    def off(self, w: torch.Tensor) -> torch.Tensor:
+        """W (I − P): the experts fed only what the basis claims to ignore (the off-projection trap)."""
+        return w.to(F64) - self.apply(w)
+
+
+def identity_basis(hidden: int, *, device: torch.device | str | None = None) -> InputBasis:
+    """P = I (L = R = I): the uncompressed pipeline; `apply(W)` is W exactly (the trivial-pass trap)."""
+    eye = torch.eye(hidden, dtype=F64, device=device)
+    return InputBasis(eye, eye)
+
+
+def random_basis(hidden: int, rank: int, seed: int, *, device: torch.device | str | None = None) -> InputBasis:
+    """A Haar-random rank-r orthogonal projector Q Qᵀ (the τ baselines and the random-basis trap)."""
+    q = random_orthonormal_columns(hidden, rank, seed, device=device)
+    return InputBasis(q, q.mT.contiguous())
+
+
+def gram_sqrt_pinv(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, S⁺) with S = G^{1/2} symmetric PSD and S⁺ its pseudo-inverse (eigenvalues ≤ EIG_CUTOFF·λ_max cut)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram.to(F64))
+    kept = eigenvalues > EIG_CUTOFF * eigenvalues.max().clamp_min(0)
+    root = eigenvalues.clamp_min(0).sqrt()
+    inv_root = torch.where(kept, 1.0 / root.where(kept, torch.ones_like(root)), torch.zeros_like(root))
+    return (eigenvectors * root) @ eigenvectors.mT, (eigenvectors * inv_root) @ eigenvectors.mT
+
+
+def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Tensor, rank: int) -> InputBasis:
+    """The layer's rank-r basis from expert input maps W (E, out, H), the routed-input Gram G = Σ_t x_t x_tᵀ (H, H)
+    (∝ Σ_e G_e: every token reaches k experts) and the token counts n_e (E,) of the calibration tokens.
+
+    V = top-r eigenvectors of S M S with S = G^{1/2}, M = Σ_e n_e W_eᵀ W_e; P = S V Vᵀ S⁺ (module docstring).
+    """
+    hidden = weights.shape[-1]
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hidden:
+        raise ValueError(f"fit_input_basis: rank must be an int in 1..{hidden} (the input width), got {rank!r}")
+    if tuple(gram.shape) != (hidden, hidden) or tuple(counts.shape) != (weights.shape[0],):
+        raise ValueError(f"fit_input_basis: Gram {tuple(gram.shape)} and counts {tuple(counts.shape)} do not match "
+                         f"expert weights {tuple(weights.shape)}: need (H, H) and (E,) for (E, out, H)")
+    w = weights.to(F64)
+    n = counts.to(device=w.device, dtype=F64)
+    if not float(n.sum()) > 0:
+        raise ValueError("fit_input_basis: no calibration tokens were routed to this layer's experts; capture more "
+                         "calibration tokens (params.calibration_points)")
+    s, s_pinv = gram_sqrt_pinv(gram.to(w.device))
+    m = torch.einsum("e,eoi,eoj->ij", n, w, w)
+    _, eigenvectors = torch.linalg.eigh(s @ m @ s)
+    v = eigenvectors.flip(-1)[:, :rank]
+    return InputBasis(s @ v, v.mT @ s_pinv)
+
+
+def stacked_inputs(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """W_e = [gate_e; up_e]: the experts' input maps (E, 2I, H) from gate and up (E, I, H)."""
+    return torch.cat([gate, up], dim=-2)
+
+
+def basis_error(weights: torch.Tensor, basis: InputBasis, grams: torch.Tensor) -> float:
+    """Gate 2 on one layer: pooled ‖(W_e − W_e P) X_e‖_F / ‖W_e X_e‖_F over the experts (token-weighted)."""
+    return activation_error(weights, basis.apply(weights), grams).pooled
+
+
+def student_artifact(name: str, n_experts: int, out: int, hidden: int, rank: int, dtype: DtypeLike,
+                     n_bases: int = 1) -> Artifact:
+    """What a layer's static student stores: per basis, E factors W_e L (out, r) and the shared R (r, H)."""
+    parts: list[TensorStorage] = []
+    for index in range(n_bases):
+        tag = f"{name}.basis{index}" if n_bases > 1 else name
+        parts += [TensorStorage(f"{tag}.factors", (n_experts, out, rank), dtype=dtype, kind="factor"),
+                  TensorStorage(f"{tag}.basis", (rank, hidden), dtype=dtype, kind="basis")]
+    return Artifact(tuple(parts))
+
+
+def student_delta_bytes(stacks: Mapping[str, tuple[DtypeLike, Sequence[int]]], rank: int | None,
+                        n_bases: int = 1) -> int:
+    """Gate 1 for the static student: its bytes minus the dense input maps, over `stacks` {layer: (stored dtype,
+    (E, out, H))} (every MoE layer's stacked gate/up experts). `rank=None` is the uncompressed pipeline (the dense
+    maps kept as they are): exactly 0."""
+    total = 0
+    for name, (dtype, (n_experts, out, hidden)) in stacks.items():
+        dense = dense_artifact(f"{name}.experts.gate_up", (n_experts, out, hidden), dtype)
+        student = dense if rank is None else student_artifact(f"{name}.experts.gate_up", n_experts, out, hidden,
+                                                              rank, dtype, n_bases)
+        total += global_delta_bytes(student, dense)
+    return total
+
+
+def input_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> dict[str, tuple[torch.dtype, tuple]]:
+    """{"layers.L": (stored dtype, (E, 2I, H))}: every MoE layer's stacked gate/up experts from a checkpoint's
+    {name: (dtype, shape)} headers (models.checkpoint.Checkpoint.dtype_bytes; probes.rotorquant.expert_stacks)."""
+    from pytest_ladder.probes.rotorquant import expert_stacks
+
+    return {name.rsplit(".", 1)[0]: (dtype, (e, 2 * out, hidden))
+            for name, (dtype, (e, out, hidden)) in expert_stacks(tensors).items() if name.endswith(".gate")}
+
+
+def deploy_updates(adapter: "MoEAdapter", bases: Mapping[int, InputBasis], *, off: bool = False
+                   ) -> dict[tuple[str, int], torch.Tensor]:
+    """Parameter updates installing W_e P (or W_e (I − P) with `off`) as every expert's gate and up in each layer of
+    `bases`, at the stored dtype (for models.weights.patched_parameters). down is kept; P = I writes W bit for bit."""
+    from pytest_ladder.models.adapters import ExpertWeights
+
+    updates: dict[tuple[str, int], torch.Tensor] = {}
+    for layer, basis in bases.items():
+        for expert in range(adapter.n_experts):
+            weights = adapter.expert_weights(layer, expert)
+            stacked = stacked_inputs(weights.gate, weights.up)
+            new = (basis.off(stacked) if off else basis.apply(stacked)).to(weights.gate.dtype)
+            gate, up = new.chunk(2, dim=-2)
+            updates.update(adapter.expert_updates(layer, expert, ExpertWeights(gate, up, weights.down)))
+    return updates
+
+
+# ------------------------------------------------------------------------------------------------ the study ---
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """A full-depth deploy against the dense model: pooled route flip rate, flips and ΔNLL fraction per task."""
+
+    route_flip_rate: float
+    flips: dict[str, float]
+    delta_nll: dict[str, float]
+    nll: dict[str, dict]
+
+    @property
+    def worst_delta_nll(self) -> float:
+        return max(self.delta_nll.values())
+
+
+class LowRankStudy:
+    """G4 on one loaded model, over the shared routing data (probes.routes.RoutingStudy), each quantity once.
+
+    Bases: "universal" (every task's calibration tokens pooled) or one task's. Deploys: "identity" (P = I),
+    "method" (universal bases), "random" (a Haar-random rank-r basis per layer), "off" (W_e (I − P), universal).
+    """
+
+    def __init__(self, routing: Any, rank: int, tasks: Sequence[str], seeds: Sequence[int], *,
+                 calibration_points: int) -> None:
+        self.routing, self.rank, self.tasks, self.seeds = routing, rank, tuple(tasks), tuple(seeds)
+        self.calibration_points = calibration_points
+        self._bases: dict[tuple[str, int], InputBasis] = {}
+        self._deploys: dict[str, Deploy] = {}
+        self._reference: dict[str, Any] = {}
+        self._texts: dict[str, list[str]] = {}
+
+    @property
+    def adapter(self) -> Any:
+        return self.routing.adapter
+
+    def weights(self, layer: int) -> torch.Tensor:
+        """W_e = [gate_e; up_e] (E, 2I, H) of the layer at the stored dtype."""
+        stacks = self.routing.stacks(layer)
+        return stacked_inputs(stacks["gate"], stacks["up"])
+
+    def basis(self, fit_on: str, layer: int) -> InputBasis:
+        """The layer's rank-r basis fit on one task's calibration tokens, or on all of them ("universal")."""
+        if (fit_on, layer) not in self._bases:
+            tasks = self.tasks if fit_on == "universal" else (fit_on,)
+            captured = [self.routing.calibration(task, layer, self.calibration_points) for task in tasks]
+            gram = sum(c.input_gram for c in captured)
+            counts = sum(c.expert_tokens.to(F64) for c in captured)
+            self._bases[fit_on, layer] = fit_input_basis(self.weights(layer), gram, counts, self.rank)
+        return self._bases[fit_on, layer]
+
+    def error(self, layer: int, task: str, basis: InputBasis) -> float:
+        """Gate 2 of `basis` on the layer's held-out tokens of `task`."""
+        return basis_error(self.weights(layer), basis, self.routing.expert_grams(task, layer)[0])
+
+    def worst_task(self, layer: int) -> Any:
+        """Gate 4 at one layer: every task's own basis on its held-out tokens (measure.worst_task_error)."""
+        w = self.weights(layer)
+        return worst_task_error(w, {t: self.basis(t, layer).apply(w) for t in self.tasks},
+                                {t: self.routing.expert_grams(t, layer)[0] for t in self.tasks})
+
+    def texts(self, task: str) -> list[str]:
+        if task not in self._texts:
+            from pytest_ladder.probes.expert_outputs import heldout_texts
+
+            self._texts[task] = heldout_texts(self.routing.corpora[task].heldout, self.routing.loaded.tokenizer,
+                                              self.routing.n_points)
+        return self._texts[task]
+
+    def _nll(self, task: str) -> Any:
+        from pytest_ladder.models.nll import rolling_nll
+
+        loaded = self.routing.loaded
+        return rolling_nll(loaded.model, loaded.tokenizer, self.texts(task), batch_size=self.routing.batch_size,
+                           desc=f"nll {task}")
+
+    def reference(self, task: str) -> Any:
+        """The dense model's held-out NLL of `task` (nothing patched)."""
+        if task not in self._reference:
+            self._reference[task] = self._nll(task)
+        return self._reference[task]
+
+    def deploy_bases(self, kind: str) -> dict[int, InputBasis]:
+        layers = self.adapter.moe_layers()
+        hidden = self.adapter.hidden_size
+        if kind == "identity":
+            return {layer: identity_basis(hidden) for layer in layers}
+        if kind == "random":
+            return {layer: random_basis(hidden, self.rank, self.seeds[i % len(self.seeds)])
+                    for i, layer in enumerate(layers)}
+        if kind in ("method", "off"):
+            return {layer: self.basis("universal", layer) for layer in layers}
+        raise ValueError(f"unknown deploy {kind!r}: use identity, method, random or off")
+
+    def deploy(self, kind: str) -> Deploy:
+        """Every MoE layer patched (see class docstring); routes and NLL of every task against the dense model."""
+        if kind not in self._deploys:
+            from pytest_ladder.measure.loss import delta_nll_fraction
+            from pytest_ladder.models.capture import CaptureSpec
+            from pytest_ladder.models.weights import patched_parameters
+
+            references = {task: self.reference(task) for task in self.tasks}
+            dense = {task: self.routing.heldout(task) for task in self.tasks}
+            layers = self.adapter.moe_layers()
+            updates = deploy_updates(self.adapter, self.deploy_bases(kind), off=kind == "off")
+            with patched_parameters(self.routing.loaded.model, updates):
+                scored = {task: self._nll(task) for task in self.tasks}
+                routed = {task: self.routing.capture(task, "heldout", CaptureSpec(gram=False, topk=True))
+                          for task in self.tasks}
+            pairs = {task: ([dense[task][layer].topk_index for layer in layers],
+                            [routed[task][layer].topk_index for layer in layers]) for task in self.tasks}
+            self._deploys[kind] = Deploy(
+                route_flip_rate=route_flip_rate([i for d, _ in pairs.values() for i in d],
+                                                [i for _, c in pairs.values() for i in c]),
+                flips={task: route_flip_rate(*pair) for task, pair in pairs.items()},
+                delta_nll={task: delta_nll_fraction(references[task].nats, scored[task].nats,
+                                                    tokens_dense=references[task].tokens,
+                                                    tokens_comp=scored[task].tokens) for task in self.tasks},
+                nll={task: {"dense": references[task].as_dict(), "deployed": scored[task].as_dict()}
+                     for task in self.tasks},
+            )
+        return self._deploys[kind]
