@@ -11,6 +11,9 @@ Real tiny OLMoE models (random init) on the real corpora, with a BPE tokenizer t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from pytest_ladder.models.loading import LoadedModel, ModelSpec
 from pytest_ladder.models.weights import write_parameter
 from pytest_ladder.probes import attention, expert_outputs, rotorquant
 
+ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = 64  # a power of 4: the orthonormal Hadamard scale 1/8 is exact, so dyadic weights rotate exactly
 
 
@@ -196,3 +200,40 @@ def test_r1_planted_int2_experts_are_exact(tokenizer, corpora):
                                               n_points=160)
     assert random_study.error(1, "text").pooled > 0.3  # generic weights are far off the INT2 grid
     assert random_study.deploy("text", rotorquant.IDENTITY) == (0.0, 0.0)
+
+
+def run_rung(pytester: pytest.Pytester, name: str, model: Path, *extra: str, data_points: int = 256) -> dict:
+    """The real rung module and prereg (model and N pointed at the test's, re-sealed) in an in-process session."""
+    from pytest_ladder.seal import compute_seal
+
+    data = json.loads((ROOT / "prereg" / name / "tau.json").read_text())
+    data.update(model=str(model), data_points=data_points)
+    data["seal"] = compute_seal(data)
+    run = Path(pytester.mkdir(f"run-{model.name}"))
+    (run / "prereg" / name).mkdir(parents=True)
+    (run / "prereg" / name / "tau.json").write_text(json.dumps(data))
+    (run / f"test_{name}.py").write_text((ROOT / "rungs" / f"test_{name}.py").read_text())
+    pytester.runpytest(str(run / f"test_{name}.py"), "-p", "no:cacheprovider", "-q", "--ladder-model", str(model),
+                       "--ladder-prereg-dir", str(run / "prereg"), "--ladder-archive-dir", str(run / "archive"),
+                       *extra)
+    runs = sorted((run / "archive" / name).glob("*/decision.json"))
+    assert len(runs) == 1, f"{name}: no decision archived in {run}"
+    return json.loads(runs[0].read_text())
+
+
+def test_r1_rung_passes_every_gate_on_planted_int2_experts_and_kills_a_random_model(tokenizer, pytester, tmp_path):
+    planted = tiny_olmoe(tokenizer, layers=4)
+    plant_int2_experts(planted, rotorquant.RotorQuant(bits=2))
+    for model, folder in ((planted, tmp_path / "planted"), (tiny_olmoe(tokenizer, layers=4, seed=1),
+                                                            tmp_path / "random")):
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    record = run_rung(pytester, "r1", tmp_path / "planted")
+    assert record["verdict"] == "PASS", (record["killed_by"], record["invalid_because"])
+    values = {(g["name"], g["cell"]): g["value"] for g in record["gates"]}
+    assert values.pop(("bytes", None)) < 0
+    assert set(values.values()) == {0.0}  # activation error, task conditioning, flips and ΔNLL: all exactly 0
+    assert all(t["fired_as_declared"] for t in record["traps"])
+    killed = run_rung(pytester, "r1", tmp_path / "random", "-x")
+    assert killed["verdict"] == "KILL"
+    assert (killed["killed_by"]["name"], killed["killed_by"]["cell"]) == ("activation_error", "layer=3/16-task=text")
