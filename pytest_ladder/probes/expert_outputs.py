@@ -27,15 +27,25 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pytest_ladder.measure.loss import delta_nll_fraction
-from pytest_ladder.measure.quant import QuantParams, QuantSpec, calibrate, fake_quant, random_scales
+from pytest_ladder.measure.quant import (
+    QuantParams,
+    QuantSpec,
+    calibrate,
+    fake_quant,
+    random_scales,
+)
 from pytest_ladder.measure.rng import cpu_generator
-from pytest_ladder.measure.storage import Artifact, TensorStorage, global_delta_bytes, index_dtype
+from pytest_ladder.measure.storage import (
+    Artifact,
+    TensorStorage,
+    global_delta_bytes,
+    index_dtype,
+)
 
 if TYPE_CHECKING:
     from pytest_ladder.models.adapters import MoEAdapter
     from pytest_ladder.models.capture import Capture
-
-ExpertTransform = Callable[[int, int, torch.Tensor], torch.Tensor]
+    from pytest_ladder.models.weights import ExpertTransform
 
 
 def output_spec(bits: int, *, outliers: int = 0, scale_dtype: torch.dtype = torch.float32) -> QuantSpec:
