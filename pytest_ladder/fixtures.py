@@ -110,7 +110,9 @@ def model_spec(config: pytest.Config) -> Any:
     device = worker_device(device, _worker(config), n_gpus)
     if device == "cuda":
         device = "cuda:0"
-    return ModelSpec(source=_option(config, "ladder_model") or EMBEDDED, device=device,
+    from pytest_ladder.plugin import session_model
+
+    return ModelSpec(source=session_model(config, EMBEDDED), device=device,
                      max_memory=worker_max_memory(_option(config, "ladder_max_memory"), device),
                      offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto")
 

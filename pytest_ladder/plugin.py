@@ -330,6 +330,24 @@ def effective_model(config: pytest.Config, prereg: Any) -> str:
     return _option(config, "ladder_model") or prereg.model
 
 
+def session_model(config: pytest.Config, default: str) -> str:
+    """The model this process's rungs run on: --ladder-model, else the one model their preregs name.
+
+    A session fixture loads one model; rungs naming different models need separate runs (or --ladder-model).
+    """
+    chosen = _option(config, "ladder_model")
+    if chosen:
+        return chosen
+    named = {prereg.model: prereg.display_path for prereg in _state(config).preregs.values()}
+    if len(named) > 1:
+        raise pytest.UsageError(
+            "the selected rungs name different models in their preregs ("
+            + ", ".join(f"{path}: {model!r}" for model, path in sorted(named.items()))
+            + "); run them separately or choose one with --ladder-model"
+        )
+    return next(iter(named), default)
+
+
 def _option(config: pytest.Config, name: str) -> Any:
     try:
         return config.getoption(name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,43 +47,29 @@ def resolve_size(fraction: float, full: int, *, minimum: int = 1) -> int:
     return max(minimum, math.ceil(fraction * full - 1e-9))
 
 
-def model_folder(name: str) -> Path:
-    """Where the model `name` lives: 'embedded' (built on first use), a local folder, or a hub id (where reachable)."""
-    if name == "embedded":
-        from pytest_ladder.models.embedded import ensure_embedded_model
-
-        return Path(ensure_embedded_model())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as error:  # offline, unknown id, gated...
-        raise pytest.UsageError(
-            f"model {name!r} is neither 'embedded', a local folder, nor reachable on the Hugging Face hub ({error}). "
-            "Pass --ladder-model /path/to/save_pretrained/folder"
-        ) from None
-
-
 def _cache(config: pytest.Config) -> dict:
     return config.stash.setdefault(_cache_key, {})
 
 
 def _model_name(request: pytest.FixtureRequest) -> str:
-    from pytest_ladder.plugin import effective_model
+    from pytest_ladder.models.loading import EMBEDDED
+    from pytest_ladder.plugin import session_model
 
-    return effective_model(request.config, request.getfixturevalue("prereg"))
+    return session_model(request.config, EMBEDDED)
 
 
 @pytest.fixture
 def ladder_weights(request: pytest.FixtureRequest) -> Any:
     """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass."""
     from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.loading import ModelLoadError, resolve_source
 
     name = _model_name(request)
     cache = _cache(request.config)
     if ("weights", name) not in cache:
-        cache[("weights", name)] = Checkpoint(model_folder(name))
+        try:
+            folder, _ = resolve_source(name)
+        except ModelLoadError as error:
+            pytest.fail(str(error), pytrace=False)
+        cache[("weights", name)] = Checkpoint(folder)
     return cache[("weights", name)]
