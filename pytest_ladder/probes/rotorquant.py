@@ -132,24 +132,22 @@ class LayerGrams:
 
 def layer_grams(inputs: torch.Tensor, topk_index: torch.Tensor, stacks: Mapping[str, torch.Tensor], act: Any,
                 *, chunk: int = 4096) -> LayerGrams:
-    """Routed Grams of one layer from the captured MoE inputs (N, H) and top-k indices (N, k): per expert e,
-    X_e = the rows routed to e, G_e = X_eᵀX_e and M_e = Hᵀ H with H = act(X_e gateᵀ) ⊙ (X_e upᵀ) computed at the
-    weights' dtype as the model does; Grams in float64."""
+    """Routed Grams of one layer from the captured MoE inputs (N, H) and top-k indices (N, k): per expert e, X_e the
+    rows routed to e, G_e = X_eᵀX_e (probes.routes.routed_grams) and M_e = Hᵀ H with H = act(X_e gateᵀ) ⊙ (X_e upᵀ)
+    computed at the weights' dtype as the model does; Grams in float64."""
+    from pytest_ladder.probes.routes import routed_grams
+
     gate, up = stacks["gate"], stacks["up"]
-    n_experts, inter, hidden = gate.shape
+    n_experts, inter, _ = gate.shape
     device = inputs.device
-    g_in = torch.zeros(n_experts, hidden, hidden, dtype=F64, device=device)
     g_mid = torch.zeros(n_experts, inter, inter, dtype=F64, device=device)
     for expert in range(n_experts):
         rows = inputs[(topk_index == expert).any(dim=-1)]
         for start in range(0, rows.shape[0], chunk):
-            x = rows[start:start + chunk]
-            x64 = x.to(F64)
-            g_in[expert] += x64.mT @ x64
-            xw = x.to(gate.dtype)
-            mid = (act(xw @ gate[expert].to(device).mT) * (xw @ up[expert].to(device).mT)).to(F64)
+            x = rows[start:start + chunk].to(gate.dtype)
+            mid = (act(x @ gate[expert].to(device).mT) * (x @ up[expert].to(device).mT)).to(F64)
             g_mid[expert] += mid.mT @ mid
-    return LayerGrams(g_in, g_mid)
+    return LayerGrams(routed_grams(inputs, topk_index, n_experts)[0], g_mid)
 
 
 @dataclass(frozen=True)
@@ -197,22 +195,19 @@ METHOD = ("method",)
 
 
 class RotorQuantStudy:
-    """R1 on one loaded model (models.loading.LoadedModel) and its corpora, each quantity computed once.
+    """R1 on one loaded model over the shared routing data (probes.routes.RoutingStudy), each quantity once.
 
     Compressors are named by keys: METHOD (RotorQuant at its bits), IDENTITY (W' = W), ("bits", b) (another bit
-    width), ("random_scales", seed, low, high). Held-out data per task: the first `n_points` document tokens
-    (routes, Grams) and the first documents reaching `n_points` tokens (ΔNLL).
+    width), ("random_scales", seed, low, high). Held-out data per task: the routing study's held-out tokens (routes,
+    Grams) and the first documents reaching as many tokens (ΔNLL).
     """
 
-    def __init__(self, loaded: Any, corpora: Any, *, quantizer: RotorQuant, n_points: int, batch_size: int = 8
-                 ) -> None:
+    def __init__(self, routing: Any, *, quantizer: RotorQuant) -> None:
         from pytest_ladder.models.capture import model_device
 
-        self.loaded, self.corpora, self.quantizer = loaded, corpora, quantizer
-        self.n_points, self.batch_size = n_points, batch_size
-        self.device = model_device(loaded.model)  # where weights, Grams and round trips are computed
+        self.routing, self.quantizer = routing, quantizer
+        self.device = model_device(routing.loaded.model)  # where weights, Grams and round trips are computed
         self._stacks: dict[int, dict[str, torch.Tensor]] = {}
-        self._captures: dict[str, Any] = {}
         self._grams: dict[tuple[int, str], LayerGrams] = {}
         self._errors: dict[tuple, LayerError] = {}
         self._nll: dict[tuple, Any] = {}
@@ -220,7 +215,7 @@ class RotorQuantStudy:
 
     @property
     def adapter(self) -> Any:
-        return self.loaded.adapter
+        return self.routing.adapter
 
     def stacks(self, layer: int, *, keep: bool = True) -> dict[str, torch.Tensor]:
         """The layer's expert stacks on the study's device (kept for later calls unless `keep` is False)."""
@@ -245,34 +240,11 @@ class RotorQuantStudy:
             return self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high)
         raise KeyError(f"RotorQuantStudy: unknown compressor {key!r}")
 
-    def capture(self, task: str) -> Any:
-        """Held-out capture of `task`: every MoE layer's inputs and top-k routes (dense model)."""
-        if task not in self._captures:
-            from pytest_ladder.models.capture import CaptureSpec, capture
-
-            self._captures[task] = capture(self.loaded.model, self.adapter, self._sequences(task),
-                                           CaptureSpec(gram=False, topk=True, inputs=True),
-                                           batch_size=self.batch_size, pad_token_id=self._pad(),
-                                           desc=f"capture {task}")
-        return self._captures[task]
-
-    def _pad(self) -> int:
-        pad = self.loaded.tokenizer.pad_token_id
-        return self.loaded.prefix_token_id if pad is None else int(pad)
-
-    def _sequences(self, task: str) -> list[list[int]]:
-        from pytest_ladder.models.corpora import token_sequences
-
-        loaded = self.loaded
-        return token_sequences(self.corpora[task].heldout, loaded.tokenizer, self.n_points, loaded.max_length,
-                               loaded.prefix_token_id)
-
     def grams(self, layer: int, task: str) -> LayerGrams:
         if (layer, task) not in self._grams:
-            captured = self.capture(task)[layer]
-            self._grams[(layer, task)] = layer_grams(captured.inputs.to(self.device),
-                                                     captured.topk_index.to(self.device), self.stacks(layer),
-                                                     self.adapter.experts_module(layer).act_fn)
+            held = self.routing.heldout(task, layer)
+            self._grams[(layer, task)] = layer_grams(held.inputs.to(self.device), held.topk_index.to(self.device),
+                                                     self.stacks(layer), self.adapter.experts_module(layer).act_fn)
         return self._grams[(layer, task)]
 
     def error(self, layer: int, task: str, key: tuple = METHOD) -> LayerError:
@@ -285,26 +257,22 @@ class RotorQuantStudy:
     def _deployed(self, task: str, key: tuple | None) -> tuple[Any, list[torch.Tensor]]:
         """(rolling NLL, top-k routes per MoE layer) of `task` with every layer's experts replaced (None: dense)."""
         if (task, key) not in self._nll:
-            from pytest_ladder.models.capture import CaptureSpec, capture
+            from pytest_ladder.models.capture import CaptureSpec
             from pytest_ladder.models.nll import rolling_nll
             from pytest_ladder.models.weights import patched_parameters
             from pytest_ladder.probes.expert_outputs import heldout_texts
 
-            loaded = self.loaded
-            texts = heldout_texts(self.corpora[task].heldout, loaded.tokenizer, self.n_points)
+            routing, loaded = self.routing, self.routing.loaded
+            texts = heldout_texts(routing.corpora[task].heldout, loaded.tokenizer, routing.n_points)
             updates: dict = {}
             if key is not None:
                 for layer in self.adapter.moe_layers():
                     updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key, keep=False)}))
             with patched_parameters(loaded.model, updates):
-                nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=self.batch_size,
+                nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=routing.batch_size,
                                   desc=f"nll {task}")
-                if key is None:
-                    captured = self.capture(task)
-                else:
-                    captured = capture(loaded.model, self.adapter, self._sequences(task),
-                                       CaptureSpec(gram=False, topk=True), batch_size=self.batch_size,
-                                       pad_token_id=self._pad(), desc=f"routes {task}")
+                captured = (routing.heldout(task) if key is None
+                            else routing.capture(task, "heldout", CaptureSpec(gram=False, topk=True)))
             self._nll[(task, key)] = nll
             self._routes[(task, key)] = [captured[layer].topk_index for layer in self.adapter.moe_layers()]
         return self._nll[(task, key)], self._routes[(task, key)]

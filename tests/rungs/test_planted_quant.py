@@ -23,6 +23,7 @@ from pytest_ladder.models.adapters import OlmoeAdapter, adapter_for
 from pytest_ladder.models.loading import LoadedModel, ModelSpec
 from pytest_ladder.models.weights import write_parameter
 from pytest_ladder.probes import attention, expert_outputs, rotorquant
+from pytest_ladder.probes.routes import RoutingStudy
 
 ROOT = Path(__file__).resolve().parents[2]
 HIDDEN = 64  # a power of 4: the orthonormal Hadamard scale 1/8 is exact, so dyadic weights rotate exactly
@@ -188,7 +189,8 @@ def test_r1_planted_int2_experts_are_exact(tokenizer, corpora):
     model = tiny_olmoe(tokenizer, layers=2)
     quantizer = rotorquant.RotorQuant(bits=2)
     plant_int2_experts(model, quantizer)
-    study = rotorquant.RotorQuantStudy(loaded(model, tokenizer), corpora, quantizer=quantizer, n_points=160)
+    study = rotorquant.RotorQuantStudy(RoutingStudy(loaded(model, tokenizer), corpora, n_points=160),
+                                       quantizer=quantizer)
     for layer in (0, 1):
         stacks = study.stacks(layer)
         assert all(torch.equal(quantizer.compress(layer, stacks)[p], w.double()) for p, w in stacks.items())
@@ -196,8 +198,8 @@ def test_r1_planted_int2_experts_are_exact(tokenizer, corpora):
     assert study.deploy("code") == (0.0, 0.0)
     assert study.error(1, "text", ("bits", 1)).pooled > 0  # INT1 cannot store three levels
     random_model = tiny_olmoe(tokenizer, layers=2, seed=1)
-    random_study = rotorquant.RotorQuantStudy(loaded(random_model, tokenizer), corpora, quantizer=quantizer,
-                                              n_points=160)
+    random_study = rotorquant.RotorQuantStudy(RoutingStudy(loaded(random_model, tokenizer), corpora, n_points=160),
+                                              quantizer=quantizer)
     assert random_study.error(1, "text").pooled > 0.3  # generic weights are far off the INT2 grid
     assert random_study.deploy("text", rotorquant.IDENTITY) == (0.0, 0.0)
 
