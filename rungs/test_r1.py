@@ -1,0 +1,108 @@
+"""R1 — RotorQuant: SRHT-rotated INT2 experts. Opens with the GB it takes off the experts line; all five gates.
+
+Heavy lifting: pytest_ladder.probes.rotorquant (the quantizer is R2's, probes.quant_weights) and probes.budget.
+"""
+
+import pytest
+
+from pytest_ladder import rung
+from pytest_ladder.rung import record_context, run_context
+
+ladder = rung("r1")
+
+
+@pytest.fixture(scope="module")
+def cache() -> dict:
+    return {}
+
+
+@pytest.fixture
+def study(cache, request, ladder_model, ladder_corpora, prereg):
+    import torch
+
+    from pytest_ladder.probes import routes
+    from pytest_ladder.probes.rotorquant import RotorQuant, RotorQuantStudy
+    from pytest_ladder.rung_fixtures import resolve_layer
+
+    if "study" not in cache:
+        p, n_layers = prereg.params, ladder_model.model.config.num_hidden_layers
+        cache["layers"] = {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells}
+        quantizer = RotorQuant(p["bits"], p["srht_seed"], getattr(torch, p["scale_dtype"]))
+        routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
+        cache["study"] = RotorQuantStudy(routing, quantizer=quantizer)
+        cells = dict(run_context(request.config).get("cells", {}))
+        cells[prereg.rung] = {"layers": cache["layers"]}
+        record_context(request.config, "cells", cells)
+    return cache["study"]
+
+
+def per_task(study, prereg, index: int) -> dict:
+    return {task: study.deploy(task)[index] for task in prereg.tasks}
+
+
+@ladder.trap("trivial_pass")
+def test_trivial_pass(trap, study, cache, prereg, ladder_weights):
+    from pytest_ladder.measure.traps import trivial_pass_trap
+    from pytest_ladder.probes.rotorquant import IDENTITY, bytes_delta, expert_stacks
+
+    cell = prereg.hardest_cell
+    flips, delta_nll = study.deploy(cell.params["task"], IDENTITY)
+    outcome = trivial_pass_trap(
+        activation_error=study.error(cache["layers"][cell.id], cell.params["task"], IDENTITY).pooled,
+        route_flip_rate=flips, delta_nll=delta_nll,
+        delta_bytes=bytes_delta(expert_stacks(ladder_weights.dtype_bytes()), None))
+    trap.check(outcome.observed, **outcome.refs)
+
+
+@ladder.prefilter("bytes")
+def test_bytes(gate, request, prereg, ladder_weights):
+    import torch
+
+    from pytest_ladder.probes.budget import GB, budget_table
+    from pytest_ladder.probes.rotorquant import bytes_delta, expert_stacks
+
+    p, tensors = prereg.params, ladder_weights.dtype_bytes()
+    delta = bytes_delta(expert_stacks(tensors), p["bits"], scale_dtype=getattr(torch, p["scale_dtype"]))
+    table = budget_table(tensors, tied_head=bool(ladder_weights.config.get("tie_word_embeddings", False)))
+    table = table.with_target(p["target_device_memory_fraction"])
+    deltas = {**run_context(request.config).get("budget_deltas", {}), prereg.rung: {"experts": delta}}
+    record_context(request.config, "budget_deltas", deltas)
+    record_context(request.config, "budget_table", table.rows(deltas))
+    gate.check(delta, gb_delta=delta / GB, experts_line_gb=table.line_bytes("experts") / GB,
+               experts_after_gb=(table.line_bytes("experts") + delta) / GB, model_gb=table.total_bytes / GB)
+
+
+@ladder.gate("activation_error")
+def test_activation_error(cell, gate, study, cache, prereg):
+    layer, task = cache["layers"][cell.id], cell.params["task"]
+    error = study.error(layer, task)
+    gate.check(error.pooled, layer=layer, per_weight_type=error.per_projection,
+               int1_error=study.error(layer, task, ("bits", prereg.params["extra_bits"])).pooled)
+
+
+@ladder.gate("task_conditioning")
+def test_task_conditioning(gate, study, cache, prereg):
+    layers = sorted(set(cache["layers"].values()))
+    errors = {layer: {task: study.error(layer, task).pooled for task in prereg.tasks} for layer in layers}
+    worst = max(layers, key=lambda layer: max(errors[layer].values()))
+    gate.check(max(errors[worst].values()), worst_layer=worst, per_layer_task=errors)
+
+
+@ladder.gate("route_flip_rate")
+def test_route_flip_rate(gate, study, prereg):
+    flips = per_task(study, prereg, 0)
+    gate.check(max(flips.values()), per_task=flips)
+
+
+@ladder.gate("delta_nll")
+def test_delta_nll(gate, study, prereg):
+    losses = per_task(study, prereg, 1)
+    gate.check(max(losses.values()), series={"delta_nll_per_task": list(losses.values())}, per_task=losses)
+
+
+@ladder.trap("random_scales")
+def test_random_scales(trap, study, cache, prereg, ladder_seeds):
+    cell, (low, high) = prereg.hardest_cell, prereg.params["random_scale_range"]
+    layer, task = cache["layers"][cell.id], cell.params["task"]
+    values = [study.error(layer, task, ("random_scales", seed, low, high)).pooled for seed in ladder_seeds]
+    trap.check(min(values), method=study.error(layer, task).pooled, worst=max(values))
