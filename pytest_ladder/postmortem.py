@@ -343,7 +343,14 @@ def _series_png(gate: str, series: str, curves: list[tuple[str, list[float]]]) -
 
 
 def render_plots(record: dict) -> dict[str, bytes]:
-    """PNGs for the postmortem: `gates.png` (value per cell vs threshold) and `<gate>-<series>.png` per series."""
+    """PNGs for the postmortem: `gates.png` (value per cell vs threshold) and `<gate>-<series>.png` per series.
+
+    Without matplotlib (a minimal GPU image) there are no pictures; the tables still carry every number.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return {}
     rows = [g for g in record.get("gates") or [] if not math.isnan(_number(g.get("value")))]
     plots: dict[str, bytes] = {}
     if rows:
