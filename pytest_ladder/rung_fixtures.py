@@ -60,7 +60,10 @@ def _model_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def ladder_weights(request: pytest.FixtureRequest) -> Any:
-    """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass."""
+    """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass.
+
+    Tensors are delivered on --ladder-device (CPU by default), so spectra of a full-size model run on the GPU.
+    """
     from pytest_ladder.models.checkpoint import Checkpoint
     from pytest_ladder.models.loading import ModelLoadError, resolve_source
 
@@ -71,5 +74,6 @@ def ladder_weights(request: pytest.FixtureRequest) -> Any:
             folder, _ = resolve_source(name)
         except ModelLoadError as error:
             pytest.fail(str(error), pytrace=False)
-        cache[("weights", name)] = Checkpoint(folder)
+        device = request.config.getoption("ladder_device", None) or "cpu"
+        cache[("weights", name)] = Checkpoint(folder, device="cuda:0" if device == "cuda" else device)
     return cache[("weights", name)]

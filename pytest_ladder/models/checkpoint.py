@@ -35,8 +35,9 @@ class ExpertWeights:
 class Checkpoint:
     """Lazy, read-only view of a `save_pretrained` folder (config.json + *.safetensors)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         self.folder = Path(folder)
+        self.device = torch.device(device)  # where tensors are delivered (the analytical work runs there)
         if not (self.folder / "config.json").is_file():
             raise FileNotFoundError(f"{self.folder}: no config.json — not a save_pretrained model folder")
         index = self.folder / "model.safetensors.index.json"
@@ -81,7 +82,7 @@ class Checkpoint:
         if name not in self._files:
             raise KeyError(f"{self.folder}: no tensor {name!r}")
         with safe_open(self._files[name], "pt") as handle:
-            return handle.get_tensor(name)
+            return handle.get_tensor(name).to(self.device)
 
     def dtype_bytes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """name -> (stored dtype, shape), read from the headers only."""
