@@ -41,11 +41,12 @@ def main() -> None:
     parser.add_argument("--offload-dir", default="/tmp/ladder-offload")
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--dtype", default="auto", help="load dtype; 'auto' keeps the stored dtype (exact reads)")
     args = parser.parse_args()
     rows = []
 
     start = time.perf_counter()
-    whole = load_model(ModelSpec(source=args.model, device="cuda:0", dtype="bfloat16"))
+    whole = load_model(ModelSpec(source=args.model, device="cuda:0", dtype=args.dtype))
     rows.append(("load in GPU memory (s)", f"{time.perf_counter() - start:.1f}"))
     generator = torch.Generator().manual_seed(0)
     vocab = min(whole.model.config.vocab_size, len(whole.tokenizer))
@@ -59,7 +60,7 @@ def main() -> None:
     torch.cuda.empty_cache()
 
     start = time.perf_counter()
-    offloaded = load_model(ModelSpec(source=args.model, device="cuda:0", dtype="bfloat16",
+    offloaded = load_model(ModelSpec(source=args.model, device="cuda:0", dtype=args.dtype,
                                      max_memory=parse_max_memory(args.max_memory), offload_dir=args.offload_dir))
     rows.append((f"load with --ladder-max-memory {args.max_memory} (s)", f"{time.perf_counter() - start:.1f}"))
     layers = offloaded_layers(offloaded)
