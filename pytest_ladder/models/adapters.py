@@ -102,8 +102,8 @@ class MoEAdapter:
 
     # ---------------------------------------------------------------------------------------------- router ---
     def router_weight(self, layer: int) -> torch.Tensor:
-        """The router matrix (E, H), real values (offload-safe)."""
-        return read_parameter(self.model, self._param(self.router_module(layer), "weight"))
+        """The router matrix (E, H): a copy of the real values (offload-safe)."""
+        return read_parameter(self.model, self._param(self.router_module(layer), "weight")).clone()
 
     def router_logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Router logits (T, E) of router inputs `hidden` (T, H), computed as the router module does."""
@@ -120,11 +120,11 @@ class MoEAdapter:
         return self._param(experts, "gate_up_proj"), self._param(experts, "down_proj")
 
     def expert_weights(self, layer: int, expert: int) -> ExpertWeights:
-        """Expert `expert` of `layer`: gate (I, H), up (I, H), down (H, I), real values (offload-safe)."""
+        """Expert `expert` of `layer`: gate (I, H), up (I, H), down (H, I), copies of the real values (offload-safe;
+        later writes to the model do not change them)."""
         gate_up_name, down_name = self._fused_names(layer)
-        gate_up = read_parameter(self.model, gate_up_name, expert)
-        gate, up = gate_up.chunk(2, dim=0)
-        return ExpertWeights(gate=gate, up=up, down=read_parameter(self.model, down_name, expert))
+        gate, up = read_parameter(self.model, gate_up_name, expert).clone().chunk(2, dim=0)
+        return ExpertWeights(gate=gate, up=up, down=read_parameter(self.model, down_name, expert).clone())
 
     def set_expert_weights(self, layer: int, expert: int, weights: ExpertWeights) -> None:
         """Write an expert's matrices for good (use weights.patched_parameters with `expert_updates` to restore)."""
@@ -141,11 +141,8 @@ class MoEAdapter:
         if self.shared_attribute is None:
             return None
         shared = getattr(self._moe(layer), self.shared_attribute)
-        return ExpertWeights(
-            gate=read_parameter(self.model, self._param(shared.gate_proj, "weight")),
-            up=read_parameter(self.model, self._param(shared.up_proj, "weight")),
-            down=read_parameter(self.model, self._param(shared.down_proj, "weight")),
-        )
+        return ExpertWeights(*(read_parameter(self.model, self._param(module, "weight")).clone()
+                               for module in (shared.gate_proj, shared.up_proj, shared.down_proj)))
 
     def expert_forward_module(self, experts: nn.Module, expert: int, hidden: torch.Tensor) -> torch.Tensor:
         """Expert `expert`'s output on `hidden` (T, H) from the experts module's live parameters, op for op as
@@ -275,7 +272,8 @@ class GptOssAdapter(MoEAdapter):
                                                         "down_proj_bias"))
 
     def expert_weights(self, layer: int, expert: int) -> ExpertWeights:
-        gate_up, gate_up_bias, down, down_bias = (read_parameter(self.model, n, expert) for n in self._names3(layer))
+        gate_up, gate_up_bias, down, down_bias = (read_parameter(self.model, n, expert).clone()
+                                                  for n in self._names3(layer))
         return ExpertWeights(gate=gate_up[:, ::2].T, up=gate_up[:, 1::2].T, down=down.T,
                              gate_bias=gate_up_bias[::2], up_bias=gate_up_bias[1::2], down_bias=down_bias)
 

@@ -113,7 +113,9 @@ def _stored(located: Located) -> torch.Tensor:
 
 def read_parameter(model: nn.Module, name: str, index: int | slice | None = None) -> torch.Tensor:
     """The real values of parameter `name` (optionally `[index]` along dim 0, e.g. one expert of a fused tensor),
-    bit-exact, on the device they live on (CPU for offloaded ones). Never a meta tensor; treat as read-only."""
+    bit-exact, on the device they live on (CPU for offloaded ones). Never a meta tensor. Read-only: for an
+    in-memory parameter it is a view of the live values, so clone it to keep old values across write_parameter
+    (patched_parameters never writes in place, so earlier reads keep the originals)."""
     located = locate(model, name)
     if not located.offloaded:
         value = located.param.detach()

@@ -1,0 +1,132 @@
+"""Capture: per-expert Grams equal X_eᵀX_e of the routed tokens computed by hand; padding and the prefix are not
+points; captures are the same with and without disk offload and across batch sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pytest_ladder.models.adapters import adapter_for
+from pytest_ladder.models.capture import CaptureSpec, capture, pad_batch
+
+FULL = CaptureSpec(router_logits=True, inputs=True, input_gram=True, attention_input_gram=True)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_folder, load_tiny):
+    return load_tiny(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def captured(model, sequences):
+    """Unbatched, like the hand computation (same shapes, same float32 sums)."""
+    return capture(model, adapter_for(model), sequences, FULL, batch_size=1, pad_token_id=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def by_hand(model, sequences):
+    """MoE and attention inputs per point from norm-output hooks, one unpadded sequence at a time; routing by the
+    OLMoE rule written out: softmax(x Wᵀ), top-2."""
+    moe_in: dict[int, list] = {i: [] for i in range(4)}
+    attn_in: dict[int, list] = {i: [] for i in range(4)}
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles.append(layer.post_attention_layernorm.register_forward_hook(
+            lambda m, a, out, i=i: moe_in[i].append(out[0, 1:].detach())))
+        handles.append(layer.input_layernorm.register_forward_hook(
+            lambda m, a, out, i=i: attn_in[i].append(out[0, 1:].detach())))
+    with torch.no_grad():
+        for sequence in sequences:
+            model(input_ids=torch.tensor([sequence]))
+    for handle in handles:
+        handle.remove()
+    return {i: torch.cat(moe_in[i]) for i in range(4)}, {i: torch.cat(attn_in[i]) for i in range(4)}
+
+
+def test_points_exclude_padding_and_prefix(captured, sequences):
+    n_points = sum(len(s) - 1 for s in sequences)
+    assert captured.n_points == n_points
+    for layer in range(4):
+        result = captured[layer]
+        assert result.n_points == n_points
+        assert result.topk_index.shape == (n_points, 2) and result.inputs.shape == (n_points, 32)
+        assert int(result.expert_tokens.sum()) == 2 * n_points
+
+
+def test_expert_grams_equal_routed_inputs_by_hand(model, captured, by_hand):
+    moe_in, _ = by_hand
+    for layer in range(4):
+        x = moe_in[layer]
+        assert torch.equal(captured[layer].inputs, x)
+        weight = model.model.layers[layer].mlp.gate.weight.detach()
+        chosen = torch.topk(F.softmax(x @ weight.T, dim=-1), 2, dim=-1).indices
+        assert torch.equal(chosen, captured[layer].topk_index)
+        for expert in range(8):
+            rows = x[(chosen == expert).any(dim=-1)].double()
+            assert int(captured[layer].expert_tokens[expert]) == rows.shape[0]
+            torch.testing.assert_close(captured[layer].expert_gram[expert], rows.T @ rows, rtol=1e-9, atol=1e-9)
+        x64 = x.double()
+        torch.testing.assert_close(captured[layer].input_gram, x64.T @ x64, rtol=1e-9, atol=1e-9)
+
+
+def test_attention_input_gram_by_hand(captured, by_hand):
+    _, attn_in = by_hand
+    for layer in range(4):
+        x = attn_in[layer].double()
+        torch.testing.assert_close(captured[layer].attention_input_gram, x.T @ x, rtol=1e-9, atol=1e-9)
+
+
+def test_router_logits_and_route_rule(model, captured):
+    adapter = adapter_for(model)
+    for layer in range(4):
+        result = captured[layer]
+        torch.testing.assert_close(result.router_logits, adapter.router_logits(layer, result.inputs), rtol=1e-5,
+                                   atol=1e-5)
+        index, weight = adapter.route(result.router_logits, layer)
+        assert torch.equal(index, result.topk_index)
+        torch.testing.assert_close(weight, result.topk_weight, rtol=1e-6, atol=1e-7)
+
+
+def test_expert_outputs_match_the_expert_on_its_routed_points(model, sequences):
+    """Expert outputs come from the per-expert loop (weights.transformed_expert_outputs), whose sums differ from
+    grouped_mm by rounding, so inputs and outputs are compared within this one capture."""
+    adapter = adapter_for(model)
+    spec = CaptureSpec(gram=False, inputs=True, expert_outputs=True, layers=(0, 3))
+    captured = capture(model, adapter, sequences, spec, batch_size=4, pad_token_id=1, progress=False)
+    for layer in (0, 3):
+        result = captured[layer]
+        for expert, (points, outputs) in result.expert_outputs.items():
+            routed = torch.nonzero((result.topk_index == expert).any(dim=-1)).squeeze(-1)
+            assert torch.equal(points, routed)
+            torch.testing.assert_close(outputs, adapter.expert_forward(layer, expert, result.inputs[points]),
+                                       rtol=1e-5, atol=1e-6)
+        assert sum(len(p) for p, _ in result.expert_outputs.values()) == 2 * result.n_points
+
+
+def test_capture_is_the_same_with_disk_offload_and_batching(tiny_folder, load_tiny, tmp_path, captured,
+                                                                  sequences):
+    offloaded = load_tiny(tiny_folder, tmp_path / "offload")
+    assert any(p.device.type == "meta" for p in offloaded.parameters())
+    other = capture(offloaded, adapter_for(offloaded), sequences, FULL, batch_size=5, pad_token_id=1,
+                    progress=False)
+    assert other.tokens_sha256 == captured.tokens_sha256 and other.n_points == captured.n_points
+    for layer in range(4):
+        a, b = captured[layer], other[layer]
+        assert torch.equal(a.topk_index, b.topk_index) and torch.equal(a.expert_tokens, b.expert_tokens)
+        # padded batches of 5 sum in another order than single sequences: float32 rounding only
+        torch.testing.assert_close(a.expert_gram, b.expert_gram, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.attention_input_gram, b.attention_input_gram, rtol=1e-5, atol=1e-5)
+
+
+def test_selected_layers_and_prefix_points(model, sequences):
+    spec = CaptureSpec(layers=(2,), skip_prefix=False)
+    result = capture(model, adapter_for(model), sequences[:3], spec, pad_token_id=1, progress=False)
+    assert list(result.layers) == [2]
+    assert result.n_points == sum(len(s) for s in sequences[:3])
+    assert result[2].router_logits is None and result[2].inputs is None
+
+
+def test_pad_batch_right_pads():
+    ids, mask = pad_batch([[0, 5, 6], [0]], pad_token_id=1)
+    assert ids.tolist() == [[0, 5, 6], [0, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
