@@ -4,7 +4,7 @@ Killed analytically when, on some layer, even the layer's most compressible matr
 share of its energy outside the budget rank: singular values are invariant under orthogonal maps (Eckart–Young).
 """
 
-from functools import cache, lru_cache
+from functools import cache
 
 import pytest
 
@@ -18,14 +18,24 @@ from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 ladder = rung("g0")
 
 
-@lru_cache(maxsize=2)
+def read(weights, layer):
+    return [weights.experts(layer, p) for p in ("gate", "up", "down")]
+
+
+_held: dict = {}
+
+
 def matrices(weights, layer):
-    return spectral.layer_matrices(*(weights.experts(layer, p) for p in ("gate", "up", "down")))
+    """One layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB): the previous layer's go before the next's load."""
+    if (weights, layer) not in _held:
+        _held.clear()
+        _held[(weights, layer)] = spectral.layer_matrices(*read(weights, layer))
+    return _held[(weights, layer)]
 
 
 @cache
 def spectra(weights, layer):
-    return spectral.layer_spectra(matrices(weights, layer))
+    return spectral.layer_spectra(*read(weights, layer))
 
 
 @pytest.fixture

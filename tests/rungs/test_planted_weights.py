@@ -24,6 +24,7 @@ import torch
 
 from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.quant import QuantSpec
+from pytest_ladder.measure.spectra import singular_values
 from pytest_ladder.models.checkpoint import Checkpoint
 from pytest_ladder.probes import quant_weights, spectral
 from pytest_ladder.probes.budget import budget_table, line_of
@@ -134,7 +135,10 @@ def test_g0_floor_and_pipeline_on_flat_spectra():
     gate, up, down = (w[0] for w in isotropic_weights(torch.float64))
     matrices = spectral.layer_matrices(gate, up, down)
     ranks = {"gate": 2, "up": 2, "down": 2, "layer": 2}
-    floor = spectral.regauge_floor(spectral.layer_spectra(matrices), ranks)
+    spectra = spectral.layer_spectra(gate, up, down)
+    stacked = singular_values(matrices["layer"])  # the stacked matrix's σ, straight from its SVD
+    assert torch.allclose(spectra["layer"], stacked, rtol=0, atol=1e-12 * float(stacked.max()))
+    floor = spectral.regauge_floor(spectra, ranks)
     assert floor.residual == pytest.approx(0.96875, abs=1e-12)
     assert floor.effective_rank_ratio == pytest.approx(32.0, abs=1e-9)  # a flat spectrum: r_eff = n = 64, r = 2
     best = spectral.regauge_error(matrices, {k: spectral.best_regauge(w, ranks[k]) for k, w in matrices.items()})
