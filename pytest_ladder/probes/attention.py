@@ -74,15 +74,21 @@ class Normal:
     fty: dict[str, torch.Tensor] = field(default_factory=dict)
     yy: dict[str, float] = field(default_factory=dict)
     n_points: int = 0
+    _eigh: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        """Fold in points with features phi (n, d) and each target (n, H): one matmul for all targets."""
         phi = phi.to(F64)
-        self.ftf = phi.mT @ phi if self.ftf is None else self.ftf + phi.mT @ phi
-        for name, y in targets.items():
-            y = y.to(device=phi.device, dtype=F64)
-            self.fty[name] = phi.mT @ y if name not in self.fty else self.fty[name] + phi.mT @ y
+        names = list(targets)
+        sizes = [targets[name].shape[-1] for name in names]
+        ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in names], dim=-1)
+        gram = phi.mT @ phi
+        self.ftf = gram if self.ftf is None else self.ftf + gram
+        for name, part, y in zip(names, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
+            self.fty[name] = part if name not in self.fty else self.fty[name] + part
             self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
+        self._eigh.clear()
 
     def __add__(self, other: Normal) -> Normal:
         if other.ftf is None:
@@ -92,19 +98,32 @@ class Normal:
         return Normal(self.ftf + other.ftf, {k: v + other.fty[k] for k, v in self.fty.items()},
                       {k: v + other.yy[k] for k, v in self.yy.items()}, self.n_points + other.n_points)
 
+    def eigh(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigendecomposition of the leading (width, width) block of ΦᵀΦ, computed once for every target and ridge."""
+        if width not in self._eigh:
+            self._eigh[width] = torch.linalg.eigh(self.ftf[:width, :width])
+        return self._eigh[width]
+
+
+EIG_CUTOFF = 1e-12  # ridge 0: eigenvalues of ΦᵀΦ below EIG_CUTOFF · λ_max count as zero (pseudo-inverse)
+
 
 def fit_scan(normal: Normal, target: str, ridge: float, *, width: int | None = None) -> torch.Tensor:
-    """W = (ΦᵀΦ + α I)⁻¹ ΦᵀY with α = ridge · tr(ΦᵀΦ) / d (ridge 0: least squares via lstsq), float64.
+    """W = (ΦᵀΦ + α I)⁻¹ ΦᵀY with α = ridge · tr(ΦᵀΦ) / d (ridge 0: the least-squares pseudo-inverse), float64,
+    through one eigendecomposition of ΦᵀΦ shared by every target and ridge.
 
     `width` keeps the first `width` features only (H of them: the memoryless map x_t -> o_t)."""
     if normal.ftf is None:
         raise ValueError("fit_scan: no calibration points were accumulated")
     d = normal.ftf.shape[0] if width is None else width
-    a, b = normal.ftf[:d, :d], normal.fty[target][:d]
+    evals, evecs = normal.eigh(d)
+    evals = evals.clamp_min(0)
     if ridge == 0:
-        return torch.linalg.lstsq(a, b).solution
-    alpha = ridge * torch.diagonal(a).sum() / d
-    return torch.linalg.solve(a + alpha * torch.eye(d, dtype=F64, device=a.device), b)
+        kept = evals > EIG_CUTOFF * evals.max()
+        inverse = torch.where(kept, 1.0 / evals.where(kept, torch.ones_like(evals)), torch.zeros_like(evals))
+    else:
+        inverse = 1.0 / (evals + ridge * evals.sum() / d)
+    return evecs @ (inverse[:, None] * (evecs.mT @ normal.fty[target][:d]))
 
 
 def fit_error(normal: Normal, target: str, w: torch.Tensor) -> float:
