@@ -42,15 +42,11 @@ def per_task(study, prereg, index: int) -> dict:
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, study, cache, prereg, ladder_weights):
-    from pytest_ladder.measure.traps import trivial_pass_trap
-    from pytest_ladder.probes.rotorquant import IDENTITY, bytes_delta, expert_stacks
+    from pytest_ladder.probes.rotorquant import expert_stacks
 
     cell = prereg.hardest_cell
-    flips, delta_nll = study.deploy(cell.params["task"], IDENTITY)
-    outcome = trivial_pass_trap(
-        activation_error=study.error(cache["layers"][cell.id], cell.params["task"], IDENTITY).pooled,
-        route_flip_rate=flips, delta_nll=delta_nll,
-        delta_bytes=bytes_delta(expert_stacks(ladder_weights.dtype_bytes()), None))
+    outcome = study.trivial_pass(cache["layers"][cell.id], cell.params["task"],
+                                 expert_stacks(ladder_weights.dtype_bytes()))
     trap.check(outcome.observed, **outcome.refs)
 
 

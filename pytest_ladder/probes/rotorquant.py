@@ -287,3 +287,12 @@ class RotorQuantStudy:
         flips = route_flip_rate(dense_routes, routes)
         return flips, delta_nll_fraction(dense_nll.nats, nll.nats, tokens_dense=dense_nll.tokens,
                                          tokens_comp=nll.tokens)
+
+    def trivial_pass(self, layer: int, task: str, stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> Any:
+        """The uncompressed pipeline (W' = W) through every gate: activation error on (layer, task), flips and ΔNLL
+        of `task` at full depth, byte delta of the checkpoint's expert `stacks` (measure.traps.trivial_pass_trap)."""
+        from pytest_ladder.measure.traps import trivial_pass_trap
+
+        flips, delta_nll = self.deploy(task, IDENTITY)
+        return trivial_pass_trap(activation_error=self.error(layer, task, IDENTITY).pooled, route_flip_rate=flips,
+                                 delta_nll=delta_nll, delta_bytes=bytes_delta(stacks, None))
