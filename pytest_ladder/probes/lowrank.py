@@ -150,7 +150,7 @@ def input_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> di
             for name, (dtype, (e, out, hidden)) in expert_stacks(tensors).items() if name.endswith(".gate")}
 
 
-def deploy_updates(adapter: "MoEAdapter", bases: Mapping[int, InputBasis], *, off: bool = False
+def deploy_updates(adapter: MoEAdapter, bases: Mapping[int, InputBasis], *, off: bool = False
                    ) -> dict[tuple[str, int], torch.Tensor]:
     """Parameter updates installing W_e P (or W_e (I − P) with `off`) as every expert's gate and up in each layer of
     `bases`, at the stored dtype (for models.weights.patched_parameters). down is kept; P = I writes W bit for bit."""
@@ -172,33 +172,41 @@ def deploy_updates(adapter: "MoEAdapter", bases: Mapping[int, InputBasis], *, of
 
 @dataclass(frozen=True)
 class Deploy:
-    """A full-depth deploy against the dense model: pooled route flip rate, flips and ΔNLL fraction per task."""
+    """One task under a full-depth deploy: its ΔNLL fraction against the dense model, both NLL records, and (when
+    routes were captured) the dense and deployed top-k indices of every MoE layer on its held-out points."""
 
-    route_flip_rate: float
-    flips: dict[str, float]
-    delta_nll: dict[str, float]
-    nll: dict[str, dict]
+    task: str
+    delta_nll: float
+    nll: dict
+    dense_routes: tuple[torch.Tensor, ...] = ()
+    routes: tuple[torch.Tensor, ...] = ()
 
     @property
-    def worst_delta_nll(self) -> float:
-        return max(self.delta_nll.values())
+    def route_flip_rate(self) -> float:
+        return route_flip_rate(list(self.dense_routes), list(self.routes))
+
+
+def pooled_flip_rate(deploys: Sequence[Deploy]) -> float:
+    """Gate 3 over every (token, MoE layer) position of several tasks' deploys."""
+    return route_flip_rate([r for d in deploys for r in d.dense_routes], [r for d in deploys for r in d.routes])
 
 
 class LowRankStudy:
     """G4 on one loaded model, over the shared routing data (probes.routes.RoutingStudy), each quantity once.
 
-    Bases: "universal" (every task's calibration tokens pooled) or one task's. Deploys: "identity" (P = I),
-    "method" (universal bases), "random" (a Haar-random rank-r basis per layer), "off" (W_e (I − P), universal).
+    Bases: "universal" (every task's calibration tokens pooled) or one task's. Deploys (every MoE layer):
+    "identity" (P = I), "method" (the universal bases), "off" (W_e (I − P) with the universal bases) and "removed"
+    (W_e · 0: the experts fed nothing, the most an off-projection can do).
     """
 
-    def __init__(self, routing: Any, rank: int, tasks: Sequence[str], seeds: Sequence[int], *,
-                 calibration_points: int) -> None:
-        self.routing, self.rank, self.tasks, self.seeds = routing, rank, tuple(tasks), tuple(seeds)
+    def __init__(self, routing: Any, rank: int, tasks: Sequence[str], *, calibration_points: int) -> None:
+        self.routing, self.rank, self.tasks = routing, rank, tuple(tasks)
         self.calibration_points = calibration_points
         self._bases: dict[tuple[str, int], InputBasis] = {}
-        self._deploys: dict[str, Deploy] = {}
+        self._deploys: dict[tuple[str, str, bool], Deploy] = {}
         self._reference: dict[str, Any] = {}
         self._texts: dict[str, list[str]] = {}
+        self._taus: dict[tuple, Any] = {}
 
     @property
     def adapter(self) -> Any:
@@ -230,6 +238,7 @@ class LowRankStudy:
                                 {t: self.routing.expert_grams(t, layer)[0] for t in self.tasks})
 
     def texts(self, task: str) -> list[str]:
+        """The ΔNLL points: the first held-out documents reaching n_points tokens (probes.expert_outputs)."""
         if task not in self._texts:
             from pytest_ladder.probes.expert_outputs import heldout_texts
 
@@ -250,43 +259,56 @@ class LowRankStudy:
             self._reference[task] = self._nll(task)
         return self._reference[task]
 
-    def deploy_bases(self, kind: str) -> dict[int, InputBasis]:
-        layers = self.adapter.moe_layers()
-        hidden = self.adapter.hidden_size
-        if kind == "identity":
-            return {layer: identity_basis(hidden) for layer in layers}
-        if kind == "random":
-            return {layer: random_basis(hidden, self.rank, self.seeds[i % len(self.seeds)])
-                    for i, layer in enumerate(layers)}
+    def deploy_bases(self, kind: str) -> tuple[dict[int, InputBasis], bool]:
+        """(the basis of every MoE layer, whether the experts get the off-projection) of a deploy kind."""
+        layers, hidden = self.adapter.moe_layers(), self.adapter.hidden_size
+        if kind in ("identity", "removed"):
+            return {layer: identity_basis(hidden) for layer in layers}, kind == "removed"
         if kind in ("method", "off"):
-            return {layer: self.basis("universal", layer) for layer in layers}
-        raise ValueError(f"unknown deploy {kind!r}: use identity, method, random or off")
+            return {layer: self.basis("universal", layer) for layer in layers}, kind == "off"
+        raise ValueError(f"unknown deploy {kind!r}: use identity, method, off or removed")
 
-    def deploy(self, kind: str) -> Deploy:
-        """Every MoE layer patched (see class docstring); routes and NLL of every task against the dense model."""
-        if kind not in self._deploys:
+    def deploy(self, kind: str, task: str, *, routes: bool = False) -> Deploy:
+        """`task` with every MoE layer patched by the deploy `kind` (class docstring): ΔNLL, and routes if asked."""
+        key = (kind, task, routes)
+        if key not in self._deploys:
             from pytest_ladder.measure.loss import delta_nll_fraction
             from pytest_ladder.models.capture import CaptureSpec
             from pytest_ladder.models.weights import patched_parameters
 
-            references = {task: self.reference(task) for task in self.tasks}
-            dense = {task: self.routing.heldout(task) for task in self.tasks}
-            layers = self.adapter.moe_layers()
-            updates = deploy_updates(self.adapter, self.deploy_bases(kind), off=kind == "off")
-            with patched_parameters(self.routing.loaded.model, updates):
-                scored = {task: self._nll(task) for task in self.tasks}
-                routed = {task: self.routing.capture(task, "heldout", CaptureSpec(gram=False, topk=True))
-                          for task in self.tasks}
-            pairs = {task: ([dense[task][layer].topk_index for layer in layers],
-                            [routed[task][layer].topk_index for layer in layers]) for task in self.tasks}
-            self._deploys[kind] = Deploy(
-                route_flip_rate=route_flip_rate([i for d, _ in pairs.values() for i in d],
-                                                [i for _, c in pairs.values() for i in c]),
-                flips={task: route_flip_rate(*pair) for task, pair in pairs.items()},
-                delta_nll={task: delta_nll_fraction(references[task].nats, scored[task].nats,
-                                                    tokens_dense=references[task].tokens,
-                                                    tokens_comp=scored[task].tokens) for task in self.tasks},
-                nll={task: {"dense": references[task].as_dict(), "deployed": scored[task].as_dict()}
-                     for task in self.tasks},
+            reference, layers = self.reference(task), self.adapter.moe_layers()
+            dense = self.routing.heldout(task) if routes else None
+            bases, off = self.deploy_bases(kind)
+            with patched_parameters(self.routing.loaded.model, deploy_updates(self.adapter, bases, off=off)):
+                scored = self._nll(task)
+                routed = self.routing.capture(task, "heldout", CaptureSpec(gram=False, topk=True)) if routes else None
+            self._deploys[key] = Deploy(
+                task=task,
+                delta_nll=delta_nll_fraction(reference.nats, scored.nats, tokens_dense=reference.tokens,
+                                             tokens_comp=scored.tokens),
+                nll={"dense": reference.as_dict(), "deployed": scored.as_dict()},
+                dense_routes=tuple(dense[layer].topk_index for layer in layers) if routes else (),
+                routes=tuple(routed[layer].topk_index for layer in layers) if routes else (),
             )
-        return self._deploys[kind]
+        return self._deploys[key]
+
+    def tau(self, layer: int, task: str, seeds: Sequence[int]) -> Any:
+        """The τ floor of a cell: the errors of B Haar-random rank-r bases (measure.tau.tau_floor), once per cell."""
+        key = ("tau", layer, task, tuple(seeds))
+        if key not in self._taus:
+            from pytest_ladder.measure.tau import tau_floor
+
+            hidden = self.adapter.hidden_size
+            self._taus[key] = tau_floor(lambda seed: random_basis(hidden, self.rank, seed),
+                                        lambda basis: self.error(layer, task, basis), seeds)
+        return self._taus[key]
+
+    def trivial_pass(self, layer: int, task: str, stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> Any:
+        """The uncompressed pipeline (P = I) on one cell and its task at full depth, and the dense byte count:
+        measure.traps.trivial_pass_trap of activation error, route flips, ΔNLL and byte delta (all exactly 0)."""
+        from pytest_ladder.measure.traps import trivial_pass_trap
+
+        deploy = self.deploy("identity", task, routes=True)
+        return trivial_pass_trap(activation_error=self.error(layer, task, identity_basis(self.adapter.hidden_size)),
+                                 route_flip_rate=deploy.route_flip_rate, delta_nll=deploy.delta_nll,
+                                 delta_bytes=student_delta_bytes(stacks, None))

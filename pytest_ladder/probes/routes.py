@@ -40,10 +40,12 @@ Route = Callable[[torch.Tensor], torch.Tensor]  # router logits (T, E) -> expert
 
 @dataclass(frozen=True)
 class RouteEnergy:
-    """G3 on one projection of one layer: per-token energy at rank q and effective rank of W_t (float64, (T,))."""
+    """G3 on one projection of one layer: per-token energy at rank q and effective rank of W_t (float64, (T,)), and
+    the spectra they are read from (T, min(out, in))."""
 
     energy: torch.Tensor
     effective_rank: torch.Tensor
+    spectra: torch.Tensor
 
     def summary(self) -> dict[str, float]:
         return {"energy_mean": float(self.energy.mean()), "energy_min": float(self.energy.min()),
@@ -54,7 +56,7 @@ def route_energy(weights: torch.Tensor, index: torch.Tensor, gates: torch.Tensor
                  chunk: int = 64) -> RouteEnergy:
     """energy_q and r_eff of every token's effective weight Σ_k g_k W_{e_k} from experts (E, out, in), routes (T, k)."""
     spectra = effective_weight_spectra(weights, index, gates, chunk=chunk)
-    return RouteEnergy(energy=energy_at_rank(spectra, rank), effective_rank=effective_rank(spectra))
+    return RouteEnergy(energy=energy_at_rank(spectra, rank), effective_rank=effective_rank(spectra), spectra=spectra)
 
 
 def random_subspace_energy(weights: torch.Tensor, index: torch.Tensor, gates: torch.Tensor, rank: int,

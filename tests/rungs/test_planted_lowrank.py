@@ -130,3 +130,95 @@ def test_g5_directions_after_deflation_by_hand():
     assert abs(found.kept_energy - 0.9) < 1e-12
     assert deflation.full_width_residual(g, 1) == 0.0
     assert deflation.random_directions_energy(g, 1, 3, seed=0) < found.kept_energy
+
+
+# ------------------------------------------------------------------------------------------- the real G4 rung ----
+
+HIDDEN, PLANTED_RANK = 64, 8
+
+
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory) -> Path:
+    """A tiny OLMoE (4 layers, 4 experts, top-2) whose experts read only hidden channels 0..7: every gate and up
+    matrix is exactly rank 8 in one shared input subspace (float32 zeros elsewhere), saved with its tokenizer."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    from pytest_ladder.models.corpora import load_corpora
+    from pytest_ladder.models.embedded import train_tokenizer
+
+    corpora = load_corpora()
+    tokenizer = train_tokenizer([d.text for c in corpora.values() for d in c.calibration[:60]], 384, 128)
+    torch.manual_seed(0)
+    config = OlmoeConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                         max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = OlmoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.experts.gate_up_proj[..., PLANTED_RANK:] = 0.0
+            layer.mlp.experts.down_proj.mul_(10.0)  # experts that matter: removing them moves the NLL
+    folder = tmp_path_factory.mktemp("planted-rank8")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def start_g4(tmp: Path, model: Path, rank: int, *extra: str) -> subprocess.Popen:
+    """Start the real rungs/test_g4.py on `model` in a pytest subprocess: the repository's prereg with the model, the
+    claimed rank (as a fraction of the width) and N pointed at the test's, re-sealed."""
+    from pytest_ladder.seal import compute_seal
+
+    data = json.loads((ROOT / "prereg" / "g4" / "tau.json").read_text())
+    data.pop("seal", None)
+    data.update(model=str(model), data_points=192)
+    data["params"] = {**data["params"], "rank_fraction": rank / HIDDEN, "calibration_points": 192}
+    data["seal"] = compute_seal(data)
+    (tmp / "prereg" / "g4").mkdir(parents=True)
+    (tmp / "prereg" / "g4" / "tau.json").write_text(json.dumps(data))
+    command = [sys.executable, "-m", "pytest", "rungs/test_g4.py", "-p", "no:cacheprovider", "-q",
+               "--ladder-model", str(model), "--ladder-prereg-dir", str(tmp / "prereg"),
+               "--ladder-archive-dir", str(tmp / "archive"), *extra]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def decision(tmp: Path, run: subprocess.Popen) -> dict:
+    output, _ = run.communicate(timeout=600)
+    runs = sorted((tmp / "archive" / "g4").glob("*/decision.json"))
+    assert len(runs) == 1, f"no decision archived\n{output[-4000:]}"
+    return json.loads(runs[0].read_text())
+
+
+@pytest.fixture(scope="module")
+def g4_runs(planted_model, tmp_path_factory) -> dict[int, dict]:
+    """The rank-8 claim (full run) and the rank-4 claim (-x) on the planted model, run side by side."""
+    folders = {rank: tmp_path_factory.mktemp(f"g4-rank{rank}") for rank in (PLANTED_RANK, 4)}
+    runs = {PLANTED_RANK: start_g4(folders[PLANTED_RANK], planted_model, PLANTED_RANK),
+            4: start_g4(folders[4], planted_model, 4, "-x")}
+    return {rank: decision(folders[rank], run) for rank, run in runs.items()}
+
+
+def test_g4_rank_8_claim_passes_every_gate_on_planted_rank_8_experts(g4_runs):
+    record = g4_runs[PLANTED_RANK]
+    assert record["verdict"] == "PASS", (record["killed_by"], record["invalid_because"])
+    values = {(g["name"], g["cell"]): g for g in record["gates"]}
+    assert values.pop(("bytes", None))["value"] == 4 * (4 * 64 * 8 + 8 * 64 - 4 * 64 * 64) * 4  # 4 layers, float32
+    errors = [g for (name, _), g in values.items() if name == "activation_error"]
+    assert len(errors) == 12 and all(g["value"] < 1e-6 and g["tau"]["tau"] > 0.5 for g in errors)
+    assert values[("task_conditioning", None)]["value"] < 1e-6
+    assert values[("route_flip_rate", None)]["value"] == 0.0
+    assert abs(values[("delta_nll", None)]["value"]) < 1e-5
+    traps = {t["name"]: t for t in record["traps"]}
+    assert all(t["fired_as_declared"] for t in traps.values())
+    assert traps["trivial_pass"]["observed"] == 0.0
+    assert abs(traps["off_projection"]["observed"] - 1.0) < 1e-3  # fed only the complement = fed nothing
+
+
+def test_g4_rank_4_claim_is_killed_at_the_hardest_cell(g4_runs):
+    record = g4_runs[4]
+    assert record["verdict"] == "KILL"
+    killed = record["killed_by"]
+    assert (killed["name"], killed["cell"]) == ("activation_error", "layer=3/16-task=text")
+    assert killed["value"] > 0.1
+    assert [g["name"] for g in record["gates"] if g["outcome"] != "not run"] == ["bytes", "activation_error"]

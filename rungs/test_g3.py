@@ -1,0 +1,82 @@
+"""G3 — per-route aggregation: the effective weight a token sees, Σ_k g_k W_{e_k}, is low-rank.
+
+Per layer, on held-out text: the energy every token's effective weight keeps at rank q (Eckart–Young), averaged over
+tokens, for gate, up and down; the layer's value is its worst projection. Heavy lifting: pytest_ladder.probes.routes.
+"""
+
+import pytest
+
+from pytest_ladder import rung
+from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+
+ladder = rung("g3")
+
+
+@pytest.fixture(scope="module")
+def cache() -> dict:
+    return {}
+
+
+@pytest.fixture
+def energy(cache, ladder_model, ladder_corpora, prereg, request):
+    """energy(cell) -> {projection: (weights float64, routes, gates, q, RouteEnergy)} of the cell's layer, once."""
+    from pytest_ladder.probes import routes
+
+    routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
+
+    def compute(cell):
+        if cell.id not in cache:
+            layer = resolve_layer(cell.params["layer"], routing.n_layers)
+            held, stacks = routing.heldout(cell.params["task"], layer), routing.stacks(layer)
+            found = {}
+            for p in prereg.params["projections"]:
+                q = resolve_size(prereg.params["q_fraction"], min(stacks[p].shape[-2:]))
+                found[p] = (stacks[p], held.topk_index, held.topk_weight, q,
+                            routes.route_energy(stacks[p], held.topk_index, held.topk_weight, q))
+            cache[cell.id] = found
+            cells = run_context(request.config).get("cells", {})
+            g3 = {**cells.get("g3", {}), cell.id: {"layer": layer, "q": {p: v[3] for p, v in found.items()}}}
+            record_context(request.config, "cells", {**cells, "g3": g3})
+        return cache[cell.id]
+
+    return compute
+
+
+def worst(found):
+    return min(found, key=lambda p: float(found[p][4].energy.mean()))
+
+
+@ladder.trap("trivial_pass")
+def test_trivial_pass(trap, energy, prereg):
+    from pytest_ladder.measure.errors import frobenius_relative_error
+    from pytest_ladder.measure.routing import effective_weights
+    from pytest_ladder.measure.spectra import residual_energy
+
+    found = energy(prereg.hardest_cell)
+    w, index, gates, _, method = found[worst(found)]
+    residual = float(residual_energy(method.spectra, method.spectra.shape[-1]).abs().max())
+    head = slice(0, 64)  # W' = W rebuilt through the same effective-weight code, on the first 64 tokens
+    rebuilt = float(frobenius_relative_error(effective_weights(w, index[head], gates[head]),
+                                             effective_weights(w.clone(), index[head], gates[head])).max())
+    trap.check(max(residual, rebuilt), full_rank_residual=residual, rebuilt_error=rebuilt)
+
+
+@ladder.gate("energy_at_q")
+def test_energy_at_q(cell, gate, energy):
+    found = energy(cell)
+    p = worst(found)
+    gate.check(float(found[p][4].energy.mean()), projection=p, q=found[p][3],
+               per_projection={k: v[4].summary() for k, v in found.items()},
+               series={f"energy_{k}": sorted(v[4].energy.tolist())[::max(1, v[4].energy.numel() // 64)]
+                       for k, v in found.items()})
+
+
+@ladder.trap("random_basis")
+def test_random_basis(trap, energy, prereg, ladder_seeds):
+    from pytest_ladder.probes.routes import random_subspace_energy
+
+    found = energy(prereg.hardest_cell)
+    w, index, gates, q, method = found[worst(found)]
+    best = max(float(random_subspace_energy(w, index, gates, q, seed).mean()) for seed in ladder_seeds)
+    trap.check(best, method=float(method.energy.mean()))
