@@ -78,6 +78,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run a prereg that is already decided on this model again, archived as a replication of the decision",
     )
+    group.addoption(
+        "--ladder-kill-fast",
+        dest="ladder_kill_fast",
+        action="store_true",
+        default=None,
+        help="once a rung is killed, skip its remaining tests and go on with the next rung (-x per rung)",
+    )
+    parser.addini("ladder_kill_fast", "skip a killed rung's remaining tests (like -x, per rung)", type="bool",
+                  default=False)
     parser.addini("ladder_prereg_dir", "folder of <rung>/tau.json preregistrations", default="prereg")
     parser.addini("ladder_archive_dir", "folder the verdicts are archived in", default="archive")
 
@@ -418,6 +427,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.user_properties.append(
         ("ladder_guard", {"requires": guard.requires, "replication_of": guard.replication_of})
     )
+    state = _state(item.config)
+    kill_fast = item.config.getoption("ladder_kill_fast")
+    if kill_fast is None:
+        kill_fast = item.config.getini("ladder_kill_fast")
+    if kill_fast and bound.name in state.killed_in_session:
+        pytest.skip(f"kill-fast: {bound.name} is already KILLED in this session; its remaining tests do not run")
     if guard.requires_killed:
         required, where = next(iter(guard.requires_killed.items()))
         item.user_properties.append((REQUIRES_KEY, guard.requires_killed))

@@ -243,3 +243,15 @@ def test_seal_is_over_values_only():
     data = {"b": 1, "a": [1, 2], "seal": "x"}
     assert compute_seal(data) == compute_seal({"a": [1, 2], "b": 1})
     assert compute_seal(data) != compute_seal({"a": [1, 2], "b": 2})
+
+
+def test_kill_fast_skips_the_rest_of_a_killed_rung_and_goes_on(toy):
+    toy.rung("a")
+    toy.rung("b")
+    result = toy.pytester.runpytest("--ladder-kill-fast")
+    # each rung: trivial pass, bytes prefilter, then the hardest cell kills; its other three tests are skipped
+    result.assert_outcomes(passed=4, failed=2, skipped=6)
+    for name in ("a", "b"):
+        record = toy.record(toy.runs(name)[0])
+        assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer=3-true_rank=8"
+        assert [g["outcome"] for g in record["gates"]] == ["passed", "failed", "skipped", "skipped"]
