@@ -29,11 +29,11 @@ def energy(cache, ladder_model, ladder_corpora, prereg, request):
         if cell.id not in cache:
             layer = resolve_layer(cell.params["layer"], routing.n_layers)
             held, stacks = routing.heldout(cell.params["task"], layer), routing.stacks(layer)
+            index, gates = held.topk_index.to(routing.device), held.topk_weight.to(routing.device)
             found = {}
             for p in prereg.params["projections"]:
                 q = resolve_size(prereg.params["q_fraction"], min(stacks[p].shape[-2:]))
-                found[p] = (stacks[p], held.topk_index, held.topk_weight, q,
-                            routes.route_energy(stacks[p], held.topk_index, held.topk_weight, q))
+                found[p] = (stacks[p], index, gates, q, routes.route_energy(stacks[p], index, gates, q))
             cache[cell.id] = found
             cells = run_context(request.config).get("cells", {})
             g3 = {**cells.get("g3", {}), cell.id: {"layer": layer, "q": {p: v[3] for p, v in found.items()}}}

@@ -52,13 +52,14 @@ class InputBasis:
         return self.left @ self.right
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
-        """W P for W (..., out, H): what the experts compute once their inputs pass through the basis, float64."""
-        w = w.to(F64)
-        return (w @ self.left.to(w.device)) @ self.right.to(w.device)
+        """W P for W (..., out, H): what the experts compute once their inputs pass through the basis, float64, on
+        the basis's device."""
+        w = w.to(device=self.left.device, dtype=F64)
+        return (w @ self.left) @ self.right
 
     def off(self, w: torch.Tensor) -> torch.Tensor:
         """W (I − P): the experts fed only what the basis claims to ignore (the off-projection trap)."""
-        return w.to(F64) - self.apply(w)
+        return w.to(device=self.left.device, dtype=F64) - self.apply(w)
 
 
 def identity_basis(hidden: int, *, device: torch.device | str | None = None) -> InputBasis:
@@ -153,7 +154,8 @@ def input_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> di
 def deploy_updates(adapter: MoEAdapter, bases: Mapping[int, InputBasis], *, off: bool = False
                    ) -> dict[tuple[str, int], torch.Tensor]:
     """Parameter updates installing W_e P (or W_e (I − P) with `off`) as every expert's gate and up in each layer of
-    `bases`, at the stored dtype (for models.weights.patched_parameters). down is kept; P = I writes W bit for bit."""
+    `bases`, at the stored dtype, held on the CPU (for models.weights.patched_parameters, which puts each where its
+    parameter lives). down is not rewritten; P = I writes W bit for bit. Computed on each basis's device."""
     from pytest_ladder.models.adapters import ExpertWeights
 
     updates: dict[tuple[str, int], torch.Tensor] = {}
@@ -161,9 +163,10 @@ def deploy_updates(adapter: MoEAdapter, bases: Mapping[int, InputBasis], *, off:
         for expert in range(adapter.n_experts):
             weights = adapter.expert_weights(layer, expert)
             stacked = stacked_inputs(weights.gate, weights.up)
-            new = (basis.off(stacked) if off else basis.apply(stacked)).to(weights.gate.dtype)
+            new = (basis.off(stacked) if off else basis.apply(stacked)).to(device="cpu", dtype=weights.gate.dtype)
             gate, up = new.chunk(2, dim=-2)
-            updates.update(adapter.expert_updates(layer, expert, ExpertWeights(gate, up, weights.down)))
+            found = adapter.expert_updates(layer, expert, ExpertWeights(gate, up, weights.down))
+            updates.update({key: value for key, value in found.items() if value is not weights.down})
     return updates
 
 
@@ -213,9 +216,13 @@ class LowRankStudy:
         return self.routing.adapter
 
     def weights(self, layer: int) -> torch.Tensor:
-        """W_e = [gate_e; up_e] (E, 2I, H) of the layer at the stored dtype."""
+        """W_e = [gate_e; up_e] (E, 2I, H) of the layer at the stored dtype, on the study's device."""
         stacks = self.routing.stacks(layer)
         return stacked_inputs(stacks["gate"], stacks["up"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.routing.device
 
     def basis(self, fit_on: str, layer: int) -> InputBasis:
         """The layer's rank-r basis fit on one task's calibration tokens, or on all of them ("universal")."""
@@ -263,7 +270,7 @@ class LowRankStudy:
         """(the basis of every MoE layer, whether the experts get the off-projection) of a deploy kind."""
         layers, hidden = self.adapter.moe_layers(), self.adapter.hidden_size
         if kind in ("identity", "removed"):
-            return {layer: identity_basis(hidden) for layer in layers}, kind == "removed"
+            return {layer: identity_basis(hidden, device=self.device) for layer in layers}, kind == "removed"
         if kind in ("method", "off"):
             return {layer: self.basis("universal", layer) for layer in layers}, kind == "off"
         raise ValueError(f"unknown deploy {kind!r}: use identity, method, off or removed")
@@ -299,7 +306,7 @@ class LowRankStudy:
             from pytest_ladder.measure.tau import tau_floor
 
             hidden = self.adapter.hidden_size
-            self._taus[key] = tau_floor(lambda seed: random_basis(hidden, self.rank, seed),
+            self._taus[key] = tau_floor(lambda seed: random_basis(hidden, self.rank, seed, device=self.device),
                                         lambda basis: self.error(layer, task, basis), seeds)
         return self._taus[key]
 
@@ -309,6 +316,7 @@ class LowRankStudy:
         from pytest_ladder.measure.traps import trivial_pass_trap
 
         deploy = self.deploy("identity", task, routes=True)
-        return trivial_pass_trap(activation_error=self.error(layer, task, identity_basis(self.adapter.hidden_size)),
+        identity = identity_basis(self.adapter.hidden_size, device=self.device)
+        return trivial_pass_trap(activation_error=self.error(layer, task, identity),
                                  route_flip_rate=deploy.route_flip_rate, delta_nll=deploy.delta_nll,
                                  delta_bytes=student_delta_bytes(stacks, None))

@@ -204,18 +204,28 @@ class RoutingStudy:
         """The calibration LayerCapture of `layer` over `n_points` calibration tokens (input_gram, expert_tokens)."""
         return self._cached(task, "calibration", n_points)[layer]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the study computes: the model's execution device (a GPU when offloaded behind one)."""
+        from pytest_ladder.models.capture import model_device
+
+        return model_device(self.loaded.model)
+
     def expert_grams(self, task: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out routed Grams G_e (E, H, H) and counts (E,) of `layer` on `task` (`routed_grams`)."""
+        """Held-out routed Grams G_e (E, H, H) and counts (E,) of `layer` on `task` (`routed_grams`), on `device`."""
         if (task, layer) not in self._grams:
             held = self.heldout(task, layer)
-            self._grams[task, layer] = routed_grams(held.inputs, held.topk_index, self.adapter.n_experts)
+            self._grams[task, layer] = routed_grams(held.inputs.to(self.device), held.topk_index,
+                                                    self.adapter.n_experts)
         return self._grams[task, layer]
 
     def stacks(self, layer: int) -> dict[str, torch.Tensor]:
-        """The layer's experts {gate: (E, I, H), up: (E, I, H), down: (E, H, I)} at their stored dtype."""
+        """The layer's experts {gate: (E, I, H), up: (E, I, H), down: (E, H, I)} at their stored dtype, on `device`
+        (read meta-safe, one expert at a time)."""
         if layer not in self._stacks:
             experts = [self.adapter.expert_weights(layer, e) for e in range(self.adapter.n_experts)]
-            self._stacks[layer] = {p: torch.stack([getattr(w, p) for w in experts]) for p in ("gate", "up", "down")}
+            self._stacks[layer] = {p: torch.stack([getattr(w, p).to(self.device) for w in experts])
+                                   for p in ("gate", "up", "down")}
         return self._stacks[layer]
 
     def route(self, logits: torch.Tensor, layer: int) -> torch.Tensor:
