@@ -3,8 +3,9 @@
 Hooks sit on the modules, not on F.linear (fused experts run grouped_mm, which bypasses linear hooks):
 - a forward pre-hook on each MoE layer's experts module sees exactly what the experts compute on: the router
   input x_t (T, H) and the chosen top-k indices and weights. Expert e's routed inputs are the rows x_t with
-  e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 so that
-  ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide a gate;
+  e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 (each
+  batch's block product too, unless gram_products="float32") so that ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide
+  a gate;
 - a forward hook on the router keeps its logits; a pre-hook on self-attention gives the attention input Gram;
 - expert outputs need the per-expert loop of weights.transformed_expert_outputs (a recording transform).
 
@@ -41,6 +42,7 @@ class CaptureSpec:
     attention_input_gram: bool = False  # Gram of the self-attention input over all points (H, H), float64
     expert_outputs: bool = False  # each routed expert's output before its routing weight (per expert)
     gram_device: str | None = None
+    gram_products: str = "float64"  # each batch's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
     skip_prefix: bool = True
 
 
@@ -141,12 +143,27 @@ class _Recorder:
         return tensor[self.valid.to(tensor.device)]
 
     def _accumulate(self, result: LayerCapture, attribute: str, gram: torch.Tensor) -> None:
+        gram = gram.double()
         current = getattr(result, attribute)
         setattr(result, attribute, gram if current is None else current + gram)
 
     def _gram_input(self, x: torch.Tensor) -> torch.Tensor:
         device = self.spec.gram_device or x.device
-        return x.detach().to(device=device, dtype=torch.float64)
+        dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
+        return x.detach().to(device=device, dtype=dtype)
+
+    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor) -> None:
+        """G_e += X_eᵀX_e for every expert: rows gathered once, sorted by expert, one matmul per expert block."""
+        n_experts, h = self.adapter.n_experts, x.shape[1]
+        if result.expert_gram is None:
+            result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=x.device)
+        flat = index.reshape(-1).to(x.device)
+        order = torch.argsort(flat, stable=True)
+        rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
+        counts = torch.bincount(flat, minlength=n_experts).tolist()
+        for expert, block in enumerate(torch.split(rows, counts)):
+            if counts[expert]:
+                result.expert_gram[expert] += (block.T @ block).double()
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
         names = ("hidden_states", "top_k_index", "top_k_weights")
@@ -160,18 +177,11 @@ class _Recorder:
         counts = torch.bincount(index.reshape(-1).cpu(), minlength=self.adapter.n_experts)
         result.expert_tokens = counts if result.expert_tokens is None else result.expert_tokens + counts
         if self.spec.gram or self.spec.input_gram:
-            x64 = self._gram_input(x)
+            x_gram = self._gram_input(x)
             if self.spec.input_gram:
-                self._accumulate(result, "input_gram", x64.T @ x64)
+                self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
             if self.spec.gram:
-                if result.expert_gram is None:
-                    h = x64.shape[1]
-                    result.expert_gram = torch.zeros((self.adapter.n_experts, h, h), dtype=torch.float64,
-                                                     device=x64.device)
-                routed = index.to(x64.device)
-                for expert in torch.unique(routed).tolist():
-                    rows = x64[(routed == expert).any(dim=-1)]
-                    result.expert_gram[expert] += rows.T @ rows
+                self._expert_grams(result, x_gram, index)
         if self.spec.topk:
             lists.setdefault("topk_index", []).append(index.detach().cpu())
             lists.setdefault("topk_weight", []).append(weight.detach().float().cpu())
@@ -186,8 +196,8 @@ class _Recorder:
 
     def attention_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
-        x64 = self._gram_input(self._mask(hidden.reshape(-1, hidden.shape[-1])))
-        self._accumulate(self.results[layer], "attention_input_gram", x64.T @ x64)
+        x = self._gram_input(self._mask(hidden.reshape(-1, hidden.shape[-1])))
+        self._accumulate(self.results[layer], "attention_input_gram", x.T @ x)
 
     def expert_output(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
         """Recording transform (identity): rows are in the eager loop's order, torch.where(top_k_index.T == e)."""
