@@ -3,9 +3,9 @@
 `ladder model build [--force] [--seed N]` (and `ensure_embedded_model()` on first use, under a file lock so
 concurrent xdist workers build once) trains, deterministically from the seed:
 - a byte-level BPE tokenizer (tokenizers library) on the code, math and text calibration documents;
-- an OlmoeForCausalLM (RECIPE: 8 layers, hidden 128, 16 experts, top-2, expert intermediate 128) on those documents,
-  each preceded by <|endoftext|>, packed into 256-token rows, an equal number of rows per task in every step, with
-  OLMoE's load-balancing loss so the experts are used;
+- an OlmoeForCausalLM (RECIPE: 8 layers, hidden 128, 16 experts, top-2, expert intermediate 128, vocab 2048) on
+  those documents, each preceded by <|endoftext|>, packed into 128-token rows, two rows per task in every step
+  (420 steps), with OLMoE's load-balancing loss so the experts are used;
 and saves both with save_pretrained into <cache>/models/olmoe-tiny-<key> (cache: $LADDER_CACHE_DIR, default
 ~/.cache/pytest-ladder), key = sha256 of the recipe, the seed and the corpus files' SHA-256. Determinism: fixed seed,
 torch.use_deterministic_algorithms, a fixed thread count, a seeded data order.
@@ -40,22 +40,22 @@ PAD = "<|padding|>"
 class Recipe:
     """Everything that determines the embedded model's weights, apart from the seed and the data."""
 
-    vocab_size: int = 4096
+    vocab_size: int = 2048
     hidden_size: int = 128
     num_hidden_layers: int = 8
     num_attention_heads: int = 4
     num_experts: int = 16
     num_experts_per_tok: int = 2
     intermediate_size: int = 128
-    seq_len: int = 256
-    steps: int = 200
-    rows_per_task: int = 3  # rows of seq_len tokens per task in every step
-    lr: float = 3e-3
+    seq_len: int = 128
+    steps: int = 420
+    rows_per_task: int = 2  # rows of seq_len tokens per task in every step (small batches: more steps per token)
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1
-    warmup: int = 20
+    warmup: int = 30
     weight_decay: float = 0.1
     router_aux_loss_coef: float = 0.01
-    threads: int = 2
+    threads: int = 2  # fixed for determinism (a machine with other busy processes slows the build down a lot)
     tasks: tuple[str, ...] = ("code", "math", "text")
     eval_documents: int = 48  # held-out documents per task for the NLL report
     eval_tokens: int = 4096  # held-out tokens per task for the routing report
@@ -236,8 +236,7 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
         tokenizer = train_tokenizer([t for task in recipe.tasks for t in calibration[task]], recipe.vocab_size,
                                     recipe.seq_len)
         bos = tokenizer.bos_token_id
-        encoded = {task: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-                   for task, texts in calibration.items()}
+        encoded = {task: tokenizer(texts, add_special_tokens=False)["input_ids"] for task, texts in calibration.items()}
         report.seconds["data_and_tokenizer"] = round(time.perf_counter() - started, 2)
 
         torch.manual_seed(seed)
@@ -263,7 +262,7 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(out.loss))
+            losses.append(float(out.loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         report.seconds["train"] = round(time.perf_counter() - train_started, 2)
         report.train_tokens = recipe.steps * len(recipe.tasks) * recipe.rows_per_task * recipe.seq_len
@@ -295,10 +294,8 @@ def _evaluate(model: Any, tokenizer: Any, corpora: dict, encoded: dict, recipe: 
     """Held-out NLL vs a unigram baseline, and per-layer expert usage per task with pairwise JS divergence."""
     import torch
 
-    counts = torch.ones(recipe.vocab_size, dtype=torch.float64)  # add-one smoothed unigram over calibration
-    for docs in encoded.values():
-        for ids in docs:
-            counts += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=recipe.vocab_size).double()
+    every = torch.tensor([t for docs in encoded.values() for ids in docs for t in ids], dtype=torch.long)
+    counts = 1.0 + torch.bincount(every, minlength=recipe.vocab_size).double()  # add-one unigram, calibration
     log_unigram = torch.log(counts / counts.sum())
     adapter = adapter_for(model)
     bos = tokenizer.bos_token_id
