@@ -153,16 +153,28 @@ class _Recorder:
         return x.detach().to(device=device, dtype=dtype)
 
     def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor) -> None:
-        """G_e += X_eᵀX_e for every expert: rows gathered once, sorted by expert, one matmul per expert block."""
+        """G_e += X_eᵀX_e for every expert. The routed rows are gathered once, sorted by expert; when routing is
+        balanced enough that a zero-padded (E, max rows, H) stack at most doubles them (padding rows add exactly 0),
+        one bmm does every expert, else one matmul per expert block (memory stays bounded for skewed routing)."""
         n_experts, h = self.adapter.n_experts, x.shape[1]
         if result.expert_gram is None:
             result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=x.device)
         flat = index.reshape(-1).to(x.device)
+        if flat.numel() == 0:
+            return
         order = torch.argsort(flat, stable=True)
         rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
-        counts = torch.bincount(flat, minlength=n_experts).tolist()
-        for expert, block in enumerate(torch.split(rows, counts)):
-            if counts[expert]:
+        counts = torch.bincount(flat, minlength=n_experts)
+        widest = int(counts.max())
+        if n_experts * widest <= 2 * flat.numel():
+            experts = flat[order]
+            slot = torch.arange(flat.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[experts]
+            stack = x.new_zeros((n_experts, widest, h))
+            stack[experts, slot] = rows
+            result.expert_gram += torch.bmm(stack.transpose(1, 2), stack).double()
+            return
+        for expert, block in enumerate(torch.split(rows, counts.tolist())):
+            if block.shape[0]:
                 result.expert_gram[expert] += (block.T @ block).double()
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pytest_ladder.models.adapters import adapter_for
-from pytest_ladder.models.capture import CaptureSpec, capture, pad_batch
+from pytest_ladder.models.capture import CaptureSpec, LayerCapture, _Recorder, capture, pad_batch
 
 FULL = CaptureSpec(router_logits=True, inputs=True, input_gram=True, attention_input_gram=True)
 
@@ -68,6 +68,25 @@ def test_expert_grams_equal_routed_inputs_by_hand(model, captured, by_hand):
             torch.testing.assert_close(captured[layer].expert_gram[expert], rows.T @ rows, rtol=1e-9, atol=1e-9)
         x64 = x.double()
         torch.testing.assert_close(captured[layer].input_gram, x64.T @ x64, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("routing", ["balanced", "skewed"])
+def test_expert_grams_batched_and_per_block_paths(model, routing):
+    """Balanced routing takes the one-bmm path over a zero-padded stack, skewed routing (every point on expert 0 and
+    one other) the per-expert blocks; both equal X_eᵀX_e by hand, and an expert nobody chose keeps an exact 0."""
+    recorder = _Recorder(adapter_for(model), CaptureSpec(), [0])
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    if routing == "balanced":  # 16 rows per expert of the 8 (every expert but 7), 128 routed rows
+        index = torch.stack([torch.arange(64) % 7, (torch.arange(64) + 3) % 7], dim=1)
+    else:
+        index = torch.stack([torch.zeros(64, dtype=torch.long), 1 + torch.arange(64) % 6], dim=1)
+    result = LayerCapture(0)
+    for half in (slice(0, 32), slice(32, 64)):  # two batches accumulate
+        recorder._expert_grams(result, x[half], index[half])
+    for expert in range(8):
+        rows = x[(index == expert).any(dim=-1)]
+        torch.testing.assert_close(result.expert_gram[expert], rows.T @ rows, rtol=1e-12, atol=1e-12)
+    assert torch.equal(result.expert_gram[7], torch.zeros(32, 32, dtype=torch.float64))
 
 
 def test_attention_input_gram_by_hand(captured, by_hand):
