@@ -47,10 +47,6 @@ class InputBasis:
     def rank(self) -> int:
         return self.left.shape[-1]
 
-    def projector(self) -> torch.Tensor:
-        """P = L R (H, H)."""
-        return self.left @ self.right
-
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         """W P for W (..., out, H): what the experts compute once their inputs pass through the basis, float64, on
         the basis's device."""
@@ -117,19 +113,13 @@ def basis_error(weights: torch.Tensor, basis: InputBasis, grams: torch.Tensor) -
     return activation_error(weights, basis.apply(weights), grams).pooled
 
 
-def student_artifact(name: str, n_experts: int, out: int, hidden: int, rank: int, dtype: DtypeLike,
-                     n_bases: int = 1) -> Artifact:
-    """What a layer's static student stores: per basis, E factors W_e L (out, r) and the shared R (r, H)."""
-    parts: list[TensorStorage] = []
-    for index in range(n_bases):
-        tag = f"{name}.basis{index}" if n_bases > 1 else name
-        parts += [TensorStorage(f"{tag}.factors", (n_experts, out, rank), dtype=dtype, kind="factor"),
-                  TensorStorage(f"{tag}.basis", (rank, hidden), dtype=dtype, kind="basis")]
-    return Artifact(tuple(parts))
+def student_artifact(name: str, n_experts: int, out: int, hidden: int, rank: int, dtype: DtypeLike) -> Artifact:
+    """What a layer's static student stores: E factors W_e L (out, r) and the shared R (r, H), at `dtype`."""
+    return Artifact((TensorStorage(f"{name}.factors", (n_experts, out, rank), dtype=dtype, kind="factor"),
+                     TensorStorage(f"{name}.basis", (rank, hidden), dtype=dtype, kind="basis")))
 
 
-def student_delta_bytes(stacks: Mapping[str, tuple[DtypeLike, Sequence[int]]], rank: int | None,
-                        n_bases: int = 1) -> int:
+def student_delta_bytes(stacks: Mapping[str, tuple[DtypeLike, Sequence[int]]], rank: int | None) -> int:
     """Gate 1 for the static student: its bytes minus the dense input maps, over `stacks` {layer: (stored dtype,
     (E, out, H))} (every MoE layer's stacked gate/up experts). `rank=None` is the uncompressed pipeline (the dense
     maps kept as they are): exactly 0."""
@@ -137,7 +127,7 @@ def student_delta_bytes(stacks: Mapping[str, tuple[DtypeLike, Sequence[int]]], r
     for name, (dtype, (n_experts, out, hidden)) in stacks.items():
         dense = dense_artifact(f"{name}.experts.gate_up", (n_experts, out, hidden), dtype)
         student = dense if rank is None else student_artifact(f"{name}.experts.gate_up", n_experts, out, hidden,
-                                                              rank, dtype, n_bases)
+                                                              rank, dtype)
         total += global_delta_bytes(student, dense)
     return total
 
