@@ -91,6 +91,11 @@ def run_context(config: pytest.Config) -> dict:
     return dict(config.stash.get(_context_key, {}))
 
 
+def record_cell(config: pytest.Config, key: str, value: dict) -> None:
+    """Record how a rung resolved its cells on this model (layers, ranks, sizes) under context["cells"][key]."""
+    record_context(config, "cells", {**run_context(config).get("cells", {}), key: value})
+
+
 def _finite(value: Any, what: str) -> float:
     try:
         number = float(value)

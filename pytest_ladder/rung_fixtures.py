@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from pytest_ladder.rung import record_context
-
 _cache_key = pytest.StashKey[dict]()
 
 
@@ -45,6 +43,26 @@ def resolve_size(fraction: float, full: int, *, minimum: int = 1) -> int:
     if not 0 < fraction <= 1:
         raise ValueError(f"size fraction {fraction!r} must lie in (0, 1]")
     return max(minimum, math.ceil(fraction * full - 1e-9))
+
+
+def cell_layers(prereg: Any, n_layers: int) -> dict[str, int]:
+    """{cell id: layer index} of every prereg cell that names a layer, resolved against an `n_layers` model."""
+    return {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells if "layer" in c.params}
+
+
+@pytest.fixture(scope="module")
+def rung_cache() -> dict:
+    """A dict that lives as long as the rung module: what its fixtures compute once for all its tests."""
+    return {}
+
+
+@pytest.fixture
+def ladder_routing(ladder_model: Any, ladder_corpora: Any, prereg: Any) -> Any:
+    """The session's routing captures (pytest_ladder.probes.routes.RoutingStudy) at the rung's held-out size: rungs
+    that agree on the model, corpora and N share one capture pass."""
+    from pytest_ladder.probes import routes
+
+    return routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
 
 
 def _cache(config: pytest.Config) -> dict:

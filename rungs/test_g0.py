@@ -12,7 +12,7 @@ from pytest_ladder import rung
 from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.tau import tau_floor
 from pytest_ladder.probes import spectral
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell
 from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 
 ladder = rung("g0")
@@ -44,8 +44,7 @@ def layer(cell, prereg, ladder_weights, request):
     index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
     fraction = prereg.params["rank_fraction"]
     ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in spectra(ladder_weights, index).items()}
-    cells = run_context(request.config).get("cells", {})
-    record_context(request.config, "cells", {**cells, f"g0 {cell.id}": {"layer": index, "ranks": ranks}})
+    record_cell(request.config, f"g0 {cell.id}", {"layer": index, "ranks": ranks})
     return index, ranks
 
 

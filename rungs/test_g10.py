@@ -11,22 +11,17 @@ from pytest_ladder import rung
 ladder = rung("g10")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def study(cache, ladder_model, ladder_corpora, prereg):
+def study(rung_cache, ladder_model, ladder_corpora, prereg):
     import torch
 
     from pytest_ladder.probes.expert_outputs import OutputQuantStudy
 
-    if "study" not in cache:
-        cache["study"] = OutputQuantStudy(ladder_model, ladder_corpora, n_points=prereg.data_points,
-                                          calibration_tokens=prereg.params["calibration_tokens"],
-                                          scale_dtype=getattr(torch, prereg.params["scale_dtype"]))
-    return cache["study"]
+    if "study" not in rung_cache:
+        rung_cache["study"] = OutputQuantStudy(ladder_model, ladder_corpora, n_points=prereg.data_points,
+                                               calibration_tokens=prereg.params["calibration_tokens"],
+                                               scale_dtype=getattr(torch, prereg.params["scale_dtype"]))
+    return rung_cache["study"]
 
 
 @ladder.trap("trivial_pass")

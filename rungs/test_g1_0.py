@@ -12,7 +12,7 @@ import torch
 from pytest_ladder import rung
 from pytest_ladder.measure.quant import QuantSpec
 from pytest_ladder.probes import quant_weights
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell
 from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 from pytest_ladder.seal import derive_seeds
 
@@ -50,8 +50,7 @@ def _gauge_cell(weights, layer, weight, bits, params, seal, seeds):
 def layer(cell, prereg, ladder_weights, request):
     index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
     picked, _ = experts(prereg.params, ladder_weights, index, cell.params["weight"])
-    cells = run_context(request.config).get("cells", {})
-    record_context(request.config, "cells", {**cells, f"g1_0 {cell.id}": {"layer": index, "experts": picked}})
+    record_cell(request.config, f"g1_0 {cell.id}", {"layer": index, "experts": picked})
     return index
 
 

@@ -11,7 +11,7 @@ import pytest
 from pytest_ladder import rung
 from pytest_ladder.measure.tau import tau_floor
 from pytest_ladder.probes import spectral
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell
 
 ladder = rung("g2")
 
@@ -41,10 +41,9 @@ def weight(cell, prereg, ladder_weights, request):
     """The cell's weight type; the tensor's shape, budget and ranks are recorded in the decision's context."""
     projection = cell.params["weight"]
     found = floor(ladder_weights, projection, prereg.params["budget_fraction"])
-    cells = run_context(request.config).get("cells", {})
-    record_context(request.config, "cells", {**cells, f"g2 {cell.id}": {
+    record_cell(request.config, f"g2 {cell.id}", {
         "shape": list(tensor(ladder_weights, projection).shape), "budget_params": found.budget_params,
-        "ranks": list(found.ranks), "mode_effective_ranks": list(found.mode_effective_ranks)}})
+        "ranks": list(found.ranks), "mode_effective_ranks": list(found.mode_effective_ranks)})
     return projection
 
 

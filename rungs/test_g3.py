@@ -7,26 +7,21 @@ tokens, for gate, up and down; the layer's value is its worst projection. Heavy 
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell, run_context
 from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 
 ladder = rung("g3")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def energy(cache, ladder_model, ladder_corpora, prereg, request):
+def energy(rung_cache, ladder_routing, prereg, request):
     """energy(cell) -> {projection: (weights float64, routes, gates, q, RouteEnergy)} of the cell's layer, once."""
     from pytest_ladder.probes import routes
 
-    routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
+    routing = ladder_routing
 
     def compute(cell):
-        if cell.id not in cache:
+        if cell.id not in rung_cache:
             layer = resolve_layer(cell.params["layer"], routing.n_layers)
             held, stacks = routing.heldout(cell.params["task"], layer), routing.stacks(layer)
             index, gates = held.topk_index.to(routing.device), held.topk_weight.to(routing.device)
@@ -34,11 +29,11 @@ def energy(cache, ladder_model, ladder_corpora, prereg, request):
             for p in prereg.params["projections"]:
                 q = resolve_size(prereg.params["q_fraction"], min(stacks[p].shape[-2:]))
                 found[p] = (stacks[p], index, gates, q, routes.route_energy(stacks[p], index, gates, q))
-            cache[cell.id] = found
-            cells = run_context(request.config).get("cells", {})
-            g3 = {**cells.get("g3", {}), cell.id: {"layer": layer, "q": {p: v[3] for p, v in found.items()}}}
-            record_context(request.config, "cells", {**cells, "g3": g3})
-        return cache[cell.id]
+            rung_cache[cell.id] = found
+            g3 = run_context(request.config).get("cells", {}).get("g3", {})
+            q = {p: v[3] for p, v in found.items()}
+            record_cell(request.config, "g3", {**g3, cell.id: {"layer": layer, "q": q}})
+        return rung_cache[cell.id]
 
     return compute
 

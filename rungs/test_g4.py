@@ -7,42 +7,34 @@ task-conditional bases face gate 4; the deploy patches every MoE layer. Heavy li
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_context, run_context
-from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+from pytest_ladder.rung import record_cell
+from pytest_ladder.rung_fixtures import cell_layers, resolve_size
 
 ladder = rung("g4")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def study(cache, ladder_model, ladder_corpora, prereg, request):
-    from pytest_ladder.probes import lowrank, routes
+def study(rung_cache, ladder_routing, prereg, request):
+    from pytest_ladder.probes import lowrank
 
-    if "study" not in cache:
-        rank = resolve_size(prereg.params["rank_fraction"], ladder_model.adapter.hidden_size)
-        n_layers = ladder_model.model.config.num_hidden_layers
-        cache["layers"] = {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells}
-        routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
-        cache["study"] = lowrank.LowRankStudy(routing, rank, prereg.tasks,
-                                              calibration_points=prereg.params["calibration_points"])
-        cells = run_context(request.config).get("cells", {})
-        record_context(request.config, "cells", {**cells, "g4": {"rank": rank, "layers": cache["layers"]}})
-    return cache["study"]
+    if "study" not in rung_cache:
+        rank = resolve_size(prereg.params["rank_fraction"], ladder_routing.adapter.hidden_size)
+        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
+        rung_cache["study"] = lowrank.LowRankStudy(ladder_routing, rank, prereg.tasks,
+                                                   calibration_points=prereg.params["calibration_points"])
+        record_cell(request.config, "g4", {"rank": rank, "layers": rung_cache["layers"]})
+    return rung_cache["study"]
 
 
-def hardest(cache, prereg):
-    return cache["layers"][prereg.hardest_cell.id], prereg.hardest_cell.params["task"]
+def hardest(rung_cache, prereg):
+    return rung_cache["layers"][prereg.hardest_cell.id], prereg.hardest_cell.params["task"]
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, study, cache, prereg, ladder_weights):
+def test_trivial_pass(trap, study, rung_cache, prereg, ladder_weights):
     from pytest_ladder.probes.lowrank import input_stacks
 
-    outcome = study.trivial_pass(*hardest(cache, prereg), input_stacks(ladder_weights.dtype_bytes()))
+    outcome = study.trivial_pass(*hardest(rung_cache, prereg), input_stacks(ladder_weights.dtype_bytes()))
     trap.check(outcome.observed, **outcome.refs)
 
 
@@ -55,15 +47,15 @@ def test_bytes(gate, prereg, ladder_weights):
 
 
 @ladder.gate("activation_error")
-def test_activation_error(cell, gate, study, cache, ladder_seeds):
-    layer, task = cache["layers"][cell.id], cell.params["task"]
+def test_activation_error(cell, gate, study, rung_cache, ladder_seeds):
+    layer, task = rung_cache["layers"][cell.id], cell.params["task"]
     gate.check(study.error(layer, task, study.basis("universal", layer)), tau=study.tau(layer, task, ladder_seeds),
                layer=layer, rank=study.rank)
 
 
 @ladder.gate("task_conditioning")
-def test_task_conditioning(gate, study, cache):
-    worst = {layer: study.worst_task(layer) for layer in sorted(set(cache["layers"].values()))}
+def test_task_conditioning(gate, study, rung_cache):
+    worst = {layer: study.worst_task(layer) for layer in sorted(set(rung_cache["layers"].values()))}
     layer = max(worst, key=lambda k: worst[k].value)
     gate.check(worst[layer].value, layer=layer, task=worst[layer].task,
                per_layer={str(k): w.per_task for k, w in worst.items()})
@@ -86,22 +78,22 @@ def test_delta_nll(gate, study, prereg):
 
 
 @ladder.trap("random_basis")
-def test_random_basis(trap, study, cache, prereg, ladder_seeds):
-    layer, task = hardest(cache, prereg)
+def test_random_basis(trap, study, rung_cache, prereg, ladder_seeds):
+    layer, task = hardest(rung_cache, prereg)
     tau = study.tau(layer, task, ladder_seeds)
     trap.check(tau.tau, method=study.error(layer, task, study.basis("universal", layer)), worst=max(tau.values))
 
 
 @ladder.trap("task_swap")
-def test_task_swap(trap, study, cache, prereg):
-    layer, task = hardest(cache, prereg)
+def test_task_swap(trap, study, rung_cache, prereg):
+    layer, task = hardest(rung_cache, prereg)
     trap.check(study.error(layer, task, study.basis(prereg.params["swap_from"], layer)),
                own_error=study.error(layer, task, study.basis(task, layer)))
 
 
 @ladder.trap("off_projection")
-def test_off_projection(trap, study, cache, prereg):
-    _, task = hardest(cache, prereg)
+def test_off_projection(trap, study, rung_cache, prereg):
+    _, task = hardest(rung_cache, prereg)
     off, removed = study.deploy("off", task).delta_nll, study.deploy("removed", task).delta_nll
     trap.check(off / removed if removed else float("nan"), off_delta_nll=off, removed_delta_nll=removed,
                method_delta_nll=study.deploy("method", task, routes=True).delta_nll)

@@ -8,36 +8,29 @@ pytest_ladder.probes.deflation.
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_context, run_context
-from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+from pytest_ladder.rung import record_cell
+from pytest_ladder.rung_fixtures import cell_layers, resolve_size
 
 ladder = rung("g5")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def residual(cache, ladder_model, ladder_corpora, prereg, request):
+def residual(rung_cache, ladder_model, ladder_routing, prereg, request):
     """residual(cell) -> (the residual stream's held-out Gram at the cell's layer, directions to deflate)."""
-    from pytest_ladder.probes import deflation, routes
+    from pytest_ladder.probes import deflation
 
-    if "layers" not in cache:
-        n_layers = ladder_model.model.config.num_hidden_layers
-        cache["layers"] = {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells}
-        cache["deflate"] = resolve_size(prereg.params["deflate_fraction"], ladder_model.adapter.hidden_size)
-        cells = run_context(request.config).get("cells", {})
-        record_context(request.config, "cells", {**cells, "g5": {k: cache[k] for k in ("deflate", "layers")}})
+    if "layers" not in rung_cache:
+        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
+        rung_cache["deflate"] = resolve_size(prereg.params["deflate_fraction"], ladder_model.adapter.hidden_size)
+        record_cell(request.config, "g5", {k: rung_cache[k] for k in ("deflate", "layers")})
 
     def grams(cell):
         task = cell.params["task"]
-        if task not in cache:
-            routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
-            cache[task] = deflation.residual_grams(ladder_model, routing.sequences(task, "heldout", prereg.data_points),
-                                                   sorted(set(cache["layers"].values())))
-        return cache[task][cache["layers"][cell.id]], cache["deflate"]
+        if task not in rung_cache:
+            sequences = ladder_routing.sequences(task, "heldout", prereg.data_points)
+            layers = sorted(set(rung_cache["layers"].values()))
+            rung_cache[task] = deflation.residual_grams(ladder_model, sequences, layers)
+        return rung_cache[task][rung_cache["layers"][cell.id]], rung_cache["deflate"]
 
     return grams
 

@@ -8,30 +8,21 @@ pytest_ladder.probes.routes.
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_context, run_context
-from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+from pytest_ladder.rung import record_cell
+from pytest_ladder.rung_fixtures import cell_layers, resolve_size
 
 ladder = rung("g6")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def routing(cache, ladder_model, ladder_corpora, prereg, request):
-    from pytest_ladder.probes import routes
-
-    if "routing" not in cache:
-        cache["routing"] = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
-        n_layers, n_experts = ladder_model.model.config.num_hidden_layers, ladder_model.adapter.n_experts
-        cache["layers"] = {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells}
-        cache["rank"] = resolve_size(prereg.params["rank_fraction"], n_experts)
-        cache["curve"] = sorted({resolve_size(f, n_experts) for f in prereg.params["curve_rank_fractions"]})
-        cells = run_context(request.config).get("cells", {})
-        record_context(request.config, "cells", {**cells, "g6": {k: cache[k] for k in ("rank", "curve", "layers")}})
-    return cache["routing"]
+def routing(rung_cache, ladder_routing, ladder_model, prereg, request):
+    if "layers" not in rung_cache:
+        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
+        n_experts = ladder_model.adapter.n_experts
+        rung_cache["rank"] = resolve_size(prereg.params["rank_fraction"], n_experts)
+        rung_cache["curve"] = sorted({resolve_size(f, n_experts) for f in prereg.params["curve_rank_fractions"]})
+        record_cell(request.config, "g6", {k: rung_cache[k] for k in ("rank", "curve", "layers")})
+    return ladder_routing
 
 
 def router(routing, prereg, layer):
@@ -42,11 +33,11 @@ def router(routing, prereg, layer):
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, routing, cache, prereg, ladder_weights):
+def test_trivial_pass(trap, routing, rung_cache, prereg, ladder_weights):
     from pytest_ladder.probes.routes import router_delta_bytes, router_flip_rate
 
     cell = prereg.hardest_cell
-    layer = cache["layers"][cell.id]
+    layer = rung_cache["layers"][cell.id]
     weight, _, route = router(routing, prereg, layer)
     flips = router_flip_rate(routing.heldout(cell.params["task"], layer).inputs, weight, weight, route)
     delta = router_delta_bytes(ladder_weights.dtype_bytes(), None)
@@ -62,16 +53,16 @@ def test_bytes(gate, prereg, ladder_weights):
 
 
 @ladder.gate("route_flip_rate")
-def test_route_flip_rate(cell, gate, routing, cache, prereg, ladder_seeds):
+def test_route_flip_rate(cell, gate, routing, rung_cache, prereg, ladder_seeds):
     from pytest_ladder.measure.tau import tau_floor
     from pytest_ladder.probes import routes
 
-    layer, rank = cache["layers"][cell.id], cache["rank"]
+    layer, rank = rung_cache["layers"][cell.id], rung_cache["rank"]
     weight, gram, route = router(routing, prereg, layer)
     hidden = routing.heldout(cell.params["task"], layer).inputs
     tau = tau_floor(lambda seed: routes.random_router_weight(weight, rank, seed),
                     lambda w: routes.router_flip_rate(hidden, weight, w, route), ladder_seeds)
-    curve = routes.router_flip_curve(hidden, weight, cache["curve"], gram, route)
+    curve = routes.router_flip_curve(hidden, weight, rung_cache["curve"], gram, route)
     value = routes.router_flip_rate(hidden, weight, routes.lowrank_router_weight(weight, rank, gram), route)
     gate.check(value, tau=tau, layer=layer, rank=rank, curve_ranks=list(curve),
                series={"flip_rate_by_rank": list(curve.values())})

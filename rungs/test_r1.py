@@ -6,34 +6,25 @@ Heavy lifting: pytest_ladder.probes.rotorquant (the quantizer is R2's, probes.qu
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell, record_context, run_context
+from pytest_ladder.rung_fixtures import cell_layers
 
 ladder = rung("r1")
 
 
-@pytest.fixture(scope="module")
-def cache() -> dict:
-    return {}
-
-
 @pytest.fixture
-def study(cache, request, ladder_model, ladder_corpora, prereg):
+def study(rung_cache, request, ladder_routing, prereg):
     import torch
 
-    from pytest_ladder.probes import routes
     from pytest_ladder.probes.rotorquant import RotorQuant, RotorQuantStudy
-    from pytest_ladder.rung_fixtures import resolve_layer
 
-    if "study" not in cache:
-        p, n_layers = prereg.params, ladder_model.model.config.num_hidden_layers
-        cache["layers"] = {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells}
+    if "study" not in rung_cache:
+        p = prereg.params
+        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
         quantizer = RotorQuant(p["bits"], p["srht_seed"], getattr(torch, p["scale_dtype"]))
-        routing = routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
-        cache["study"] = RotorQuantStudy(routing, quantizer=quantizer)
-        cells = dict(run_context(request.config).get("cells", {}))
-        cells[prereg.rung] = {"layers": cache["layers"]}
-        record_context(request.config, "cells", cells)
-    return cache["study"]
+        rung_cache["study"] = RotorQuantStudy(ladder_routing, quantizer=quantizer)
+        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"]})
+    return rung_cache["study"]
 
 
 def per_task(study, prereg, index: int) -> dict:
@@ -41,11 +32,11 @@ def per_task(study, prereg, index: int) -> dict:
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, study, cache, prereg, ladder_weights):
+def test_trivial_pass(trap, study, rung_cache, prereg, ladder_weights):
     from pytest_ladder.probes.rotorquant import expert_stacks
 
     cell = prereg.hardest_cell
-    outcome = study.trivial_pass(cache["layers"][cell.id], cell.params["task"],
+    outcome = study.trivial_pass(rung_cache["layers"][cell.id], cell.params["task"],
                                  expert_stacks(ladder_weights.dtype_bytes()))
     trap.check(outcome.observed, **outcome.refs)
 
@@ -69,16 +60,16 @@ def test_bytes(gate, request, prereg, ladder_weights):
 
 
 @ladder.gate("activation_error")
-def test_activation_error(cell, gate, study, cache, prereg):
-    layer, task = cache["layers"][cell.id], cell.params["task"]
+def test_activation_error(cell, gate, study, rung_cache, prereg):
+    layer, task = rung_cache["layers"][cell.id], cell.params["task"]
     error = study.error(layer, task)
     gate.check(error.pooled, layer=layer, per_weight_type=error.per_projection,
                int1_error=study.error(layer, task, ("bits", prereg.params["extra_bits"])).pooled)
 
 
 @ladder.gate("task_conditioning")
-def test_task_conditioning(gate, study, cache, prereg):
-    layers = sorted(set(cache["layers"].values()))
+def test_task_conditioning(gate, study, rung_cache, prereg):
+    layers = sorted(set(rung_cache["layers"].values()))
     errors = {layer: {task: study.error(layer, task).pooled for task in prereg.tasks} for layer in layers}
     worst = max(layers, key=lambda layer: max(errors[layer].values()))
     gate.check(max(errors[worst].values()), worst_layer=worst, per_layer_task=errors)
@@ -97,8 +88,8 @@ def test_delta_nll(gate, study, prereg):
 
 
 @ladder.trap("random_scales")
-def test_random_scales(trap, study, cache, prereg, ladder_seeds):
+def test_random_scales(trap, study, rung_cache, prereg, ladder_seeds):
     cell, (low, high) = prereg.hardest_cell, prereg.params["random_scale_range"]
-    layer, task = cache["layers"][cell.id], cell.params["task"]
+    layer, task = rung_cache["layers"][cell.id], cell.params["task"]
     values = [study.error(layer, task, ("random_scales", seed, low, high)).pooled for seed in ladder_seeds]
     trap.check(min(values), method=study.error(layer, task).pooled, worst=max(values))

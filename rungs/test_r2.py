@@ -13,7 +13,7 @@ from pytest_ladder import rung
 from pytest_ladder.probes import quant_weights
 from pytest_ladder.probes.budget import budget_table
 from pytest_ladder.probes.rotorquant import expert_stacks
-from pytest_ladder.rung import record_context, run_context
+from pytest_ladder.rung import record_cell, record_context, run_context
 from pytest_ladder.rung_fixtures import resolve_layer
 from pytest_ladder.seal import derive_seeds
 
@@ -32,8 +32,7 @@ def comparison(weights, layer, weight, bits, seal, haar_seeds):
 def rotated(cell, prereg, ladder_weights, ladder_seeds, request):
     """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded)."""
     layer = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
-    cells = run_context(request.config).get("cells", {})
-    record_context(request.config, "cells", {**cells, f"r2 {cell.id}": {"layer": layer}})
+    record_cell(request.config, f"r2 {cell.id}", {"layer": layer})
     return comparison(ladder_weights, layer, cell.params["weight"], prereg.params["bits"], prereg.seal or "",
                       tuple(ladder_seeds))
 
