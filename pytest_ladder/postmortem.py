@@ -177,27 +177,40 @@ def _mapping(title: str, data: Any) -> list[str]:
 SEED_MODEL = "OLMoE-1B-7B"
 
 
-def _seed_section(record: dict) -> list[str]:
-    """The seeds' verdict on OLMoE-1B-7B (prereg `params.seed_verdict`, numbers in `notes`) against this run's."""
+def seed_agreement(record: dict) -> tuple[str, str] | None:
+    """(the seeds' verdict on OLMoE-1B-7B, "agrees" / "differs" / "not comparable") for an archived record, or None
+    where its prereg names no seeds' verdict (`params.seed_verdict`). A seeds' verdict starting with KILL counts as
+    a kill; any other (PASS, MODEST CONSTRUCTIVE, OPEN, ...) as the claim surviving."""
     content = (record.get("prereg") or {}).get("content") or {}
     seed = (content.get("params") or {}).get("seed_verdict")
     if not seed:
+        return None
+    verdict = record.get("verdict")
+    if verdict not in ("KILL", "PASS"):
+        return str(seed), "not comparable"
+    return str(seed), "agrees" if str(seed).upper().startswith("KILL") == (verdict == "KILL") else "differs"
+
+
+def _seed_section(record: dict) -> list[str]:
+    """The seeds' verdict on OLMoE-1B-7B (prereg `params.seed_verdict`, numbers in `notes`) against this run's."""
+    found = seed_agreement(record)
+    if found is None:
         return []
+    seed, agreement = found
+    content = (record.get("prereg") or {}).get("content") or {}
     verdict, model = record.get("verdict"), (record.get("model") or {}).get("name")
     lines = ["", f"## Against the seeds' {SEED_MODEL} verdict", "", f"- seeds on {SEED_MODEL}: **{seed}**"]
     if content.get("notes"):
         lines.append(f"- seeds' numbers: {content['notes']}")
     lines.append(f"- this run on `{model}`: **{verdict}**")
-    if verdict in ("KILL", "PASS"):
-        seed_killed = str(seed).upper().startswith("KILL")
-        if seed_killed == (verdict == "KILL"):
-            lines.append(f"- this run **agrees** with the seeds' verdict.")
-        else:
-            lines.append(
-                f"- this run **differs** from the seeds: {seed} on {SEED_MODEL}, {verdict} on `{model}`. That is a "
-                "finding about this model under the same locked rules, not a bug to tune away: the seeds' numbers "
-                "come from one model family and claim no transfer."
-            )
+    if agreement == "agrees":
+        lines.append("- this run **agrees** with the seeds' verdict.")
+    elif agreement == "differs":
+        lines.append(
+            f"- this run **differs** from the seeds: {seed} on {SEED_MODEL}, {verdict} on `{model}`. That is a "
+            "finding about this model under the same locked rules, not a bug to tune away: the seeds' numbers "
+            "come from one model family and claim no transfer."
+        )
     else:
         lines.append("- not comparable: this run decided nothing about the claim.")
     return lines

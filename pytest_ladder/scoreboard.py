@@ -3,7 +3,8 @@
 One row per rung (per rung and model when the archive holds several models and no --model is given): the rung's
 original decision (the newest sealed decision, replications counted beside it), or when it has none its latest
 non-decision run. Status is the human label when the prereg sets one, else the verdict (KILLED, PASSED, INVALID,
-prefilter passed, aborted, partial). Rows run in ladder order: G-rungs by number, then R-rungs (ordering.natural_key).
+prefilter passed, aborted, partial); "seeds" is the seeds' own OLMoE-1B-7B verdict from the prereg and whether this
+run agrees with it. Rows run in ladder order: G-rungs by number, then R-rungs (ordering.natural_key).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tabulate import tabulate
 
 from pytest_ladder.archive import ArchivedRun, ArchiveError, iter_runs
 from pytest_ladder.ordering import natural_key
-from pytest_ladder.postmortem import fmt
+from pytest_ladder.postmortem import fmt, seed_agreement
 from pytest_ladder.prereg import GateSpec
 
 STATUS = {
@@ -31,7 +32,8 @@ STATUS = {
 }
 NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
-COLUMNS = ("rung", "claim", "status", "verdict", "killed_by", "model", "date", "run_id", "replications", "theorems")
+COLUMNS = ("rung", "claim", "status", "verdict", "killed_by", "seeds", "model", "date", "run_id", "replications",
+           "theorems")
 
 
 def _model(run: ArchivedRun) -> str | None:
@@ -67,6 +69,12 @@ def theorem_status(lean_dir: Path | None) -> dict[str, str]:
     return {row["theorem"]: row["status"] for row in theorem_rows(lean_dir)}
 
 
+def _seeds(record: dict) -> str:
+    """The seeds' OLMoE-1B-7B verdict and whether this run agrees, e.g. "KILLED at 0.687 (differs)"; "" if none."""
+    found = seed_agreement(record)
+    return f"{found[0]} ({found[1]})" if found else ""
+
+
 def _row(shown: ArchivedRun, replications: int, statuses: dict[str, str]) -> dict:
     record = shown.record
     content = (record.get("prereg") or {}).get("content") or {}
@@ -78,6 +86,7 @@ def _row(shown: ArchivedRun, replications: int, statuses: dict[str, str]) -> dic
         "status": label or STATUS.get(verdict, str(verdict)),
         "verdict": verdict,
         "killed_by": killed_by_text(record),
+        "seeds": _seeds(record),
         "model": _model(shown),
         "date": str((record.get("timings") or {}).get("end") or "")[:10],
         "run_id": record.get("run_id") or shown.run_id,
@@ -117,10 +126,11 @@ def scoreboard_rows(archive_dir: Path, *, model: str | None = None, lean_dir: Pa
 
 def render_markdown(rows: list[dict]) -> str:
     """The rows as a GitHub markdown table (tabulate)."""
-    headers = ["rung", "claim", "status", "killed by", "model", "date", "run", "replications", "theorems"]
+    headers = ["rung", "claim", "status", "killed by", "seeds (OLMoE-1B-7B)", "model", "date", "run", "replications",
+               "theorems"]
     table = [
-        [r["rung"], r["claim"] or "", r["status"], r["killed_by"], r["model"] or "", r["date"], f"`{r['run_id']}`",
-         r["replications"], ", ".join(f"{t['theorem']} ({t['status']})" for t in r["theorems"])]
+        [r["rung"], r["claim"] or "", r["status"], r["killed_by"], r.get("seeds", ""), r["model"] or "", r["date"],
+         f"`{r['run_id']}`", r["replications"], ", ".join(f"{t['theorem']} ({t['status']})" for t in r["theorems"])]
         for r in rows
     ]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)

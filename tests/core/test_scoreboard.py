@@ -43,7 +43,7 @@ def test_rows_in_ladder_order(ladder_archive):
     by_rung = {r["rung"]: r for r in rows}
     assert by_rung["g0"] == {
         "rung": "g0", "claim": "a static rank-16 basis per task replaces the expert inputs", "status": "KILLED",
-        "verdict": "KILL", "killed_by": "activation_error @ layer=3-task=text: 0.31 > 0.2", "model": OLMOE,
+        "verdict": "KILL", "killed_by": "activation_error @ layer=3-task=text: 0.31 > 0.2", "seeds": "", "model": OLMOE,
         "date": "2025-01-02", "run_id": "20250101T000000Z-000001", "replications": 1,
         "theorems": [{"theorem": "task_union_basis_contains_task_basis", "status": "not read"}],
     }
@@ -52,6 +52,22 @@ def test_rows_in_ladder_order(ladder_archive):
     assert (by_rung["g10"]["status"], by_rung["g10"]["date"]) == ("DEEPEN-STRICT", "2025-01-02")
     assert (by_rung["g10_5"]["status"], by_rung["g10_5"]["killed_by"]) == ("INVALID", "trap random_basis fired wrong")
     assert by_rung["r1"]["status"] == "prefilter passed" and by_rung["r1"]["replications"] == 0
+
+
+def test_the_seeds_verdict_column(tmp_path, record, archived):
+    differs = record("g3", "PASS", run_id="20250101T000000Z-000001")
+    differs["prereg"]["content"]["params"] = {"seed_verdict": "KILLED at 0.687"}
+    agrees = record("g4", "KILL", run_id="20250101T000000Z-000002")
+    agrees["prereg"]["content"]["params"] = {"seed_verdict": "KILLED"}
+    invalid = record("g10", "INVALID", run_id="20250101T000000Z-000003")
+    invalid["prereg"]["content"]["params"] = {"seed_verdict": "DEEPEN-STRICT"}
+    for data in (differs, agrees, invalid):
+        archived(data)
+    rows = scoreboard_rows(tmp_path / "archive")
+    assert [r["seeds"] for r in rows] == ["KILLED at 0.687 (differs)", "KILLED (agrees)",
+                                         "DEEPEN-STRICT (not comparable)"]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in render_markdown(rows).splitlines()]
+    assert cells[0][4] == "seeds (OLMoE-1B-7B)" and cells[2][4] == "KILLED at 0.687 (differs)"
 
 
 def test_model_filter(ladder_archive):
@@ -78,10 +94,11 @@ def test_newest_seal_decision_is_the_row(tmp_path, record, archived):
 def test_markdown(ladder_archive):
     lines = render_markdown(scoreboard_rows(ladder_archive, model="qwen")).splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
-        "rung", "claim", "status", "killed by", "model", "date", "run", "replications", "theorems"]
+        "rung", "claim", "status", "killed by", "seeds (OLMoE-1B-7B)", "model", "date", "run", "replications",
+        "theorems"]
     assert lines[1].startswith("|---")
     assert [c.strip() for c in lines[2].strip("|").split("|")] == [
-        "g4", "a static rank-16 basis per task replaces the expert inputs", "PASSED", "", "qwen", "2025-01-02",
+        "g4", "a static rank-16 basis per task replaces the expert inputs", "PASSED", "", "", "qwen", "2025-01-02",
         "`20250107T000000Z-000009`", "0", "task_union_basis_contains_task_basis (not read)"]
     assert len(lines) == 3
 
