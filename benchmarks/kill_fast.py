@@ -15,6 +15,7 @@ intermediate I and L layers with the embedded model's tokenizer, a size at which
 
     python benchmarks/kill_fast.py                       # G4 on the embedded model
     python benchmarks/kill_fast.py --synthetic 1024,32,256,4,2
+    python benchmarks/kill_fast.py --model /models/olmoe-7b-shaped -- --ladder-device cuda   # GPU, full scale
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rung", default="g4", help="the rung module to time (default g4)")
     parser.add_argument("--model", default="embedded", help="model folder or 'embedded' (default)")
     parser.add_argument("--synthetic", metavar="H,E,I,L,K", help="time on a random-init OLMoE of this shape instead")
+    parser.add_argument("pytest_args", nargs="*", help="more pytest options for both runs, after `--` (e.g. "
+                        "-- --ladder-device cuda --ladder-max-memory cuda:0=8GiB,cpu=100GiB)")
     args = parser.parse_args(argv)
 
     if args.synthetic:
@@ -98,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hardest = load_prereg(ROOT / "prereg" / args.rung / "tau.json").hardest_cell.id
     with tempfile.TemporaryDirectory(prefix="ladder-kill-fast-") as tmp:
-        fast, fast_record = run(args.rung, model, Path(tmp) / "x", "-x")
-        full, full_record = run(args.rung, model, Path(tmp) / "full")
+        fast, fast_record = run(args.rung, model, Path(tmp) / "x", "-x", *args.pytest_args)
+        full, full_record = run(args.rung, model, Path(tmp) / "full", *args.pytest_args)
     killed = fast_record.get("killed_by") or {}
     print(f"rung {args.rung} on {model} (hardest cell {hardest}; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')})")
