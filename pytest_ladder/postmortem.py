@@ -180,13 +180,14 @@ SEED_MODEL = "OLMoE-1B-7B"
 def seed_agreement(record: dict) -> tuple[str, str] | None:
     """(the seeds' verdict on OLMoE-1B-7B, "agrees" / "differs" / "not comparable") for an archived record, or None
     where its prereg names no seeds' verdict (`params.seed_verdict`). A seeds' verdict starting with KILL counts as
-    a kill; any other (PASS, MODEST CONSTRUCTIVE, OPEN, ...) as the claim surviving."""
+    a kill, OPEN (the seeds decided nothing) compares with nothing, any other (PASS, MODEST CONSTRUCTIVE,
+    DEEPEN-STRICT, ...) counts as the claim surviving."""
     content = (record.get("prereg") or {}).get("content") or {}
     seed = (content.get("params") or {}).get("seed_verdict")
     if not seed:
         return None
     verdict = record.get("verdict")
-    if verdict not in ("KILL", "PASS"):
+    if verdict not in ("KILL", "PASS") or str(seed).upper().startswith("OPEN"):
         return str(seed), "not comparable"
     return str(seed), "agrees" if str(seed).upper().startswith("KILL") == (verdict == "KILL") else "differs"
 
@@ -212,7 +213,8 @@ def _seed_section(record: dict) -> list[str]:
             "come from one model family and claim no transfer."
         )
     else:
-        lines.append("- not comparable: this run decided nothing about the claim.")
+        lines.append("- not comparable: " + ("the seeds decided nothing about the claim." if verdict in ("KILL", "PASS")
+                                             else "this run decided nothing about the claim."))
     return lines
 
 

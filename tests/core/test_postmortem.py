@@ -100,7 +100,8 @@ def test_nothing_to_plot(record):
 
 @pytest.mark.parametrize(("seed", "verdict", "says"), [
     ("KILLED", "KILL", "agrees"), ("MODEST CONSTRUCTIVE", "KILL", "differs"), ("KILLED", "PASS", "differs"),
-    ("OPEN", "PASS", "agrees"), ("KILLED", "INVALID", "not comparable"),
+    ("OPEN", "KILL", "the seeds decided nothing"), ("DEEPEN-STRICT", "PASS", "agrees"),
+    ("KILLED", "INVALID", "this run decided nothing"),
 ])
 def test_the_seeds_verdict_is_compared_plainly(record, seed, verdict, says):
     data = record("g4", verdict)
