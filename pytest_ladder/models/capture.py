@@ -152,10 +152,12 @@ class _Recorder:
         dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
         return x.detach().to(device=device, dtype=dtype)
 
-    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor) -> None:
+    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor,
+                      counts: torch.Tensor) -> None:
         """G_e += X_eᵀX_e for every expert. The routed rows are gathered once, sorted by expert; when routing is
         balanced enough that a zero-padded (E, max rows, H) stack at most doubles them (padding rows add exactly 0),
-        one bmm does every expert, else one matmul per expert block (memory stays bounded for skewed routing)."""
+        one bmm does every expert, else one matmul per expert block (memory stays bounded for skewed routing).
+        `counts` (E,): the points routed to each expert in this batch (bincount of `index`)."""
         n_experts, h = self.adapter.n_experts, x.shape[1]
         if result.expert_gram is None:
             result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=x.device)
@@ -164,7 +166,7 @@ class _Recorder:
             return
         order = torch.argsort(flat, stable=True)
         rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
-        counts = torch.bincount(flat, minlength=n_experts)
+        counts = counts.to(x.device)
         widest = int(counts.max())
         if n_experts * widest <= 2 * flat.numel():
             experts = flat[order]
@@ -186,14 +188,15 @@ class _Recorder:
         result, lists = self.results[layer], self.lists[layer]
         x, index, weight = self._mask(hidden), self._mask(top_k_index), self._mask(top_k_weights)
         result.n_points += x.shape[0]
-        counts = torch.bincount(index.reshape(-1).cpu(), minlength=self.adapter.n_experts)
-        result.expert_tokens = counts if result.expert_tokens is None else result.expert_tokens + counts
+        counts = torch.bincount(index.reshape(-1), minlength=self.adapter.n_experts)
+        on_cpu = counts.cpu()
+        result.expert_tokens = on_cpu if result.expert_tokens is None else result.expert_tokens + on_cpu
         if self.spec.gram or self.spec.input_gram:
             x_gram = self._gram_input(x)
             if self.spec.input_gram:
                 self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
             if self.spec.gram:
-                self._expert_grams(result, x_gram, index)
+                self._expert_grams(result, x_gram, index, counts)
         if self.spec.topk:
             lists.setdefault("topk_index", []).append(index.detach().cpu())
             lists.setdefault("topk_weight", []).append(weight.detach().float().cpu())

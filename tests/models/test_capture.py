@@ -82,7 +82,7 @@ def test_expert_grams_batched_and_per_block_paths(model, routing):
         index = torch.stack([torch.zeros(64, dtype=torch.long), 1 + torch.arange(64) % 6], dim=1)
     result = LayerCapture(0)
     for half in (slice(0, 32), slice(32, 64)):  # two batches accumulate
-        recorder._expert_grams(result, x[half], index[half])
+        recorder._expert_grams(result, x[half], index[half], torch.bincount(index[half].reshape(-1), minlength=8))
     for expert in range(8):
         rows = x[(index == expert).any(dim=-1)]
         torch.testing.assert_close(result.expert_gram[expert], rows.T @ rows, rtol=1e-12, atol=1e-12)
