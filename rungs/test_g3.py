@@ -18,13 +18,11 @@ def energy(rung_cache, ladder_routing, prereg, request):
     """energy(cell) -> {projection: (weights float64, routes, gates, q, RouteEnergy)} of the cell's layer, once."""
     from pytest_ladder.probes import routes
 
-    routing = ladder_routing
-
     def compute(cell):
         if cell.id not in rung_cache:
-            layer = resolve_layer(cell.params["layer"], routing.n_layers)
-            held, stacks = routing.heldout(cell.params["task"], layer), routing.stacks(layer)
-            index, gates = held.topk_index.to(routing.device), held.topk_weight.to(routing.device)
+            layer = resolve_layer(cell.params["layer"], ladder_routing.n_layers)
+            held, stacks = ladder_routing.heldout(cell.params["task"], layer), ladder_routing.stacks(layer)
+            index, gates = held.topk_index.to(ladder_routing.device), held.topk_weight.to(ladder_routing.device)
             found = {}
             for p in prereg.params["projections"]:
                 q = resolve_size(prereg.params["q_fraction"], min(stacks[p].shape[-2:]))
