@@ -56,9 +56,10 @@ class ArchivedRun:
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """"YYYYMMDDTHHMMSSZ-xxxxxx": UTC time then 6 random hex digits, so ids sort by time and never collide."""
+    """"YYYYMMDDTHHMMSS.mmmZ-xxxxxx": UTC time to the millisecond (ISO 8601 basic) then 6 random hex digits, so ids
+    sort by time — two runs of one rung within a second too — and never collide."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def _check_name(what: str, name: str) -> None:

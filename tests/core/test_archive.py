@@ -25,10 +25,12 @@ from pytest_ladder.archive import (
 def test_new_run_id_format_and_order():
     early = new_run_id(datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
     late = new_run_id(datetime(2025, 1, 2, 3, 4, 6, tzinfo=timezone.utc))
-    assert re.fullmatch(r"20250102T030405Z-[0-9a-f]{6}", early)
+    assert re.fullmatch(r"20250102T030405\.000Z-[0-9a-f]{6}", early)
     assert early < late
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", new_run_id())
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}", new_run_id())
     assert len({new_run_id() for _ in range(50)}) == 50
+    same_second = [new_run_id(datetime(2025, 1, 2, 3, 4, 5, ms * 1000, tzinfo=timezone.utc)) for ms in (9, 10, 999)]
+    assert same_second == sorted(same_second) and same_second[2].startswith("20250102T030405.999Z-")
 
 
 def test_write_run_writes_every_file(tmp_path):
