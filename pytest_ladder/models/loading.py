@@ -112,6 +112,7 @@ class ModelSpec:
     offload_dir: str | None = None
     dtype: str = "auto"
     revision: str | None = None
+    gpu_workspace: int | None = None  # bytes of GPU memory the probes may use beyond the weights (None: unbounded)
 
 
 @dataclass
