@@ -131,13 +131,20 @@ class _Recorder:
         self.pending: dict[int, torch.Tensor] = {}  # layer -> top_k_index of the current call (expert outputs)
         self.valid: torch.Tensor | None = None  # flattened point mask of the current batch (B*T,)
         self.point_of: torch.Tensor | None = None  # flattened position -> global point index
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.offset = 0
 
-    def start_batch(self, valid: torch.Tensor) -> None:
-        flat = valid.reshape(-1)
-        self.valid = flat
-        self.point_of = torch.cumsum(flat.long(), 0) - 1 + self.offset
-        self.offset += int(flat.sum())
+    def prepare(self, valids: Sequence[torch.Tensor]) -> None:
+        """The point masks (B, T) of every batch, in order: points are numbered across batches."""
+        self.batches = []
+        for valid in valids:
+            flat = valid.reshape(-1)
+            self.batches.append((flat, torch.cumsum(flat.long(), 0) - 1 + self.offset))
+            self.offset += int(flat.sum())
+
+    def select(self, index: int) -> None:
+        """The hooks that fire next see batch `index` (a plain forward, or one layer's call in layer order)."""
+        self.valid, self.point_of = self.batches[index]
 
     def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor[self.valid.to(tensor.device)]
@@ -267,29 +274,34 @@ def _hooks(recorder: _Recorder, adapter: MoEAdapter, layers: list[int]) -> Itera
 
 def capture(model: nn.Module, adapter: MoEAdapter, sequences: Sequence[Sequence[int]],
             spec: CaptureSpec = CaptureSpec(), *, batch_size: int = 8, pad_token_id: int = 0,
-            desc: str = "capture", progress: bool | None = None) -> Capture:
+            desc: str = "capture", progress: bool | None = None, sequential: bool | None = None) -> Capture:
     """Run `sequences` (token lists, each starting with the prefix token) through the model in batches and record
-    what `spec` asks for at every MoE layer (see the module docstring for what a point is)."""
+    what `spec` asks for at its MoE layers (see the module docstring for what a point is). Layers after the last
+    recorded one are not run; an offloaded model runs layer by layer (models.sequential), `sequential` forces
+    either path."""
     if not sequences:
         raise ValueError("capture needs at least one sequence")
-    from tqdm.auto import tqdm
+    from pytest_ladder.models.sequential import forward_batches
 
     layers = list(spec.layers) if spec.layers is not None else adapter.moe_layers()
     recorder = _Recorder(adapter, spec, layers)
     device = model_device(model)
+    padded = [pad_batch(batch, pad_token_id, device) for batch in batches(sequences, batch_size)]
+    valids = []
+    for _, mask in padded:
+        valid = mask.bool().clone()
+        if spec.skip_prefix:
+            valid[:, 0] = False
+        valids.append(valid)
+    recorder.prepare(valids)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _hooks(recorder, adapter, layers):
-            total = (len(sequences) + batch_size - 1) // batch_size
-            for batch in tqdm(batches(sequences, batch_size), total=total, desc=desc,
-                              disable=None if progress is None else not progress, leave=False):
-                ids, mask = pad_batch(batch, pad_token_id, device)
-                valid = mask.bool().clone()
-                if spec.skip_prefix:
-                    valid[:, 0] = False
-                recorder.start_batch(valid)
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            for _ in forward_batches(model, padded, logits=False, sequential=sequential,
+                                     last_layer=max(layers) if layers else None, before_batch=recorder.select,
+                                     desc=desc, progress=progress):
+                pass
     finally:
         model.train(was_training)
     return Capture(recorder.finish(), recorder.offset, tokens_sha256(sequences), spec)

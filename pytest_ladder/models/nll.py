@@ -96,9 +96,10 @@ def default_max_length(model: nn.Module, tokenizer: Any = None) -> int:
 
 def rolling_nll(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int | None = None,
                 prefix: int | None = None, batch_size: int = 8, desc: str = "nll",
-                progress: bool | None = None) -> NLLResult:
-    """Summed rolling NLL (nats) of `texts`, windowed as lm-eval's loglikelihood_rolling (module docstring)."""
-    from tqdm.auto import tqdm
+                progress: bool | None = None, sequential: bool | None = None) -> NLLResult:
+    """Summed rolling NLL (nats) of `texts`, windowed as lm-eval's loglikelihood_rolling (module docstring). An
+    offloaded model runs layer by layer (models.sequential); `sequential` forces either path."""
+    from pytest_ladder.models.sequential import forward_batches
 
     max_length = max_length or default_max_length(model, tokenizer)
     prefix = prefix_token_id(tokenizer) if prefix is None else int(prefix)
@@ -109,16 +110,15 @@ def rolling_nll(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, max_l
     order = sorted(range(len(windows)), key=lambda i: -(len(windows[i][1]) + len(windows[i][2])))
     per_document = [0.0] * len(encoded)
     device = model_device(model)
+    chunks = [[windows[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    padded = [pad_batch([(context + continuation)[:-1] for _, context, continuation in chunk], pad, device)
+              for chunk in chunks]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc=desc, disable=None if progress is None else not progress, leave=False):
-                chunk = [windows[i] for i in order[start:start + batch_size]]
-                inputs = [(context + continuation)[:-1] for _, context, continuation in chunk]
-                ids, mask = pad_batch(inputs, pad, device)
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            for index, logits in forward_batches(model, padded, sequential=sequential, desc=desc, progress=progress):
+                chunk = chunks[index]
                 for row, (doc, context, continuation) in enumerate(chunk):
                     first = len(context) - 1  # position whose logits predict continuation[0]
                     scored = logits[row, first:first + len(continuation)].float()
