@@ -12,10 +12,13 @@ tokens weighs more than one that sees few (an expert with no routed tokens contr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+
+from pytest_ladder.measure.workspace import Workspace
 
 F64 = torch.float64
 
@@ -62,15 +65,32 @@ class ActivationError:
         return (max(float(self.sq_error.sum()), 0.0) / total) ** 0.5
 
 
-def activation_error(w: torch.Tensor, w_prime: torch.Tensor, gram: torch.Tensor) -> ActivationError:
-    """Gate 2: ‖(W − W')X‖_F / ‖W X‖_F from W, W' (..., out, in) and G = X Xᵀ (..., in, in), via tr(Δ G Δᵀ)."""
-    if w.shape != w_prime.shape:
+def activation_error(w: torch.Tensor, w_prime: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+                     gram: torch.Tensor, *, workspace: Workspace | None = None) -> ActivationError:
+    """Gate 2: ‖(W − W')X‖_F / ‖W X‖_F from W, W' (..., out, in) and G = X Xᵀ (..., in, in), via tr(Δ G Δᵀ).
+
+    `w_prime` may be a function of a chunk of W (e.g. W ↦ W P); with a bounded `workspace` the leading (expert)
+    dimension is processed in chunks on the workspace's device, so W and G may wait on the CPU."""
+    if workspace is None or w.dim() < 3:
+        w64 = w.to(F64)
+        w_prime = w_prime(w) if callable(w_prime) else w_prime
+        if w.shape != w_prime.shape:
+            raise ValueError(f"activation_error: W {tuple(w.shape)} and W' {tuple(w_prime.shape)} differ in shape")
+        return ActivationError(
+            sq_error=activation_sq_error(w64 - w_prime.to(device=w.device, dtype=F64), gram),
+            sq_norm=activation_sq_error(w64, gram.to(w.device)),
+        )
+    if not callable(w_prime) and w.shape != w_prime.shape:
         raise ValueError(f"activation_error: W {tuple(w.shape)} and W' {tuple(w_prime.shape)} differ in shape")
-    w64 = w.to(F64)
-    return ActivationError(
-        sq_error=activation_sq_error(w64 - w_prime.to(device=w.device, dtype=F64), gram),
-        sq_norm=activation_sq_error(w64, gram),
-    )
+    out, inner = w.shape[-2], w.shape[-1]
+    per_item = 8 * (4 * out * inner + 2 * inner * inner + out * inner)  # W, W', Δ, ΔG (float64) and G per expert
+    parts = []
+    for span in workspace.spans(w.shape[0], per_item * math.prod(w.shape[1:-2])):
+        chunk = w[span].to(workspace.device)
+        chunk_prime = w_prime(chunk) if callable(w_prime) else w_prime[span]
+        parts.append(activation_error(chunk, chunk_prime.to(workspace.device), gram[span].to(workspace.device)))
+    return ActivationError(sq_error=torch.cat([p.sq_error.cpu() for p in parts]),
+                           sq_norm=torch.cat([p.sq_norm.cpu() for p in parts]))
 
 
 def frobenius_relative_error(w: torch.Tensor, w_prime: torch.Tensor) -> torch.Tensor:
@@ -93,8 +113,10 @@ class WorstTask:
 
 def worst_task_error(
     w: torch.Tensor | Mapping[str, torch.Tensor],
-    w_prime: torch.Tensor | Mapping[str, torch.Tensor],
+    w_prime: torch.Tensor | Callable | Mapping[str, torch.Tensor | Callable],
     grams: Mapping[str, torch.Tensor],
+    *,
+    workspace: Workspace | None = None,
 ) -> WorstTask:
     """max_t ‖(W_t − W'_t)X_t‖_F / ‖W_t X_t‖_F over the tasks of `grams` (W, W' shared or given per task)."""
     if not grams:
@@ -103,13 +125,13 @@ def worst_task_error(
     for task, task_gram in grams.items():
         w_t = _for_task(w, task, "W")
         w_prime_t = _for_task(w_prime, task, "W'")
-        per_task[task] = activation_error(w_t, w_prime_t, task_gram).pooled
+        per_task[task] = activation_error(w_t, w_prime_t, task_gram, workspace=workspace).pooled
     task = max(per_task, key=lambda t: per_task[t])
     return WorstTask(task=task, value=per_task[task], per_task=per_task)
 
 
-def _for_task(value: torch.Tensor | Mapping[str, torch.Tensor], task: str, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
+def _for_task(value: torch.Tensor | Callable | Mapping[str, torch.Tensor], task: str, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor) or callable(value):
         return value
     if task not in value:
         raise KeyError(f"worst_task_error: no {what} for task {task!r}; tasks given: {sorted(value)}")

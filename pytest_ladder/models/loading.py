@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tempfile
 from collections import Counter
@@ -259,6 +260,50 @@ def model_identity(model: Any, adapter: Any, spec: ModelSpec, path: Path, revisi
     }
 
 
+def weight_bytes(path: Path, dtype: str = "auto") -> int:
+    """Bytes of the checkpoint's tensors at the dtype they will be loaded in (`auto`: as stored)."""
+    import torch
+
+    from pytest_ladder.models.checkpoint import Checkpoint
+
+    size = None if dtype == "auto" else torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    total = 0
+    for stored, shape in Checkpoint(path).dtype_bytes().values():
+        total += math.prod(shape) * (size or torch.empty((), dtype=stored).element_size())
+    return total
+
+
+def _gib(value: int) -> str:
+    return f"{value / 1024**3:.2f} GiB"
+
+
+def check_gpu_budget(spec: ModelSpec, path: Path) -> None:
+    """Refuse, before any work, a model whose weights on the GPU plus the declared workspace do not fit it.
+
+    Weights on the GPU: all of them, or at most the `--ladder-max-memory` budget of that GPU (the rest is
+    offloaded). The message names what to lower."""
+    import torch
+
+    if not spec.device.startswith("cuda") or not torch.cuda.is_available():
+        return
+    device = torch.device(spec.device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    weights = weight_bytes(path, spec.dtype)
+    capped = None
+    if spec.max_memory:
+        capped = spec.max_memory.get(index, spec.max_memory.get(f"cuda:{index}"))
+        weights = min(weights, capped) if capped is not None else weights
+    workspace = spec.gpu_workspace or 0
+    free, total = torch.cuda.mem_get_info(index)
+    if weights + workspace > free:
+        raise ModelLoadError(
+            f"--ladder-model {spec.source!r}: {_gib(weights)} of weights on cuda:{index}"
+            f"{' (the --ladder-max-memory cap)' if capped is not None else ''} plus the {_gib(workspace)} "
+            f"--ladder-gpu-workspace exceed the {_gib(free)} free of its {_gib(total)}. Lower --ladder-gpu-workspace, "
+            f"or keep fewer weights on the GPU with --ladder-max-memory cuda:{index}=<size>,cpu=<size> (the rest is "
+            "offloaded behind the GPU)")
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load `spec` with transformers + accelerate, pick its MoE adapter and compute its identity."""
     import torch
@@ -267,6 +312,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     from pytest_ladder.models.adapters import adapter_for
 
     path, revision = resolve_source(spec.source, spec.revision)
+    check_gpu_budget(spec, path)
     options: dict[str, Any] = {"dtype": "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)}
     if spec.max_memory:
         options.update(device_map="auto", max_memory=dict(spec.max_memory),

@@ -115,7 +115,7 @@ def read_parameter(model: nn.Module, name: str, index: int | slice | None = None
     """The real values of parameter `name` (optionally `[index]` along dim 0, e.g. one expert of a fused tensor),
     bit-exact, on the device they live on (CPU for offloaded ones). Never a meta tensor. Read-only: for an
     in-memory parameter it is a view of the live values, so clone it to keep old values across write_parameter
-    (patched_parameters never writes in place, so earlier reads keep the originals)."""
+    and across patched_parameters on a GPU (which writes in place)."""
     located = locate(model, name)
     if not located.offloaded:
         value = located.param.detach()
@@ -148,8 +148,10 @@ def _assembled(located: Located, parts: list[tuple[int | slice | None, torch.Ten
     dtype = located.param.dtype
     if whole:
         full = whole[-1].detach()
-        device = full.device if located.offloaded else located.param.device
+        device = full.device if located.offloaded or _on_accelerator(located) else located.param.device
         full = full.to(device=device, dtype=dtype, copy=True)
+    elif _on_accelerator(located):  # assembled on the CPU, then copied into the GPU parameter in place
+        full = _current(located).to("cpu", copy=True)
     else:
         full = _current(located).clone()
     for index, value in indexed:
@@ -160,8 +162,13 @@ def _assembled(located: Located, parts: list[tuple[int | slice | None, torch.Ten
     return full
 
 
+def _on_accelerator(located: Located) -> bool:
+    return not located.offloaded and located.param.device.type not in ("cpu", "meta")
+
+
 class _Restore:
-    """Undo record of one write: puts back the exact original object."""
+    """Undo record of one write: puts back the exact original object (or, for a parameter held on a GPU, which is
+    patched in place so that a patch costs no second copy in GPU memory, the original values from a CPU copy)."""
 
     def __init__(self, located: Located) -> None:
         self.located = located
@@ -169,6 +176,8 @@ class _Restore:
             overrides = _override_dict(located.loader)
             self.had_override = located.key in overrides
             self.original = overrides.get(located.key)
+        elif _on_accelerator(located):
+            self.original = located.param.detach().to("cpu", copy=True)
         else:
             self.original = located.param.data
 
@@ -180,6 +189,8 @@ class _Restore:
                 overrides[located.key] = self.original
             else:
                 overrides.pop(located.key, None)
+        elif _on_accelerator(located):
+            located.param.data.copy_(self.original)
         else:
             located.param.data = self.original
 
@@ -187,6 +198,8 @@ class _Restore:
 def _install(located: Located, full: torch.Tensor) -> None:
     if located.offloaded:
         _override_dict(located.loader)[located.key] = full.to("cpu").contiguous()
+    elif _on_accelerator(located):
+        located.param.data.copy_(full)
     else:
         located.param.data = full
 
@@ -212,7 +225,9 @@ def patched_parameters(model: nn.Module, updates: dict[str, torch.Tensor] | dict
     """Temporarily replace parameters; on exit the original values are back, bit for bit.
 
     `updates` maps a parameter name, or (name, index along dim 0), to its new value; several entries may patch
-    different indices of one parameter (e.g. experts of a fused tensor), which is then assembled once."""
+    different indices of one parameter (e.g. experts of a fused tensor), which is then assembled once. Parameters
+    held on a GPU are written in place (their originals wait on the CPU), so views read earlier by
+    read_parameter see the patch; every other parameter gets new storage."""
     grouped: dict[str, list[tuple[Any, torch.Tensor]]] = {}
     for target, value in updates.items():
         name, index = target if isinstance(target, tuple) else (target, None)

@@ -28,6 +28,7 @@ from pytest_ladder.measure.errors import activation_error, worst_task_error
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.routing import route_flip_rate
 from pytest_ladder.measure.storage import Artifact, DtypeLike, TensorStorage, dense_artifact, global_delta_bytes
+from pytest_ladder.measure.workspace import Workspace, nbytes
 
 if TYPE_CHECKING:
     from pytest_ladder.models.adapters import MoEAdapter
@@ -79,11 +80,13 @@ def gram_sqrt_pinv(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (eigenvectors * root) @ eigenvectors.mT, (eigenvectors * inv_root) @ eigenvectors.mT
 
 
-def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Tensor, rank: int) -> InputBasis:
+def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Tensor, rank: int, *,
+                    workspace: Workspace | None = None) -> InputBasis:
     """The layer's rank-r basis from expert input maps W (E, out, H), the routed-input Gram G = Σ_t x_t x_tᵀ (H, H)
     (∝ Σ_e G_e: every token reaches k experts) and the token counts n_e (E,) of the calibration tokens.
 
     V = top-r eigenvectors of S M S with S = G^{1/2}, M = Σ_e n_e W_eᵀ W_e; P = S V Vᵀ S⁺ (module docstring).
+    With a bounded `workspace`, M is summed over chunks of experts on its device (W may wait on the CPU).
     """
     hidden = weights.shape[-1]
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hidden:
@@ -91,13 +94,21 @@ def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Ten
     if tuple(gram.shape) != (hidden, hidden) or tuple(counts.shape) != (weights.shape[0],):
         raise ValueError(f"fit_input_basis: Gram {tuple(gram.shape)} and counts {tuple(counts.shape)} do not match "
                          f"expert weights {tuple(weights.shape)}: need (H, H) and (E,) for (E, out, H)")
-    w = weights.to(F64)
-    n = counts.to(device=w.device, dtype=F64)
+    device = weights.device if workspace is None else workspace.device
+    n = counts.to(device=device, dtype=F64)
     if not float(n.sum()) > 0:
         raise ValueError("fit_input_basis: no calibration tokens were routed to this layer's experts; capture more "
                          "calibration tokens (params.calibration_points)")
-    s, s_pinv = gram_sqrt_pinv(gram.to(w.device))
-    m = torch.einsum("e,eoi,eoj->ij", n, w, w)
+    s, s_pinv = gram_sqrt_pinv(gram.to(device))
+    if workspace is None:
+        w = weights.to(F64)
+        m = torch.einsum("e,eoi,eoj->ij", n, w, w)
+    else:
+        m = torch.zeros(hidden, hidden, dtype=F64, device=device)
+        for span in workspace.spans(weights.shape[0], nbytes(tuple(weights.shape[1:]))):
+            w = weights[span].to(device=device, dtype=F64)
+            m += torch.einsum("e,eoi,eoj->ij", n[span], w, w)
+            del w
     _, eigenvectors = torch.linalg.eigh(s @ m @ s)
     v = eigenvectors.flip(-1)[:, :rank]
     return InputBasis(s @ v, v.mT @ s_pinv)
@@ -108,9 +119,10 @@ def stacked_inputs(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.cat([gate, up], dim=-2)
 
 
-def basis_error(weights: torch.Tensor, basis: InputBasis, grams: torch.Tensor) -> float:
+def basis_error(weights: torch.Tensor, basis: InputBasis, grams: torch.Tensor, *,
+                workspace: Workspace | None = None) -> float:
     """Gate 2 on one layer: pooled ‖(W_e − W_e P) X_e‖_F / ‖W_e X_e‖_F over the experts (token-weighted)."""
-    return activation_error(weights, basis.apply(weights), grams).pooled
+    return activation_error(weights, basis.apply, grams, workspace=workspace).pooled
 
 
 def student_artifact(name: str, n_experts: int, out: int, hidden: int, rank: int, dtype: DtypeLike) -> Artifact:
@@ -214,6 +226,12 @@ class LowRankStudy:
     def device(self) -> torch.device:
         return self.routing.device
 
+    @property
+    def workspace(self) -> Workspace | None:
+        """The routing study's workspace when bounded (chunks over experts), else None (one batched product)."""
+        workspace = self.routing.workspace
+        return workspace if workspace.bounded else None
+
     def basis(self, fit_on: str, layer: int) -> InputBasis:
         """The layer's rank-r basis fit on one task's calibration tokens, or on all of them ("universal")."""
         if (fit_on, layer) not in self._bases:
@@ -221,18 +239,20 @@ class LowRankStudy:
             captured = [self.routing.calibration(task, layer, self.calibration_points) for task in tasks]
             gram = sum(c.input_gram for c in captured)
             counts = sum(c.expert_tokens.to(F64) for c in captured)
-            self._bases[fit_on, layer] = fit_input_basis(self.weights(layer), gram, counts, self.rank)
+            self._bases[fit_on, layer] = fit_input_basis(self.weights(layer), gram, counts, self.rank,
+                                                         workspace=self.workspace)
         return self._bases[fit_on, layer]
 
     def error(self, layer: int, task: str, basis: InputBasis) -> float:
         """Gate 2 of `basis` on the layer's held-out tokens of `task`."""
-        return basis_error(self.weights(layer), basis, self.routing.expert_grams(task, layer)[0])
+        return basis_error(self.weights(layer), basis, self.routing.expert_grams(task, layer)[0],
+                           workspace=self.workspace)
 
     def worst_task(self, layer: int) -> Any:
         """Gate 4 at one layer: every task's own basis on its held-out tokens (measure.worst_task_error)."""
-        w = self.weights(layer)
-        return worst_task_error(w, {t: self.basis(t, layer).apply(w) for t in self.tasks},
-                                {t: self.routing.expert_grams(t, layer)[0] for t in self.tasks})
+        return worst_task_error(self.weights(layer), {t: self.basis(t, layer).apply for t in self.tasks},
+                                {t: self.routing.expert_grams(t, layer)[0] for t in self.tasks},
+                                workspace=self.workspace)
 
     def texts(self, task: str) -> list[str]:
         """The ΔNLL points: the first held-out documents reaching n_points tokens (probes.expert_outputs)."""

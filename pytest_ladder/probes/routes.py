@@ -30,6 +30,7 @@ from pytest_ladder.measure.routing import (
     route_flip_rate,
 )
 from pytest_ladder.measure.spectra import effective_rank, energy_at_rank
+from pytest_ladder.measure.workspace import Workspace, nbytes
 
 F64 = torch.float64
 Route = Callable[[torch.Tensor], torch.Tensor]  # router logits (T, E) -> expert indices (T, k)
@@ -138,14 +139,26 @@ def pair_cache(index: torch.Tensor, n_experts: int, cache_size: int, *, min_lift
 # ---------------------------------------------------------------------------------------- shared routing data ----
 
 
-def routed_grams(inputs: torch.Tensor, topk_index: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def routed_grams(inputs: torch.Tensor, topk_index: torch.Tensor, n_experts: int, *,
+                 workspace: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per expert e, G_e = X_eᵀ X_e (E, H, H) float64 over the rows of `inputs` (N, H) routed to e by `topk_index`
-    (N, k) (models.capture: X_e = inputs[(topk_index == e).any(-1)]), and the counts n_e (E,)."""
-    x = inputs.to(F64)
-    membership = torch.zeros(x.shape[0], n_experts, dtype=F64, device=x.device)
-    membership.scatter_(1, topk_index.to(x.device).long(), 1.0)
-    grams = torch.einsum("ne,ni,nj->eij", membership, x, x)
-    return grams, membership.sum(0)
+    (N, k) (models.capture: X_e = inputs[(topk_index == e).any(-1)]), and the counts n_e (E,).
+
+    With a bounded `workspace` the Grams are computed on its device a chunk of experts at a time and kept on the
+    CPU (an OLMoE-1B-7B layer's are 2.1 GB)."""
+    device = inputs.device if workspace is None else workspace.device
+    x = inputs.to(device=device, dtype=F64)
+    membership = torch.zeros(x.shape[0], n_experts, dtype=F64, device=device)
+    membership.scatter_(1, topk_index.to(device).long(), 1.0)
+    hidden = x.shape[-1]
+    if workspace is None:
+        return torch.einsum("ne,ni,nj->eij", membership, x, x), membership.sum(0)
+    parts = []
+    for span in workspace.spans(n_experts, 2 * nbytes((hidden, hidden)) + nbytes(tuple(x.shape))):
+        routed = membership[:, span].mT.unsqueeze(-1) * x  # (c, N, H): rows not routed to the expert are 0
+        parts.append(workspace.store(routed.mT @ routed))
+        del routed
+    return torch.cat(parts), membership.sum(0).cpu()
 
 
 class RoutingStudy:
@@ -211,20 +224,29 @@ class RoutingStudy:
 
         return model_device(self.loaded.model)
 
+    @property
+    def workspace(self) -> Workspace:
+        """The GPU working set the study may use beyond the weights (--ladder-gpu-workspace; unbounded on the CPU)."""
+        return Workspace.on(self.device, getattr(self.loaded.spec, "gpu_workspace", None))
+
     def expert_grams(self, task: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Held-out routed Grams G_e (E, H, H) and counts (E,) of `layer` on `task` (`routed_grams`), on `device`."""
+        """Held-out routed Grams G_e (E, H, H) and counts (E,) of `layer` on `task` (`routed_grams`): on `device`,
+        or on the CPU under a bounded workspace (moved in chunks of experts when used)."""
         if (task, layer) not in self._grams:
             held = self.heldout(task, layer)
-            self._grams[task, layer] = routed_grams(held.inputs.to(self.device), held.topk_index,
-                                                    self.adapter.n_experts)
+            workspace = self.workspace
+            self._grams[task, layer] = routed_grams(held.inputs if workspace.bounded else held.inputs.to(self.device),
+                                                    held.topk_index, self.adapter.n_experts,
+                                                    workspace=workspace if workspace.bounded else None)
         return self._grams[task, layer]
 
     def stacks(self, layer: int) -> dict[str, torch.Tensor]:
         """The layer's experts {gate: (E, I, H), up: (E, I, H), down: (E, H, I)} at their stored dtype, on `device`
-        (read meta-safe, one expert at a time)."""
+        (on the CPU under a bounded workspace), read meta-safe one expert at a time."""
         if layer not in self._stacks:
             experts = [self.adapter.expert_weights(layer, e) for e in range(self.adapter.n_experts)]
-            self._stacks[layer] = {p: torch.stack([getattr(w, p).to(self.device) for w in experts])
+            home = "cpu" if self.workspace.bounded else self.device
+            self._stacks[layer] = {p: torch.stack([getattr(w, p).to(home) for w in experts])
                                    for p in ("gate", "up", "down")}
         return self._stacks[layer]
 

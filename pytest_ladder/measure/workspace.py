@@ -1,0 +1,59 @@
+"""The GPU working set a run may use beyond the model's weights (`--ladder-gpu-workspace`).
+
+GPU memory is a budget the user sets: weights on the GPU (all of them, or the `--ladder-max-memory` cap) plus this
+workspace. Probes keep large intermediate results (expert stacks, per-expert Grams) on the CPU when the budget is
+bounded and compute on the GPU in chunks over experts (or tokens) whose working set fits the workspace. Chunking
+changes only the order of independent per-expert products, so values agree with the unchunked computation to float64
+rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_WORKSPACE = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where probes compute (`device`) and how many bytes of it they may use at once (`limit`; None: unbounded,
+    results stay where they are computed). A limit bounds a CPU run's working set the same way."""
+
+    device: torch.device
+    limit: int | None = None
+
+    @classmethod
+    def on(cls, device: torch.device | str, limit: int | None) -> "Workspace":
+        return cls(torch.device(device), limit)
+
+    @property
+    def bounded(self) -> bool:
+        return self.limit is not None
+
+    def chunk(self, n_items: int, item_bytes: int, *, share: float = 0.5) -> int:
+        """How many of `n_items` items of `item_bytes` (all the memory one item's computation holds) fit in
+        `share` of the workspace at once: at least 1, at most n_items."""
+        if not self.bounded or n_items <= 1:
+            return max(1, n_items)
+        return max(1, min(n_items, math.floor(self.limit * share / max(1, item_bytes))))
+
+    def store(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Where a kept result lives: on the CPU when the budget is bounded (it is moved in chunks when used),
+        else where it was computed."""
+        return tensor.to("cpu") if self.bounded else tensor
+
+    def spans(self, n_items: int, item_bytes: int, *, share: float = 0.5) -> list[slice]:
+        """Consecutive slices of 0..n_items whose items fit `share` of the workspace (see `chunk`)."""
+        size = self.chunk(n_items, item_bytes, share=share)
+        return [slice(start, min(n_items, start + size)) for start in range(0, n_items, size)]
+
+
+def nbytes(shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> int:
+    """Bytes of a tensor of `shape` and `dtype`."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+__all__ = ["Workspace", "DEFAULT_WORKSPACE", "nbytes"]
