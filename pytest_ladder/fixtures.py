@@ -42,6 +42,12 @@ def _max_memory(value: str) -> dict:
     return _checked(parse_max_memory, value)
 
 
+def _size(value: str) -> int:
+    from pytest_ladder.models.loading import parse_size
+
+    return _checked(parse_size, value)
+
+
 def _offload_dir(value: str) -> str:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -82,6 +88,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="TASK=PATH",
                     help="use a local .jsonl/.txt file (or hf:<dataset>[:<config>[:<split>]]) as the corpus of "
                          "TASK instead of the built-in one (repeatable)")
+    group.addoption("--ladder-gpu-workspace", dest="ladder_gpu_workspace", type=_size, default=None, metavar="SIZE",
+                    help="GPU memory the probes may use beyond the weights (default: ini ladder_gpu_workspace, "
+                         "4GiB); a model whose weights on the GPU plus this do not fit is refused before loading")
+    parser.addini("ladder_gpu_workspace", "GPU memory the probes may use beyond the weights", default="4GiB")
     group.addoption("--ladder-preflight", dest="ladder_preflight", action="store_true",
                     help="touch a real (offloaded) layer with a dense-only forward before the run (automatic when "
                          "any layer is offloaded)")
@@ -114,7 +124,8 @@ def model_spec(config: pytest.Config) -> Any:
 
     return ModelSpec(source=session_model(config, EMBEDDED), device=device,
                      max_memory=worker_max_memory(_option(config, "ladder_max_memory"), device),
-                     offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto")
+                     offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto",
+                     gpu_workspace=_option(config, "ladder_gpu_workspace") or _size(config.getini("ladder_gpu_workspace")))
 
 
 @pytest.fixture(scope="session")

@@ -51,9 +51,20 @@ def cell_layers(prereg: Any, n_layers: int) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def rung_cache() -> dict:
-    """A dict that lives as long as the rung module: what its fixtures compute once for all its tests."""
-    return {}
+def rung_cache() -> Any:
+    """A dict that lives as long as the rung module: what its fixtures compute once for all its tests. When the
+    rung ends, the GPU memory its results held goes back to the device (not kept in torch's cache)."""
+    cache: dict = {}
+    yield cache
+    cache.clear()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture

@@ -1,0 +1,139 @@
+"""The seed ladder at OLMoE-1B-7B scale on one GPU: in GPU memory, and offloaded under a weight cap, side by side.
+
+    python benchmarks/scale_check.py --out OUT [--model DIR] [--phase memory|offload|both] [--cap 8GiB]
+                                     [--workspace 4GiB] [--offload-workspace 2GiB] [--rungs g4,g6] [-- PYTEST ARGS]
+
+Makes the OLMoE-1B-7B-shaped bf16 model with benchmarks/make_olmoe_shaped.py when `--model` does not exist yet,
+then runs every rung kill-fast in one pytest session per phase (`pytest rungs/ --ladder-kill-fast --ladder-device
+cuda`, a scratch archive): `memory` with the whole model on the GPU and `--ladder-gpu-workspace <workspace>`;
+`offload` with `--ladder-max-memory cuda:0=<cap>,cpu=<cpu-cap>` and `--ladder-gpu-workspace <offload-workspace>`.
+Per rung it prints wall time, GPU peaks (torch.cuda.max_memory_allocated / max_memory_reserved, nvidia-smi) and the
+verdict (benchmarks/scale_probe.py measures; the archive says the verdict). Each phase's rows are kept in
+OUT/scale_<phase>.json, so the phases may run in separate calls. Last line:
+`ladder_wall_s=<in memory> offload_wall_ratio=<offloaded/in memory> peak_over_cap_gib=<worst offloaded peak − cap>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def parse_gib(text: str) -> float:
+    from pytest_ladder.models.loading import parse_size
+
+    return parse_size(text) / 1024**3
+
+
+def ensure_model(folder: Path) -> None:
+    if (folder / "config.json").is_file():
+        return
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "make_olmoe_shaped.py"), str(folder)], check=True)
+    print(f"made {folder} in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def verdicts(archive: Path) -> dict[str, str]:
+    found = {}
+    for path in sorted(archive.glob("*/*/*.json")):
+        if path.name not in ("decision.json", "run.json"):
+            continue
+        record = json.loads(path.read_text())
+        text = record["verdict"]
+        killed, invalid = record.get("killed_by"), record.get("invalid_because")
+        if killed and killed.get("value") is not None:
+            text += f" {killed['name']} {killed['value']:.4g} {killed.get('op') or ''} {killed.get('threshold')}"
+        elif invalid:
+            text += f" ({invalid.get('kind')} {invalid.get('name')}: {(invalid.get('message') or '')[:80]})"
+        found[record["rung"]] = text
+    return found
+
+
+def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[dict]:
+    archive = args.out / f"archive_{phase}"
+    probe = args.out / f"probe_{phase}.json"
+    command = [sys.executable, "-m", "pytest", *args.rungs, "--ladder-kill-fast", "--ladder-device", "cuda",
+               "--ladder-model", str(args.model), "--ladder-archive-dir", str(archive), "-p", "scale_probe",
+               "-p", "no:cacheprovider", "-q", "-rN"]
+    if phase == "memory":
+        command += ["--ladder-gpu-workspace", args.workspace]
+    else:
+        command += ["--ladder-max-memory", f"cuda:0={args.cap},cpu={args.cpu_cap}",
+                    "--ladder-gpu-workspace", args.offload_workspace]
+        if args.offload_dir:
+            command += ["--ladder-offload-dir", args.offload_dir]
+    command += extra
+    env = {**os.environ, "SCALE_PROBE_OUT": str(probe),
+           "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    print(f"[{phase}] {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    with open(args.out / f"log_{phase}.txt", "w") as log:
+        completed = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    rows = json.loads(probe.read_text()) if probe.is_file() else []
+    found = verdicts(archive)
+    for row in rows:
+        row["rung"] = Path(row["module"]).stem.removeprefix("test_")
+        row["verdict"] = found.get(row["rung"], "(nothing archived)")
+    summary = {"phase": phase, "session_wall_s": round(wall, 1), "exit": completed.returncode, "rows": rows}
+    (args.out / f"scale_{phase}.json").write_text(json.dumps(summary, indent=1))
+    print(f"[{phase}] session {wall:.1f} s, pytest exit {completed.returncode}", flush=True)
+    return rows
+
+
+def table(summaries: dict[str, dict]) -> None:
+    from tabulate import tabulate
+
+    for phase, summary in summaries.items():
+        rows = [[r["rung"], r["wall_s"], r.get("allocated_gib"), r.get("reserved_gib"), r.get("nvidia_smi_mib"),
+                 r["verdict"]] for r in summary["rows"]]
+        print(f"\n{phase}: session {summary['session_wall_s']} s")
+        print(tabulate(rows, headers=["rung", "wall s", "alloc GiB", "reserved GiB", "nvidia-smi MiB", "verdict"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=Path("/tmp/olmoe-1b-7b-random"))
+    parser.add_argument("--phase", choices=["memory", "offload", "both"], default="both")
+    parser.add_argument("--cap", default="8GiB", help="the GPU weight cap of the offload phase")
+    parser.add_argument("--cpu-cap", default="100GiB")
+    parser.add_argument("--offload-dir", default=None)
+    parser.add_argument("--workspace", default="4GiB", help="--ladder-gpu-workspace in memory")
+    parser.add_argument("--offload-workspace", default="2GiB", help="--ladder-gpu-workspace offloaded")
+    parser.add_argument("--rungs", default="", help="comma-separated rung names (default: every rung)")
+    args = parser.parse_args(argv)
+    args.rungs = [f"rungs/test_{r}.py" for r in args.rungs.split(",") if r] or ["rungs/"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    ensure_model(args.model)
+    for phase in (["memory", "offload"] if args.phase == "both" else [args.phase]):
+        run_phase(phase, args, extra)
+    summaries = {p: json.loads((args.out / f"scale_{p}.json").read_text()) for p in ("memory", "offload")
+                 if (args.out / f"scale_{p}.json").is_file()}
+    table(summaries)
+    if "memory" in summaries:
+        memory = summaries["memory"]["session_wall_s"]
+        line = f"ladder_wall_s={memory}"
+        if "offload" in summaries:
+            offload = summaries["offload"]
+            peak = max([r.get("reserved_gib") or 0 for r in offload["rows"]] +
+                       [(r.get("nvidia_smi_mib") or 0) / 1024 for r in offload["rows"]])
+            line += (f" offload_wall_ratio={offload['session_wall_s'] / memory:.3f}"
+                     f" peak_over_cap_gib={peak - parse_gib(args.cap):.2f}")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
