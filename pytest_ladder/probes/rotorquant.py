@@ -29,6 +29,7 @@ from pytest_ladder.measure.gauge import round_trip
 from pytest_ladder.measure.hadamard import SRHT, srht
 from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant, random_scales
 from pytest_ladder.measure.rng import cpu_generator
+from pytest_ladder.measure.workspace import Workspace, nbytes
 from pytest_ladder.probes.quant_weights import expert_bytes_delta, row_spec
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class LayerGrams:
 
 
 def layer_grams(inputs: torch.Tensor, topk_index: torch.Tensor, stacks: Mapping[str, torch.Tensor], act: Any,
-                *, chunk: int = 4096) -> LayerGrams:
+                *, chunk: int = 4096, workspace: Workspace | None = None) -> LayerGrams:
     """Routed Grams of one layer from the captured MoE inputs (N, H) and top-k indices (N, k): per expert e, X_e the
     rows routed to e, G_e = X_eᵀX_e (probes.routes.routed_grams) and M_e = Hᵀ H with H = act(X_e gateᵀ) ⊙ (X_e upᵀ)
     computed at the weights' dtype as the model does; Grams in float64."""
@@ -139,7 +140,8 @@ def layer_grams(inputs: torch.Tensor, topk_index: torch.Tensor, stacks: Mapping[
 
     gate, up = stacks["gate"], stacks["up"]
     n_experts, inter, _ = gate.shape
-    device = inputs.device
+    device = inputs.device if workspace is None else workspace.device
+    inputs, topk_index = inputs.to(device), topk_index.to(device)
     g_mid = torch.zeros(n_experts, inter, inter, dtype=F64, device=device)
     for expert in range(n_experts):
         rows = inputs[(topk_index == expert).any(dim=-1)]
@@ -147,7 +149,9 @@ def layer_grams(inputs: torch.Tensor, topk_index: torch.Tensor, stacks: Mapping[
             x = rows[start:start + chunk].to(gate.dtype)
             mid = (act(x @ gate[expert].to(device).mT) * (x @ up[expert].to(device).mT)).to(F64)
             g_mid[expert] += mid.mT @ mid
-    return LayerGrams(routed_grams(inputs, topk_index, n_experts)[0], g_mid)
+    if workspace is not None:
+        g_mid = workspace.store(g_mid)
+    return LayerGrams(routed_grams(inputs, topk_index, n_experts, workspace=workspace)[0], g_mid)
 
 
 @dataclass(frozen=True)
@@ -158,13 +162,14 @@ class LayerError:
     per_projection: dict[str, float]
 
 
-def layer_error(stacks: Mapping[str, torch.Tensor], approx: Mapping[str, torch.Tensor], grams: LayerGrams
-                ) -> LayerError:
+def layer_error(stacks: Mapping[str, torch.Tensor], approx: Mapping[str, torch.Tensor], grams: LayerGrams, *,
+                workspace: Workspace | None = None) -> LayerError:
     """sqrt(Σ tr(Δ G Δᵀ) / Σ tr(W G Wᵀ)) over experts and weight types (each with its own Gram), and per type."""
     sq_error = sq_norm = 0.0
     per_projection = {}
     for projection in PROJECTIONS:
-        error = activation_error(stacks[projection], approx[projection], grams.for_projection(projection))
+        error = activation_error(stacks[projection], approx[projection], grams.for_projection(projection),
+                                 workspace=workspace)
         per_projection[projection] = error.pooled
         sq_error += float(error.sq_error.clamp_min(0).sum())
         sq_norm += float(error.sq_norm.sum())
@@ -217,18 +222,25 @@ class RotorQuantStudy:
     def adapter(self) -> Any:
         return self.routing.adapter
 
+    @property
+    def workspace(self) -> Workspace | None:
+        """The routing study's GPU workspace when bounded: stacks, Grams and W' then wait on the CPU and are
+        computed in chunks of experts on the device."""
+        workspace = self.routing.workspace
+        return workspace if workspace.bounded else None
+
     def stacks(self, layer: int, *, keep: bool = True) -> dict[str, torch.Tensor]:
-        """The layer's expert stacks on the study's device (kept for later calls unless `keep` is False)."""
+        """The layer's expert stacks on the study's device, or on the CPU under a bounded workspace (kept for later
+        calls unless `keep` is False)."""
         if layer in self._stacks:
             return self._stacks[layer]
-        stacks = {p: w.to(self.device) for p, w in layer_stacks(self.adapter, layer).items()}
+        home = "cpu" if self.workspace is not None else self.device
+        stacks = {p: w.to(home) for p, w in layer_stacks(self.adapter, layer).items()}
         if keep:
             self._stacks[layer] = stacks
         return stacks
 
-    def compress(self, layer: int, key: tuple, *, keep: bool = True) -> dict[str, torch.Tensor]:
-        """W' of one layer's experts under compressor `key` (float64); `keep` as in `stacks`."""
-        stacks = self.stacks(layer, keep=keep)
+    def _compress(self, layer: int, key: tuple, stacks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if key == IDENTITY:
             return {p: w.to(F64) for p, w in stacks.items()}
         if key == METHOD:
@@ -240,18 +252,41 @@ class RotorQuantStudy:
             return self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high)
         raise KeyError(f"RotorQuantStudy: unknown compressor {key!r}")
 
+    def compress(self, layer: int, key: tuple, *, keep: bool = True) -> dict[str, torch.Tensor]:
+        """W' of one layer's experts under compressor `key` (float64); `keep` as in `stacks`. Under a bounded
+        workspace every compressor but the random-scales trap (whose draws cover the whole stack) runs on the device
+        a chunk of experts at a time (each expert's rows are quantized on their own), its result kept on the CPU."""
+        stacks = self.stacks(layer, keep=keep)
+        workspace = self.workspace
+        if workspace is None or key[0] == "random_scales":
+            return self._compress(layer, key, stacks)
+        item = 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())  # float64 W, rotated, codes, W'
+        parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
+        for span in workspace.spans(self.adapter.n_experts, item):
+            chunk = self._compress(layer, key, {p: w[span].to(workspace.device) for p, w in stacks.items()})
+            for p, w in chunk.items():
+                parts[p].append(w.cpu())
+        return {p: torch.cat(v) for p, v in parts.items()}
+
     def grams(self, layer: int, task: str) -> LayerGrams:
         if (layer, task) not in self._grams:
             held = self.routing.heldout(task, layer)
-            self._grams[(layer, task)] = layer_grams(held.inputs.to(self.device), held.topk_index.to(self.device),
-                                                     self.stacks(layer), self.adapter.experts_module(layer).act_fn)
+            workspace = self.workspace
+            if workspace is None:
+                self._grams[(layer, task)] = layer_grams(held.inputs.to(self.device),
+                                                         held.topk_index.to(self.device), self.stacks(layer),
+                                                         self.adapter.experts_module(layer).act_fn)
+            else:
+                self._grams[(layer, task)] = layer_grams(held.inputs, held.topk_index, self.stacks(layer),
+                                                         self.adapter.experts_module(layer).act_fn,
+                                                         workspace=workspace)
         return self._grams[(layer, task)]
 
     def error(self, layer: int, task: str, key: tuple = METHOD) -> LayerError:
         """Gate 2 on (layer, task) for compressor `key`."""
         if (layer, task, key) not in self._errors:
             self._errors[(layer, task, key)] = layer_error(self.stacks(layer), self.compress(layer, key),
-                                                           self.grams(layer, task))
+                                                           self.grams(layer, task), workspace=self.workspace)
         return self._errors[(layer, task, key)]
 
     def _deployed(self, task: str, key: tuple | None) -> tuple[Any, list[torch.Tensor]]:

@@ -62,3 +62,14 @@ def test_identity_is_exactly_zero_under_any_budget(studies):
 
     for study in studies.values():
         assert study.error(3, "math", identity_basis(128)) == 0.0
+
+
+def test_rotorquant_errors_do_not_depend_on_the_budget(studies):
+    from pytest_ladder.probes.rotorquant import IDENTITY, METHOD, RotorQuant, RotorQuantStudy
+
+    found = {budget: RotorQuantStudy(study.routing, quantizer=RotorQuant(2)) for budget, study in studies.items()}
+    for key in (METHOD, ("bits", 4), ("random_scales", 5, 0.1, 10.0)):
+        free, tiny = found[None].error(3, "text", key), found[TINY].error(3, "text", key)
+        assert tiny.pooled == pytest.approx(free.pooled, rel=1e-9)
+        assert tiny.per_projection == pytest.approx(free.per_projection, rel=1e-9)
+    assert found[TINY].error(3, "text", IDENTITY).pooled == 0.0
