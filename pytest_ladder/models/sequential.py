@@ -107,6 +107,31 @@ class _StopAfter(Exception):
     """Ends a plain forward once the last layer anyone needs has run."""
 
 
+@contextlib.contextmanager
+def stopping_after(model: nn.Module, last_layer: int | None) -> Iterator[Callable[..., None]]:
+    """A forward that runs no decoder layer after `last_layer` (None: all): yields `run(**inputs)`, which calls the
+    model and ends it once the layers anyone records have run (hooks of later layers never fire)."""
+    layers = decoder_layers(model)
+    handle = None
+    if last_layer is not None and last_layer + 1 < len(layers):
+        def raise_stop(module: nn.Module, args: tuple) -> None:
+            raise _StopAfter
+
+        handle = layers[last_layer + 1].register_forward_pre_hook(raise_stop)
+
+    def run(**inputs: Any) -> None:
+        try:
+            model(**inputs)
+        except _StopAfter:
+            pass
+
+    try:
+        yield run
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def _plain(model: nn.Module, batches: Sequence[Batch], logits: bool, last_layer: int | None,
            before_batch: Callable[[int], None], bar: Any) -> Iterator[tuple[int, torch.Tensor | None]]:
     layers = decoder_layers(model)

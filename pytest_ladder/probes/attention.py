@@ -336,6 +336,7 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
     from tqdm.auto import tqdm
 
     from pytest_ladder.models.capture import model_device
+    from pytest_ladder.models.sequential import stopping_after
 
     kept: dict[int, list[SequenceCapture]] = {layer: [] for layer in layers}
     if on_record is None:
@@ -359,11 +360,11 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
                 handles.append(attention.v_proj.register_forward_hook(
                     lambda module, args, output, layer=layer: reducer.value_post(layer, output)))
         context = eager_attention(model) if sparse is not None else contextlib.nullcontext()
-        with torch.no_grad(), context:
+        with torch.no_grad(), context, stopping_after(model, max(layers)) as forward:
             for sequence in tqdm(sequences, desc=desc, disable=None if progress is None else not progress,
                                  leave=False):
                 ids = torch.as_tensor([list(sequence)], dtype=torch.long, device=device)
-                model(input_ids=ids, use_cache=False)
+                forward(input_ids=ids, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
