@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,14 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str 
     return folder, folder.name  # snapshots/<commit hash>
 
 
+def _file_sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def weights_sha256(folder: Path) -> tuple[str, dict[str, str]]:
     """sha256 over the checkpoint's safetensors files ("<name> <sha256>" lines, sorted by name), and the per-file
     hashes. Per-file hashes are cached beside the files (keyed by size and mtime) so a reload does not rehash."""
@@ -185,20 +195,20 @@ def weights_sha256(folder: Path) -> tuple[str, dict[str, str]]:
     except (OSError, ValueError):
         cache = {}
     hashes: dict[str, str] = {}
-    changed = False
+    stale = []
     for file in files:
         stat = file.stat()
         entry = cache.get(file.name)
         if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
             hashes[file.name] = entry["sha256"]
-            continue
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        hashes[file.name] = digest.hexdigest()
-        cache[file.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": hashes[file.name]}
-        changed = True
+        else:
+            stale.append((file, stat))
+    # shards hash in parallel threads (hashlib releases the GIL on large blocks)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(stale), os.cpu_count() or 1))) as pool:
+        for (file, stat), digest in zip(stale, pool.map(_file_sha256, [f for f, _ in stale])):
+            hashes[file.name] = digest
+            cache[file.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    changed = bool(stale)
     if changed:
         try:
             tmp = cache_path.with_suffix(".tmp")

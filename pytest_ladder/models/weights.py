@@ -166,6 +166,14 @@ def _on_accelerator(located: Located) -> bool:
     return not located.offloaded and located.param.device.type not in ("cpu", "meta")
 
 
+def _check_parts(located: Located, parts: list[tuple[int | slice | None, torch.Tensor]]) -> None:
+    for index, value in parts:
+        shape = located.param.shape if index is None else located.param[index].shape
+        if tuple(value.shape) != tuple(shape):
+            raise WeightAccessError(f"{located.name}{'' if index is None else f'[{index}]'}: new value has shape "
+                                    f"{tuple(value.shape)}, the parameter {tuple(shape)}")
+
+
 class _Restore:
     """Undo record of one write: puts back the exact original object (or, for a parameter held on a GPU, which is
     patched in place so that a patch costs no second copy in GPU memory, the original values from a CPU copy)."""
@@ -177,7 +185,9 @@ class _Restore:
             self.had_override = located.key in overrides
             self.original = overrides.get(located.key)
         elif _on_accelerator(located):
-            self.original = located.param.detach().to("cpu", copy=True)
+            param = located.param.detach()
+            self.original = torch.empty(param.shape, dtype=param.dtype, pin_memory=torch.cuda.is_available())
+            self.original.copy_(param)
         else:
             self.original = located.param.data
 
@@ -237,6 +247,13 @@ def patched_parameters(model: nn.Module, updates: dict[str, torch.Tensor] | dict
         with torch.no_grad():
             for name, parts in grouped.items():
                 located = locate(model, name)
+                if _on_accelerator(located):  # written in place, part by part: no assembled copy anywhere
+                    _check_parts(located, parts)
+                    restores.append(_Restore(located))
+                    for index, value in parts:
+                        target = located.param.data if index is None else located.param.data[index]
+                        target.copy_(value.detach().to(dtype=target.dtype), non_blocking=False)
+                    continue
                 full = _assembled(located, parts)
                 restores.append(_Restore(located))
                 _install(located, full)
