@@ -38,7 +38,8 @@ def bound_condition(m: torch.Tensor, kappa_max: float) -> torch.Tensor:
     """SVD projection: σ_i -> clamp(σ_i, σ_max/κ, σ_max) / σ_max, so cond ≤ κ and σ_max = 1."""
     if not kappa_max >= 1.0:
         raise ValueError(f"bound_condition: kappa_max must be >= 1, got {kappa_max}")
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    # on a GPU the Jacobi driver is several times faster than the default for these square matrices
+    u, s, vh = torch.linalg.svd(m, full_matrices=False, driver="gesvdj" if m.is_cuda else None)
     top = s[..., :1]
     s = torch.minimum(torch.maximum(s, top / kappa_max), top) / top
     return (u * s.unsqueeze(-2)) @ vh
