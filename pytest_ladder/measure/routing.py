@@ -16,9 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pytest_ladder.measure.lowrank import activation_lowrank, truncate
-from pytest_ladder.measure.spectra import effective_rank, singular_values
+from pytest_ladder.measure.spectra import (
+    effective_rank,
+    singular_values,
+    singular_values_from_gram,
+    top_energy_from_gram,
+)
 
 F64 = torch.float64
+WORKSPACE_BYTES = 1 << 30  # default working set of the chunked effective-weight measurements (1 GiB)
 
 
 def topk_indices(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -121,20 +127,89 @@ def gate_matrix(idx: torch.Tensor, gates: torch.Tensor, n_experts: int) -> torch
 
 
 def effective_weights(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """G3: per-token effective weight Σ_k g_k W_{e_k} (T, out, in) from expert weights (E, out, in), float64."""
-    mixing = gate_matrix(idx, gates, weights.shape[0])
-    return torch.einsum("te,eoi->toi", mixing, weights.to(device=mixing.device, dtype=F64))
+    """G3: per-token effective weight Σ_k g_k W_{e_k} (T, out, in) from expert weights (E, out, in), float64, on the
+    weights' device."""
+    w = weights.to(F64)
+    return torch.einsum("te,eoi->toi", gate_matrix(idx.to(w.device), gates.to(w.device), w.shape[0]), w)
 
 
 def effective_weight_spectra(
     weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, chunk: int = 16, progress: bool = False
 ) -> torch.Tensor:
-    """Singular values (T, min(out, in)) of every token's effective weight, `chunk` tokens at a time (memory bound)."""
+    """Singular values (T, min(out, in)) of every token's effective weight by a full SVD, `chunk` tokens at a time.
+
+    The reference for the Gram paths below (tests, benchmarks/g3_spectra.py); G3 itself never needs the SVD."""
+    w = weights.to(F64)
     starts = range(0, idx.shape[0], chunk)
     return torch.cat([
-        singular_values(effective_weights(weights, idx[start:start + chunk], gates[start:start + chunk]))
+        singular_values(effective_weights(w, idx[start:start + chunk], gates[start:start + chunk]))
         for start in tqdm(starts, desc="effective-weight spectra", disable=not progress, leave=False)
     ])
+
+
+def expert_inner_products(weights: torch.Tensor) -> torch.Tensor:
+    """K_ef = ⟨W_e, W_f⟩_F (E, E) float64 of expert weights (E, out, in), on their device."""
+    w = weights.to(F64)
+    return torch.einsum("eoi,foi->ef", w, w)
+
+
+def effective_weight_sq_norms(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
+                              inner: torch.Tensor | None = None) -> torch.Tensor:
+    """‖W_t‖²_F = m_tᵀ K m_t (T,) float64, from the mixing weights m_t (`gate_matrix`) and K (`expert_inner_products`,
+    computed here unless given): no effective weight is formed."""
+    inner = expert_inner_products(weights) if inner is None else inner.to(F64)
+    mixing = gate_matrix(idx.to(inner.device), gates.to(inner.device), inner.shape[0])
+    return ((mixing @ inner) * mixing).sum(-1)
+
+
+def effective_weight_grams(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Gram of the smaller side of every token's effective weight, W_t W_tᵀ (out ≤ in) or W_tᵀ W_t (T, s, s), float64:
+    its eigenvalues are the σ_i² of W_t."""
+    w_t = effective_weights(weights, idx, gates)
+    return w_t @ w_t.mT if w_t.shape[-2] <= w_t.shape[-1] else w_t.mT @ w_t
+
+
+def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None) -> int:
+    """How many tokens' effective weights (out·in), Grams and their working copies (3·s²) fit in `max_bytes` of
+    float64 (None: the 1 GiB default), at least one."""
+    out_features, in_features = weights.shape[-2:]
+    side = min(out_features, in_features)
+    per_token = 8 * (out_features * in_features + 3 * side * side)
+    return max(1, (WORKSPACE_BYTES if max_bytes is None else int(max_bytes)) // per_token)
+
+
+def _gram_chunks(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, max_bytes: int | None,
+                 desc: str, progress: bool):
+    w = weights.to(F64)
+    chunk = tokens_per_chunk(w, max_bytes)
+    for start in tqdm(range(0, idx.shape[0], chunk), desc=desc, disable=not progress, leave=False):
+        yield effective_weight_grams(w, idx[start:start + chunk], gates[start:start + chunk])
+
+
+def effective_weight_energy(
+    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, rank: int, *, max_bytes: int | None = None,
+    tol: float = 1e-10, progress: bool = False,
+) -> torch.Tensor:
+    """G3: energy_q(W_t) = Σ_{i≤q} σ_i² / ‖W_t‖²_F of every token's effective weight (T,) float64, 0 for W_t = 0.
+
+    The numerator by block subspace iteration on the smaller-side Gram (spectra.top_energy_from_gram, converged to a
+    relative change ≤ `tol`), the denominator as m_tᵀ K m_t; no SVD. Tokens go `max_bytes` of float64 at a time
+    (`tokens_per_chunk`), so a GPU's working set stays inside that budget.
+    """
+    top = torch.cat([top_energy_from_gram(gram, rank, tol=tol)
+                     for gram in _gram_chunks(weights, idx, gates, max_bytes, "effective-weight energy", progress)])
+    total = effective_weight_sq_norms(weights, idx, gates).to(top.device)
+    return torch.where(total > 0, top / total, torch.zeros_like(top))
+
+
+def effective_weight_effective_ranks(
+    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, max_bytes: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """G3: r_eff (spectral entropy, spectra.effective_rank) of every token's effective weight (T,) float64, exact
+    from the eigenvalues of its smaller-side Gram (a symmetric eigensolver, no SVD), `max_bytes` at a time."""
+    return torch.cat([effective_rank(singular_values_from_gram(gram))
+                      for gram in _gram_chunks(weights, idx, gates, max_bytes, "effective-weight r_eff", progress)])
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -24,12 +25,12 @@ from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.prefilters import lowrank_delta_bytes
 from pytest_ladder.measure.routing import (
     coactivation,
-    effective_weight_spectra,
-    gate_matrix,
+    effective_weight_effective_ranks,
+    effective_weight_energy,
+    effective_weight_sq_norms,
     lowrank_router,
     route_flip_rate,
 )
-from pytest_ladder.measure.spectra import effective_rank, energy_at_rank
 from pytest_ladder.measure.workspace import Workspace, nbytes
 
 F64 = torch.float64
@@ -41,12 +42,21 @@ Route = Callable[[torch.Tensor], torch.Tensor]  # router logits (T, E) -> expert
 
 @dataclass(frozen=True)
 class RouteEnergy:
-    """G3 on one projection of one layer: per-token energy at rank q and effective rank of W_t (float64, (T,)), and
-    the spectra they are read from (T, min(out, in))."""
+    """G3 on one projection of one layer, experts (E, out, in) and routes (T, k): per-token energy at rank q of W_t
+    (float64, (T,)), and its effective rank r_eff (T,), computed exactly on first use (the costlier of the two: a
+    symmetric eigensolver per token)."""
 
+    weights: torch.Tensor
+    index: torch.Tensor
+    gates: torch.Tensor
+    rank: int
     energy: torch.Tensor
-    effective_rank: torch.Tensor
-    spectra: torch.Tensor
+    max_bytes: int | None = None
+
+    @cached_property
+    def effective_rank(self) -> torch.Tensor:
+        return effective_weight_effective_ranks(self.weights.to(self.index.device), self.index, self.gates,
+                                                max_bytes=self.max_bytes)
 
     def summary(self) -> dict[str, float]:
         return {"energy_mean": float(self.energy.mean()), "energy_min": float(self.energy.min()),
@@ -54,10 +64,28 @@ class RouteEnergy:
 
 
 def route_energy(weights: torch.Tensor, index: torch.Tensor, gates: torch.Tensor, rank: int, *,
-                 chunk: int = 64) -> RouteEnergy:
-    """energy_q and r_eff of every token's effective weight Σ_k g_k W_{e_k} from experts (E, out, in), routes (T, k)."""
-    spectra = effective_weight_spectra(weights, index, gates, chunk=chunk)
-    return RouteEnergy(energy=energy_at_rank(spectra, rank), effective_rank=effective_rank(spectra), spectra=spectra)
+                 max_bytes: int | None = None) -> RouteEnergy:
+    """energy_q and r_eff of every token's effective weight Σ_k g_k W_{e_k} from experts (E, out, in), routes (T, k);
+    `max_bytes` bounds the working set (measure.routing.tokens_per_chunk). Computed where the routes are (the
+    experts may wait on the CPU: they are moved for the computation and kept where they were)."""
+    energy = effective_weight_energy(weights.to(index.device), index, gates, rank, max_bytes=max_bytes)
+    return RouteEnergy(weights=weights, index=index, gates=gates, rank=rank, energy=energy, max_bytes=max_bytes)
+
+
+FULL_RANK_ROUNDING = 1e-12  # |1 − energy at full rank| of a sound pipeline: float64 rounding of a trace, far below
+
+
+def full_rank_residual(weights: torch.Tensor, index: torch.Tensor, gates: torch.Tensor, *,
+                       max_bytes: int | None = None) -> tuple[float, float]:
+    """G3's trivial pass: nothing is dropped at rank min(out, in), so energy_full(W_t) = tr(W_t W_tᵀ) / m_tᵀ K m_t = 1,
+    its two sides reached by different code (the formed effective weight; the expert inner products).
+
+    Returns the share of tokens off 1 by more than float64 rounding (`FULL_RANK_ROUNDING`), exactly 0 for a sound
+    pipeline, and the largest |1 − energy_full| seen."""
+    full = effective_weight_energy(weights.to(index.device), index, gates, min(weights.shape[-2:]),
+                                   max_bytes=max_bytes)
+    deviation = (1 - full).abs()
+    return float((deviation > FULL_RANK_ROUNDING).to(F64).mean()), float(deviation.max())
 
 
 def random_subspace_energy(weights: torch.Tensor, index: torch.Tensor, gates: torch.Tensor, rank: int,
@@ -66,14 +94,11 @@ def random_subspace_energy(weights: torch.Tensor, index: torch.Tensor, gates: to
 
     The random-basis trap of G3: it never beats the top-q singular directions (Eckart–Young). Computed as quadratic
     forms mᵀ K m of each token's mixing weights m over the expert inner products K_ef = ⟨W_e Q, W_f Q⟩ (kept) and
-    ⟨W_e, W_f⟩ (total), independently of the SVD path of `route_energy`."""
-    w = weights.to(F64)
-    mixing = gate_matrix(index, gates, w.shape[0]).to(w.device)
+    ⟨W_e, W_f⟩ (total), independently of the Gram path of `route_energy`. Computed where the routes are."""
+    w = weights.to(device=index.device, dtype=F64)
     q = random_orthonormal_columns(w.shape[-1], rank, seed, device=w.device)
-    wq = w @ q
-    kept = torch.einsum("eoi,foi->ef", wq, wq)
-    total = torch.einsum("eoi,foi->ef", w, w)
-    return ((mixing @ kept) * mixing).sum(-1) / ((mixing @ total) * mixing).sum(-1)
+    kept = effective_weight_sq_norms(w @ q, index, gates)
+    return kept / effective_weight_sq_norms(w, index, gates)
 
 
 # ----------------------------------------------------------------------------------------------------- G6 ----

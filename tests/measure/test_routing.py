@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 
 from pytest_ladder.measure.routing import (
     coactivation,
+    effective_weight_effective_ranks,
+    effective_weight_energy,
+    effective_weight_grams,
     effective_weight_spectra,
+    effective_weight_sq_norms,
     effective_weights,
+    expert_inner_products,
     lowrank_router,
     margin_certifies_no_flip,
     route_flip_mask,
@@ -20,9 +25,10 @@ from pytest_ladder.measure.routing import (
     route_jaccard,
     router_flip_rates,
     topk_indices,
+    tokens_per_chunk,
     topk_margin,
 )
-from pytest_ladder.measure.spectra import singular_values
+from pytest_ladder.measure.spectra import effective_rank, energy_at_rank, singular_values
 
 F64 = torch.float64
 
@@ -118,6 +124,40 @@ def test_effective_weights_are_gate_weighted_sums():
         assert torch.allclose(got[t], expected, rtol=0, atol=1e-14)
     spectra = effective_weight_spectra(weights, idx, gates, chunk=2)
     assert torch.allclose(spectra, singular_values(got), atol=1e-12)
+
+
+def test_effective_weight_norms_and_grams_by_hand():
+    weights = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]]], dtype=F64)
+    idx = torch.tensor([[0, 1], [1, 1]])
+    gates = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=F64)  # token 1 routes expert 1 twice: weight 1.0
+    inner = expert_inner_products(weights)
+    assert inner.tolist() == [[5.0, 0.0], [0.0, 10.0]]
+    # W_0 = [[.5, 0, 1.5], [.5, 1, 0]]: ‖W_0‖² = .25 + 2.25 + .25 + 1 = 3.75; W_1 = expert 1: 10
+    assert effective_weight_sq_norms(weights, idx, gates).tolist() == [3.75, 10.0]
+    grams = effective_weight_grams(weights, idx, gates)  # out 2 <= in 3: W Wᵀ (2, 2)
+    assert grams.tolist() == [[[2.5, 0.25], [0.25, 1.25]], [[9.0, 0.0], [0.0, 1.0]]]
+    assert effective_weight_grams(weights.mT, idx, gates).shape == (2, 2, 2)  # out 3 > in 2: Wᵀ W
+    # token 1: σ² = 9, 1 of 10; q = 1 keeps 9/10
+    energy = effective_weight_energy(weights, idx, gates, 1)
+    assert energy[1].item() == 0.9
+    assert tokens_per_chunk(weights, 8 * (6 + 3 * 4) * 5) == 5 and tokens_per_chunk(weights, 1) == 1
+
+
+def test_gram_paths_match_the_svd(device):
+    g = torch.Generator().manual_seed(11)
+    weights = (torch.randn(8, 24, 40, generator=g, dtype=F64)
+               * torch.arange(1, 41, dtype=F64) ** -1.0).to(device)  # decaying column scales, like trained weights
+    idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(50)]).to(device)
+    gates = torch.rand(50, 3, generator=g, dtype=F64).to(device)
+    gates[7] = 0.0  # a token with no weight: W_t = 0, energy and r_eff 0
+    spectra = effective_weight_spectra(weights, idx, gates)
+    for w, s in ((weights, spectra), (weights.mT, spectra)):
+        energy = effective_weight_energy(w, idx, gates, 3, max_bytes=8 * 3000)
+        reff = effective_weight_effective_ranks(w, idx, gates, max_bytes=8 * 3000)
+        assert energy.device == reff.device == weights.device and energy.shape == reff.shape == (50,)
+        assert float((energy - energy_at_rank(s, 3)).abs().max()) < 1e-12
+        assert float((reff - effective_rank(s)).abs().max()) < 1e-10
+        assert energy[7].item() == 0.0 and reff[7].item() == 0.0
 
 
 def test_coactivation_hand_counts():

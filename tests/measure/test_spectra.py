@@ -19,6 +19,7 @@ from pytest_ladder.measure.spectra import (
     residual_energy,
     singular_values,
     singular_values_from_gram,
+    top_energy_from_gram,
     whitened_singular_values,
 )
 
@@ -56,6 +57,47 @@ def test_energy_and_residual_at_rank():
     assert rank_for_energy(torch.tensor([1.0, 0.0]), 1.0).item() == 1
     with pytest.raises(ValueError, match="rank must be"):
         energy_at_rank(sv, 6)
+
+
+def _gram_with_eigenvalues(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    n = eigenvalues.shape[-1]
+    q = random_orthogonal(n, seed, batch=eigenvalues.shape[:-1])
+    return q @ torch.diag_embed(eigenvalues.to(F64)) @ q.mT
+
+
+def test_top_energy_of_a_known_spectrum(device):
+    eigenvalues = torch.tensor([[9.0, 4.0, 2.0] + [1.0 / (i + 1) for i in range(37)],
+                                [5.0, 5.0, 5.0] + [0.5] * 37], dtype=F64)  # tied top-3 and a flat tail
+    gram = _gram_with_eigenvalues(eigenvalues, seed=3).to(device)
+    found = top_energy_from_gram(gram, 3)
+    assert found.device == gram.device and found.dtype == F64
+    assert torch.allclose(found.cpu(), torch.tensor([15.0, 15.0], dtype=F64), rtol=1e-12, atol=0)
+    assert float(top_energy_from_gram(gram, 0).abs().max()) == 0.0
+    whole = top_energy_from_gram(gram, 40)  # full rank: the trace, every eigenvalue
+    assert torch.allclose(whole.cpu(), eigenvalues.sum(-1), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("n, rank", [(64, 4), (96, 32), (30, 11)])  # 30: 2r + 8 >= n, the exact fallback
+def test_top_energy_matches_the_eigendecomposition(n, rank, device):
+    generator = torch.Generator().manual_seed(n)
+    decay = torch.arange(1, n + 1, dtype=F64) ** -1.5
+    eigenvalues = torch.rand(6, n, generator=generator, dtype=F64) * decay
+    gram = _gram_with_eigenvalues(eigenvalues, seed=rank).to(device)
+    expected = eigenvalues.sort(-1, descending=True).values[:, :rank].sum(-1)
+    assert torch.allclose(top_energy_from_gram(gram, rank).cpu(), expected, rtol=1e-9, atol=0)
+
+
+def test_top_energy_of_rank_deficient_and_flat_grams():
+    w = torch.randn(5, 12, 2, generator=torch.Generator().manual_seed(1), dtype=F64) @ torch.randn(
+        2, 30, generator=torch.Generator().manual_seed(2), dtype=F64)  # rank 2 Grams (12, 12)
+    gram = w @ w.mT
+    assert torch.allclose(top_energy_from_gram(gram, 2), gram.diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-12)
+    x = torch.randn(4, 40, 200, generator=torch.Generator().manual_seed(3), dtype=F64)
+    flat = x @ x.mT  # Marchenko–Pastur: tiny gaps, slow convergence, still exact
+    expected = torch.linalg.eigvalsh(flat)[..., -5:].sum(-1)
+    assert torch.allclose(top_energy_from_gram(flat, 5), expected, rtol=1e-8, atol=0)
+    not_converged = top_energy_from_gram(flat, 5, max_iter=1)  # one step, then the exact eigendecomposition
+    assert torch.allclose(not_converged, expected, rtol=1e-12, atol=0)
 
 
 def test_directions_after_deflation():
