@@ -31,7 +31,7 @@ def floor(weights, projection, fraction):
 @cache
 def hosvd_and_tau(weights, projection, fraction, seeds):
     t, ranks = tensor(weights, projection), floor(weights, projection, fraction).ranks
-    tau = tau_floor(lambda seed: spectral.random_factors(t.shape, ranks, seed),
+    tau = tau_floor(lambda seed: spectral.random_factors(t.shape, ranks, seed, device=t.device),
                     lambda factors: spectral.projection_residual(t, factors), seeds)
     return spectral.projection_residual(t, spectral.hosvd_factors(t, ranks)), tau
 
@@ -50,7 +50,7 @@ def weight(cell, prereg, ladder_weights, request):
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, prereg, ladder_weights):
     t = tensor(ladder_weights, prereg.hardest_cell.params["weight"])
-    trap.check(spectral.projection_residual(t, spectral.identity_factors(t.shape)))
+    trap.check(spectral.projection_residual(t, spectral.identity_factors(t.shape, device=t.device)))
 
 
 @ladder.prefilter("residual_at_budget")

@@ -30,7 +30,7 @@ from pytest_ladder.measure.lowrank import input_basis, project_inputs
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.rng import Seed, cpu_generator
 from pytest_ladder.measure.spectra import effective_rank, residual_energy, singular_values, singular_values_from_gram
-from pytest_ladder.measure.tucker import Tucker, hosvd, mode_effective_ranks, mode_spectra
+from pytest_ladder.measure.tucker import Tucker, hosvd, mode_effective_ranks, mode_product, mode_spectra
 
 F64 = torch.float64
 KINDS = ("gate", "up", "down", "layer")  # the matrices G0 reads per layer; "layer" is the stacked layer matrix
@@ -174,7 +174,7 @@ def tucker_params(dims: Sequence[int], ranks: Sequence[int]) -> int:
 
 def mode_tails(t: torch.Tensor) -> list[torch.Tensor]:
     """tail_k(r) = Σ_{i>r} σ_i² / Σ σ_i² of every mode unfolding, for r = 0..d_k (float64)."""
-    return [torch.tensor([float(residual_energy(sv, r)) for r in range(sv.shape[-1] + 1)], dtype=F64)
+    return [torch.tensor([float(residual_energy(sv, r)) for r in range(sv.shape[-1] + 1)], dtype=F64, device=sv.device)
             for sv in mode_spectra(t)]
 
 
@@ -220,12 +220,14 @@ def tucker_floor(t: torch.Tensor, budget_params: int) -> TuckerFloor:
 
 
 def projection_residual(t: torch.Tensor, factors: Sequence[torch.Tensor]) -> float:
-    """‖T − T̂‖² / ‖T‖² with T̂ = T ×_k U_k U_kᵀ, computed on the explicit reconstruction (float64)."""
+    """‖T − T̂‖² / ‖T‖² with T̂ = T ×_k U_k U_kᵀ, computed on the explicit reconstruction (float64, on T's device: the
+    factors are moved there, wherever they were made)."""
     t = t.to(F64)
+    factors = tuple(u.to(device=t.device, dtype=F64) for u in factors)
     core = t
     for mode, u in enumerate(factors):
-        core = torch.tensordot(u.to(F64).mT, core, dims=([1], [mode])).movedim(0, mode)
-    approx = Tucker(core=core, factors=tuple(u.to(F64) for u in factors), norm_sq=float(t.square().sum()))
+        core = mode_product(core, u.mT, mode)
+    approx = Tucker(core=core, factors=factors, norm_sq=float(t.square().sum()))
     return float((t - approx.reconstruct()).square().sum()) / approx.norm_sq
 
 
@@ -233,19 +235,21 @@ def hosvd_factors(t: torch.Tensor, ranks: Sequence[int]) -> tuple[torch.Tensor, 
     """The truncated HOSVD's factor matrices at `ranks` (top eigenvectors of each mode Gram); a zero rank anywhere
     (nothing fits the budget) gives empty factors, i.e. T̂ = 0."""
     if min(ranks) == 0:
-        return tuple(torch.zeros(d, r, dtype=F64) for d, r in zip(t.shape, ranks))
+        return tuple(torch.zeros(d, r, dtype=F64, device=t.device) for d, r in zip(t.shape, ranks))
     return hosvd(t, ranks).factors
 
 
-def random_factors(dims: Sequence[int], ranks: Sequence[int], seed: Seed) -> tuple[torch.Tensor, ...]:
-    """Haar-random orthonormal factors (d_k, r_k), drawn mode after mode from one seeded generator: G2's τ baseline."""
+def random_factors(dims: Sequence[int], ranks: Sequence[int], seed: Seed, *,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+    """Haar-random orthonormal factors (d_k, r_k) on `device` (that of the tensor they will project), drawn on the CPU
+    mode after mode from one seeded generator: G2's τ baseline."""
     generator = cpu_generator(seed)
-    return tuple(random_orthonormal_columns(d, r, generator) for d, r in zip(dims, ranks))
+    return tuple(random_orthonormal_columns(d, r, generator, device=device) for d, r in zip(dims, ranks))
 
 
-def identity_factors(dims: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """U_k = I at full ranks: the trivial pass (T̂ = T exactly)."""
-    return tuple(torch.eye(d, dtype=F64) for d in dims)
+def identity_factors(dims: Sequence[int], *, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
+    """U_k = I at full ranks, on `device`: the trivial pass (T̂ = T exactly)."""
+    return tuple(torch.eye(d, dtype=F64, device=device) for d in dims)
 
 
 def mode_energy_curves(t: torch.Tensor, points: int = 32) -> dict[str, list[float]]:
