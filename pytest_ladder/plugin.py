@@ -625,11 +625,18 @@ class LadderSession:
 
 
 def _message(report: pytest.TestReport) -> str | None:
-    """The failure text, without the "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
+    """What went wrong, first line first: for an exception its type and message (the report's crash line, e.g.
+    "RuntimeError: Expected all tensors to be on the same device ..."), then the full text, without the
+    "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
     lines = (report.longreprtext or "").splitlines()
     if lines and re.match(r"\[gw\d+\] ", lines[0]):
         lines = lines[1:]
-    return "\n".join(lines).strip() or None
+    text = "\n".join(lines).strip() or None
+    crash = getattr(report.longrepr, "reprcrash", None)
+    reason = (getattr(crash, "message", None) or "").strip()
+    if not reason:
+        return text
+    return reason if not text or text == reason else f"{reason}\n\n{text}"
 
 
 def _verdict_line(record: dict) -> str:
