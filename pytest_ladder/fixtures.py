@@ -99,17 +99,29 @@ def _worker(config: pytest.Config) -> str | None:
     return workerinput.get("workerid") if workerinput else os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def model_spec(config: pytest.Config) -> Any:
-    """The ModelSpec the options ask for, with this xdist worker's GPU."""
+def choose_device(requested: str | None, worker: str | None, n_gpus: int) -> str:
+    """This process's device: `requested` (--ladder-device; None: cuda when a GPU is there, else cpu), xdist worker
+    gwN on cuda:(N mod n_gpus) when several GPUs are there (models.loading.worker_device), a bare cuda as cuda:0."""
+    from pytest_ladder.models.loading import worker_device
+
+    device = requested or ("cuda" if n_gpus else "cpu")
+    device = worker_device(device, worker, n_gpus if device.startswith("cuda") else 0)
+    return "cuda:0" if device == "cuda" else device
+
+
+def process_device(config: pytest.Config) -> str:
+    """The device this process (this xdist worker) runs the model and the checkpoint view on."""
     import torch
 
-    from pytest_ladder.models.loading import EMBEDDED, ModelSpec, worker_device, worker_max_memory
+    return choose_device(_option(config, "ladder_device"), _worker(config),
+                         torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
-    device = _option(config, "ladder_device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    device = worker_device(device, _worker(config), n_gpus)
-    if device == "cuda":
-        device = "cuda:0"
+
+def model_spec(config: pytest.Config) -> Any:
+    """The ModelSpec the options ask for, with this xdist worker's GPU."""
+    from pytest_ladder.models.loading import EMBEDDED, ModelSpec, worker_max_memory
+
+    device = process_device(config)
     from pytest_ladder.plugin import session_model
 
     return ModelSpec(source=session_model(config, EMBEDDED), device=device,
