@@ -42,6 +42,12 @@ def _max_memory(value: str) -> dict:
     return _checked(parse_max_memory, value)
 
 
+def _size(value: str) -> int:
+    from pytest_ladder.models.loading import parse_size
+
+    return _checked(parse_size, value)
+
+
 def _offload_dir(value: str) -> str:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -82,9 +88,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="TASK=PATH",
                     help="use a local .jsonl/.txt file (or hf:<dataset>[:<config>[:<split>]]) as the corpus of "
                          "TASK instead of the built-in one (repeatable)")
+    group.addoption("--ladder-gpu-workspace", dest="ladder_gpu_workspace", type=_size, default=None, metavar="SIZE",
+                    help="GPU memory the probes may use beyond the weights, e.g. 4GiB (default: ini "
+                         "ladder_gpu_workspace, 4GiB)")
+    parser.addini("ladder_gpu_workspace", "GPU memory the probes may use beyond the weights (e.g. 4GiB)",
+                  default="4GiB")
     group.addoption("--ladder-preflight", dest="ladder_preflight", action="store_true",
                     help="touch a real (offloaded) layer with a dense-only forward before the run (automatic when "
                          "any layer is offloaded)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    gpu_workspace(config)  # a bad ini value is a usage error before anything runs
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -92,6 +107,20 @@ def _option(config: pytest.Config, name: str) -> Any:
         return config.getoption(name)
     except ValueError:
         return None
+
+
+def gpu_workspace(config: pytest.Config) -> int:
+    """Bytes of GPU memory the probes may use beyond the weights: --ladder-gpu-workspace, else the ini's."""
+    from pytest_ladder.models.loading import parse_size
+
+    chosen = _option(config, "ladder_gpu_workspace")
+    if chosen is not None:
+        return chosen
+    value = config.getini("ladder_gpu_workspace")
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise pytest.UsageError(f"ini option ladder_gpu_workspace: {error} (in {config.inipath})") from None
 
 
 def _worker(config: pytest.Config) -> str | None:
@@ -126,7 +155,8 @@ def model_spec(config: pytest.Config) -> Any:
 
     return ModelSpec(source=session_model(config, EMBEDDED), device=device,
                      max_memory=worker_max_memory(_option(config, "ladder_max_memory"), device),
-                     offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto")
+                     offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto",
+                     gpu_workspace=gpu_workspace(config))
 
 
 @pytest.fixture(scope="session")
