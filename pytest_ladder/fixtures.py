@@ -89,12 +89,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="use a local .jsonl/.txt file (or hf:<dataset>[:<config>[:<split>]]) as the corpus of "
                          "TASK instead of the built-in one (repeatable)")
     group.addoption("--ladder-gpu-workspace", dest="ladder_gpu_workspace", type=_size, default=None, metavar="SIZE",
-                    help="GPU memory the probes may use beyond the weights (default: ini ladder_gpu_workspace, "
-                         "4GiB); a model whose weights on the GPU plus this do not fit is refused before loading")
-    parser.addini("ladder_gpu_workspace", "GPU memory the probes may use beyond the weights", default="4GiB")
+                    help="GPU memory the probes may use beyond the weights, e.g. 4GiB (default: ini "
+                         "ladder_gpu_workspace, 4GiB)")
+    parser.addini("ladder_gpu_workspace", "GPU memory the probes may use beyond the weights (e.g. 4GiB)",
+                  default="4GiB")
     group.addoption("--ladder-preflight", dest="ladder_preflight", action="store_true",
                     help="touch a real (offloaded) layer with a dense-only forward before the run (automatic when "
                          "any layer is offloaded)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    gpu_workspace(config)  # a bad ini value is a usage error before anything runs
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -104,28 +109,54 @@ def _option(config: pytest.Config, name: str) -> Any:
         return None
 
 
+def gpu_workspace(config: pytest.Config) -> int:
+    """Bytes of GPU memory the probes may use beyond the weights: --ladder-gpu-workspace, else the ini's."""
+    from pytest_ladder.models.loading import parse_size
+
+    chosen = _option(config, "ladder_gpu_workspace")
+    if chosen is not None:
+        return chosen
+    value = config.getini("ladder_gpu_workspace")
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise pytest.UsageError(f"ini option ladder_gpu_workspace: {error} (in {config.inipath})") from None
+
+
 def _worker(config: pytest.Config) -> str | None:
     workerinput = getattr(config, "workerinput", None)
     return workerinput.get("workerid") if workerinput else os.environ.get("PYTEST_XDIST_WORKER")
 
 
-def model_spec(config: pytest.Config) -> Any:
-    """The ModelSpec the options ask for, with this xdist worker's GPU."""
+def choose_device(requested: str | None, worker: str | None, n_gpus: int) -> str:
+    """This process's device: `requested` (--ladder-device; None: cuda when a GPU is there, else cpu), xdist worker
+    gwN on cuda:(N mod n_gpus) when several GPUs are there (models.loading.worker_device), a bare cuda as cuda:0."""
+    from pytest_ladder.models.loading import worker_device
+
+    device = requested or ("cuda" if n_gpus else "cpu")
+    device = worker_device(device, worker, n_gpus if device.startswith("cuda") else 0)
+    return "cuda:0" if device == "cuda" else device
+
+
+def process_device(config: pytest.Config) -> str:
+    """The device this process (this xdist worker) runs the model and the checkpoint view on."""
     import torch
 
-    from pytest_ladder.models.loading import EMBEDDED, ModelSpec, worker_device, worker_max_memory
+    return choose_device(_option(config, "ladder_device"), _worker(config),
+                         torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
-    device = _option(config, "ladder_device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    n_gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
-    device = worker_device(device, _worker(config), n_gpus)
-    if device == "cuda":
-        device = "cuda:0"
+
+def model_spec(config: pytest.Config) -> Any:
+    """The ModelSpec the options ask for, with this xdist worker's GPU."""
+    from pytest_ladder.models.loading import EMBEDDED, ModelSpec, worker_max_memory
+
+    device = process_device(config)
     from pytest_ladder.plugin import session_model
 
     return ModelSpec(source=session_model(config, EMBEDDED), device=device,
                      max_memory=worker_max_memory(_option(config, "ladder_max_memory"), device),
                      offload_dir=_option(config, "ladder_offload_dir"), dtype=_option(config, "ladder_dtype") or "auto",
-                     gpu_workspace=_option(config, "ladder_gpu_workspace") or _size(config.getini("ladder_gpu_workspace")))
+                     gpu_workspace=gpu_workspace(config))
 
 
 @pytest.fixture(scope="session")

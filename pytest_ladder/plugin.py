@@ -18,7 +18,9 @@ import importlib.metadata
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +35,8 @@ pytest_plugins = ["pytest_ladder.fixtures", "pytest_ladder.rung_fixtures"]
 
 REFUSED_KEY = "ladder_refused"
 REQUIRES_KEY = "ladder_requires_killed"
+PLAN_KEY = "ladder_plan"  # user_properties key carrying the rung's plan to the controller (first report per process)
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # end the session like Ctrl-C: the rung in flight is ABORTED
 MARKERS = {
     "analytical": "cheap analytical prefilter of a rung: no forward pass, no GPU (select in CI with -m analytical)",
     "gate": "a ladder gate: a locked pass/fail metric of a rung (conjunctive: one failure kills the claim)",
@@ -144,6 +148,10 @@ class LadderState:
     guard_info: dict[str, dict] = field(default_factory=dict)  # rung -> {requires, replication_of} from reports
     context: dict = field(default_factory=dict)
     killed_in_session: set[str] = field(default_factory=set)  # rungs a gate killed in this process
+    plans_sent: set[str] = field(default_factory=set)  # rungs whose plan this process put on a report
+    done: set[str] = field(default_factory=set)  # node ids whose last report (teardown) arrived
+    crashed: set[str] = field(default_factory=set)  # node ids an xdist worker crashed on
+    decided: dict[str, str] = field(default_factory=dict)  # rung -> verdict, for rungs archived in this session
     aborted: str | None = None
     written: list[tuple[str, dict, Path]] = field(default_factory=list)
 
@@ -274,7 +282,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         only_prefilters = bool(declared.prefilters) and covers("prefilter", declared.prefilters) and all(
             kind == "prefilter" for kind, _ in covered
         )
-        state.plans[name] = Plan(name, prereg.display_path, planned, complete, only_prefilters)
+        state.plans[name] = Plan(name, prereg.display_path, planned, complete, only_prefilters,
+                                 tuple(prereg.requires))
     if _is_worker(config):
         config.workeroutput["ladder_plans"] = {name: asdict(plan) for name, plan in state.plans.items()}
 
@@ -364,6 +373,12 @@ def _option(config: pytest.Config, name: str) -> Any:
         return None
 
 
+def kill_fast(config: pytest.Config) -> bool:
+    """--ladder-kill-fast, else the ini's ladder_kill_fast."""
+    chosen = config.getoption("ladder_kill_fast")
+    return bool(config.getini("ladder_kill_fast") if chosen is None else chosen)
+
+
 def _guard(config: pytest.Config, bound: Rung) -> Guard:
     """Seal, one-shot and ladder-rule checks of a rung, once per process."""
     from pytest_ladder.archive import find_decision, latest_decision
@@ -420,6 +435,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         (ITEM_KEY, {"rung": bound.name, "kind": marker.kwargs["kind"], "name": marker.kwargs["name"],
                     "cell": None if cell is None else cell.id})
     )
+    state = _state(item.config)
+    if bound.name not in state.plans_sent and bound.name in state.plans:
+        state.plans_sent.add(bound.name)
+        item.user_properties.append((PLAN_KEY, asdict(state.plans[bound.name])))
     guard = _guard(item.config, bound)
     if guard.refused:
         item.user_properties.append((REFUSED_KEY, guard.refused))
@@ -427,11 +446,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     item.user_properties.append(
         ("ladder_guard", {"requires": guard.requires, "replication_of": guard.replication_of})
     )
-    state = _state(item.config)
-    kill_fast = item.config.getoption("ladder_kill_fast")
-    if kill_fast is None:
-        kill_fast = item.config.getini("ladder_kill_fast")
-    if kill_fast and bound.name in state.killed_in_session:
+    if kill_fast(item.config) and bound.name in state.killed_in_session:
         pytest.skip(f"kill-fast: {bound.name} is already KILLED in this session; its remaining tests do not run")
     if guard.requires_killed:
         required, where = next(iter(guard.requires_killed.items()))
@@ -470,19 +485,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 class LadderSession:
     """The stateful half of the plugin, one per pytest session (registered in pytest_configure).
 
-    On the controller (or without xdist) it gathers every ladder report, and at session end decides each rung and
-    writes the archive; xdist workers only compute plans and send reports.
+    On the controller (or without xdist) it gathers every ladder report and archives each rung the moment its
+    verdict is known: when its last planned item has reported, or with kill-fast when a gate killed it. What is still
+    in flight at session end is archived then (ABORTED if the session was interrupted). SIGTERM and SIGHUP end the
+    session like Ctrl-C. xdist workers only compute plans and send reports.
     """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.state = _state(config)
+        self._previous_handlers: dict[int, Any] = {}
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.state.started = time.time()
+        if not _is_worker(self.config) and threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name, None)
+                if number is not None:
+                    self._previous_handlers[number] = signal.signal(number, self._stop)
+
+    def _stop(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        self.state.aborted = self.state.aborted or f"interrupted by {name}"
+        raise KeyboardInterrupt(name)
+
+    def _restore_signals(self) -> None:
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers.clear()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from pytest_ladder.verdict import Outcome
+        from pytest_ladder.verdict import Outcome, Plan
 
         state = self.state
         props = dict(report.user_properties)
@@ -491,6 +524,8 @@ class LadderSession:
         rung = props[ITEM_KEY]["rung"]
         out = state.outcomes.setdefault(report.nodeid, Outcome())
         out.duration_s += float(report.duration or 0.0)
+        if PLAN_KEY in props and rung not in state.plans:
+            state.plans[rung] = Plan.from_dict(props[PLAN_KEY])
         if REFUSED_KEY in props:
             state.refused[rung] = props[REFUSED_KEY]
         if REQUIRES_KEY in props:
@@ -511,48 +546,91 @@ class LadderSession:
             out.message = message
             if any(r.get("passed") is False for r in out.records):
                 state.killed_in_session.add(rung)
-        elif report.when == "teardown" and report.failed and out.outcome == "passed":
-            out.outcome, out.message = "error", message
+        elif report.when == "teardown":
+            if report.failed and out.outcome == "passed":
+                out.outcome, out.message = "error", message
+            state.done.add(report.nodeid)
+        if not _is_worker(self.config):
+            self._archive_settled(rung)
+
+    def _archive_settled(self, rung: str) -> None:
+        """Archive `rung` now if its verdict is known and the rungs it requires in this session are archived; then
+        the rungs that were waiting on it."""
+        from pytest_ladder.verdict import settled
+
+        state = self.state
+        plan = state.plans.get(rung)
+        if plan is None or rung in state.decided or rung in state.refused:
+            return
+        if any(item.nodeid in state.crashed for item in plan.items):
+            return  # ABORTED at session end
+        if any(r in state.plans and r not in state.decided and r not in state.refused for r in plan.requires):
+            return
+        if not settled(plan, state.outcomes, state.done, kill_fast=kill_fast(self.config)):
+            return
+        self._archive(rung, plan)
+        for other, waiting in list(state.plans.items()):
+            if rung in waiting.requires:
+                self._archive_settled(other)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """xdist controller: take the workers' plans; a worker that went down with an error aborts the run."""
-        from pytest_ladder.verdict import Plan, PlannedItem
+        from pytest_ladder.verdict import Plan
 
         output = getattr(node, "workeroutput", None) or {}
         if error is not None:
             self.state.aborted = f"an xdist worker went down: {error}"
         if output.get("exitstatus") == int(pytest.ExitCode.INTERRUPTED):
-            self.state.aborted = "an xdist worker was interrupted"
+            self.state.aborted = self.state.aborted or "an xdist worker was interrupted"
         for name, plan in (output.get("ladder_plans") or {}).items():
             if name not in self.state.plans:
-                self.state.plans[name] = Plan(**{**plan, "items": [PlannedItem(**i) for i in plan["items"]]})
+                self.state.plans[name] = Plan.from_dict(plan)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
         self.state.aborted = f"an xdist worker crashed while running {crashitem}"
+        self.state.crashed.add(crashitem)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._restore_signals()
         if _is_worker(self.config):
             return
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
-            self.state.aborted = self.state.aborted or "interrupted (KeyboardInterrupt)"
-        for name, plan in self.state.plans.items():
-            ran = [item for item in plan.items if item.nodeid in self.state.outcomes]
-            if ran and name not in self.state.refused:
-                self._archive(name, plan, len(ran))
+        from pytest_ladder.ordering import rung_order
 
-    def _archive(self, name: str, plan: Any, ran: int) -> None:
+        state = self.state
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            state.aborted = state.aborted or "interrupted (KeyboardInterrupt)"
+        in_flight = {name: plan.requires for name, plan in state.plans.items()
+                     if name not in state.decided and name not in state.refused
+                     and any(item.nodeid in state.outcomes for item in plan.items)}
+        for name in rung_order(in_flight):
+            self._archive(name, state.plans[name], aborted=state.aborted)
+
+    def _archive(self, name: str, plan: Any, aborted: str | None = None) -> None:
         from pytest_ladder.archive import new_run_id, write_run
         from pytest_ladder.postmortem import render_plots, render_postmortem
-        from pytest_ladder.verdict import build_record, decide
+        from pytest_ladder.verdict import Outcome, build_record, decide, first_kill
 
         config, state = self.config, self.state
+        fast = kill_fast(config)
         loaded = state.preregs.get(name) or _load_for_controller(config, plan)
         guard_info = state.guard_info.get(name, {})
-        verdict = decide(
-            plan, state.outcomes, aborted=state.aborted is not None, requires_killed=state.requires_killed.get(name)
+        requires_killed = state.requires_killed.get(name) or next(
+            ({r: {"verdict": "KILL", "where": "this session"}} for r in plan.requires if state.decided.get(r) == "KILL"),
+            None,
         )
+        verdict = decide(plan, state.outcomes, aborted=aborted is not None, requires_killed=requires_killed,
+                         kill_fast=fast)
+        outcomes = dict(state.outcomes)
+        kill = first_kill(plan, outcomes) if fast and aborted is None else None
+        if kill is not None:  # kill-fast skips what has not run yet
+            for item in plan.items[kill + 1:]:
+                if item.nodeid not in state.done:
+                    outcomes[item.nodeid] = Outcome(
+                        "skipped", message=f"kill-fast: {name} is already KILLED in this session; its remaining "
+                                           "tests do not run")
+        ran = sum(1 for item in plan.items if item.nodeid in state.outcomes)
         run_id = new_run_id()
         model = dict(state.context.get("model") or {})
         loaded_name = model.get("name")
@@ -562,7 +640,7 @@ class LadderSession:
         ended = time.time()
         record = build_record(
             plan=plan,
-            outcomes=state.outcomes,
+            outcomes=outcomes,
             verdict=verdict,
             run_id=run_id,
             prereg_content=loaded.raw,
@@ -581,7 +659,7 @@ class LadderSession:
                 "selected": len(plan.items),
                 "ran": ran,
                 "complete": plan.complete,
-                "aborted": state.aborted,
+                "aborted": aborted,
             },
             timings={"start": _iso(state.started), "end": _iso(ended), "duration_s": round(ended - state.started, 3)},
             requires=guard_info.get("requires", {}),
@@ -595,6 +673,7 @@ class LadderSession:
                                           "traps": record["traps"]}
         files["postmortem.md"] = render_postmortem(record, sorted(plots))
         files.update(plots)
+        state.decided[name] = verdict.verdict
         state.written.append((name, record, write_run(archive_dir(config), name, run_id, files)))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -625,11 +704,18 @@ class LadderSession:
 
 
 def _message(report: pytest.TestReport) -> str | None:
-    """The failure text, without the "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
+    """What went wrong, first line first: for an exception its type and message (the report's crash line, e.g.
+    "RuntimeError: Expected all tensors to be on the same device ..."), then the full text, without the
+    "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
     lines = (report.longreprtext or "").splitlines()
     if lines and re.match(r"\[gw\d+\] ", lines[0]):
         lines = lines[1:]
-    return "\n".join(lines).strip() or None
+    text = "\n".join(lines).strip() or None
+    crash = getattr(report.longrepr, "reprcrash", None)
+    reason = (getattr(crash, "message", None) or "").strip()
+    if not reason:
+        return text
+    return reason if not text or text == reason else f"{reason}\n\n{text}"
 
 
 def _verdict_line(record: dict) -> str:

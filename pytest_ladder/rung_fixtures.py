@@ -91,8 +91,10 @@ def _model_name(request: pytest.FixtureRequest) -> str:
 def ladder_weights(request: pytest.FixtureRequest) -> Any:
     """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass.
 
-    Tensors are delivered on --ladder-device (CPU by default), so spectra of a full-size model run on the GPU.
+    Tensors are delivered on this process's device, the model's (--ladder-device; under xdist each worker its own
+    GPU), so spectra of a full-size model run on the GPU.
     """
+    from pytest_ladder.fixtures import process_device
     from pytest_ladder.models.checkpoint import Checkpoint
     from pytest_ladder.models.loading import ModelLoadError, resolve_source
 
@@ -103,6 +105,5 @@ def ladder_weights(request: pytest.FixtureRequest) -> Any:
             folder, _ = resolve_source(name)
         except ModelLoadError as error:
             pytest.fail(str(error), pytrace=False)
-        device = request.config.getoption("ladder_device", None) or "cpu"
-        cache[("weights", name)] = Checkpoint(folder, device="cuda:0" if device == "cuda" else device)
+        cache[("weights", name)] = Checkpoint(folder, device=process_device(request.config))
     return cache[("weights", name)]

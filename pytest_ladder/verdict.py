@@ -45,6 +45,13 @@ class Plan:
     items: list[PlannedItem]
     complete: bool  # the selection covers every declared gate/trap/prefilter and every cell
     only_prefilters: bool  # the selection is exactly the analytical prefilters (all of them)
+    requires: tuple[str, ...] = ()  # the rungs the prereg requires (the ladder rule)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        """The plan back from plain data (`dataclasses.asdict`), as it crosses from an xdist worker."""
+        return cls(**{**data, "items": [PlannedItem(**i) for i in data["items"]],
+                      "requires": tuple(data.get("requires", ()))})
 
 
 @dataclass
@@ -68,10 +75,39 @@ class Verdict:
         return self.verdict in DECISIONS
 
 
+def first_kill(plan: Plan, outcomes: dict[str, Outcome]) -> int | None:
+    """Plan position of the first item whose gate or prefilter failed its locked rule, or None."""
+    for index, item in enumerate(plan.items):
+        out = outcomes.get(item.nodeid)
+        if out is not None and any(r["kind"] in ("gate", "prefilter") for r in _failed_records(out)):
+            return index
+    return None
+
+
+def settled(plan: Plan, outcomes: dict[str, Outcome], done: set[str], *, kill_fast: bool) -> bool:
+    """Is the rung's verdict known? Yes once every planned item has finished (`done`: node ids whose last report
+    arrived); with kill-fast also once a gate killed it and every item before the kill (in plan order) finished,
+    since kill-fast skips the rest."""
+    if all(item.nodeid in done for item in plan.items):
+        return True
+    kill = first_kill(plan, outcomes) if kill_fast else None
+    return kill is not None and all(item.nodeid in done for item in plan.items[:kill])
+
+
 def decide(
-    plan: Plan, outcomes: dict[str, Outcome], *, aborted: bool = False, requires_killed: dict | None = None
+    plan: Plan,
+    outcomes: dict[str, Outcome],
+    *,
+    aborted: bool = False,
+    requires_killed: dict | None = None,
+    kill_fast: bool = False,
 ) -> Verdict:
-    """Apply the locked rules (module docstring) to one rung's outcomes."""
+    """Apply the locked rules (module docstring) to one rung's outcomes.
+
+    With `kill_fast` only the items up to the first kill (in plan order) count: kill-fast skips the rest, so the
+    verdict is the same whether they were skipped in one process or ran on another xdist worker that had not heard
+    of the kill.
+    """
     if aborted:
         return Verdict(ABORTED)
     if requires_killed:
@@ -89,7 +125,11 @@ def decide(
                 "message": f"{plan.rung} requires {rung}, which was KILLED ({run.get('where', 'this session')})",
             },
         )
-    rows = [(item, outcomes.get(item.nodeid, Outcome())) for item in plan.items]
+    items = plan.items
+    kill = first_kill(plan, outcomes) if kill_fast else None
+    if kill is not None:
+        items = items[: kill + 1]
+    rows = [(item, outcomes.get(item.nodeid, Outcome())) for item in items]
     for item, out in rows:
         for record in out.records:
             if record["kind"] == "trap" and not record["fired_as_declared"]:

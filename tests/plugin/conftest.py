@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,12 @@ class ToyLadder:
 @pytest.fixture
 def toy(pytester: pytest.Pytester) -> ToyLadder:
     return ToyLadder(pytester)
+
+
+_MODEL_CACHE = str(Path(os.environ.get("LADDER_CACHE_DIR") or Path.home() / ".cache" / "pytest-ladder").expanduser())
+
+
+@pytest.fixture(autouse=True)
+def _shared_model_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at a temporary folder; inner sessions keep using the embedded model built once."""
+    monkeypatch.setenv("LADDER_CACHE_DIR", _MODEL_CACHE)

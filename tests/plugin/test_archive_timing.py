@@ -1,0 +1,80 @@
+"""A rung is archived the moment its verdict is known; SIGTERM and SIGHUP end a session like Ctrl-C, keeping every
+decided rung and recording the rung in flight as ABORTED."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# rung b's hardest gate says it is running, then waits (far longer than the test) for a file nobody writes
+BLOCK = ("import pathlib, time\n    pathlib.Path('b_running').touch()\n"
+         "    for _ in range(1200):\n        time.sleep(0.1)")
+
+
+def _spawn(root: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the session ended before {path.name} appeared:\n{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{path.name} did not appear in {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_a_stop_signal_keeps_decided_rungs_and_aborts_the_one_in_flight(toy, name, workers):
+    toy.rung("a")
+    toy.rung("b", hook=BLOCK)
+    process = _spawn(toy.root, *workers)
+    _wait_for(toy.root / "b_running", process)
+    # rung a was archived when its last test reported, before rung b's gate began
+    (decided,) = toy.runs("a")
+    assert (decided / "decision.json").is_file()
+    process.send_signal(getattr(signal, name))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert toy.runs("a") == [decided]
+    record = toy.record(decided)
+    assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer=3-true_rank=8")
+    (aborted,) = toy.runs("b")
+    assert not (aborted / "decision.json").exists()
+    run = toy.record(aborted)
+    assert (run["verdict"], run["kind"], run["decision"]) == ("ABORTED", "aborted", False)
+    assert run["selection"]["aborted"] == f"interrupted by {name}"
+    assert f"b: ABORTED" in output and "a: KILL at gate relative_error" in output
+
+
+def test_a_rung_is_archived_before_the_next_rung_runs(toy):
+    toy.rung("a")
+    toy.rung("b", hook="import pathlib\n    assert len(list(pathlib.Path('archive/a').glob('*/decision.json'))) == 1")
+    toy.pytester.runpytest().assert_outcomes(passed=10, failed=2)
+    assert toy.record(toy.runs("b")[0])["verdict"] == "KILL"
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_kill_fast_archives_exactly_one_decision_per_rung(toy, workers):
+    toy.rung("a")
+    toy.rung("b")
+    result = toy.pytester.runpytest_subprocess("--ladder-kill-fast", *workers)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    for name in ("a", "b"):
+        (run,) = toy.runs(name)
+        record = toy.record(run)
+        assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer=3-true_rank=8")
+    assert [line for line in result.outlines if line.startswith("archived: ")] == [
+        f"archived: archive/{name}/{toy.runs(name)[0].name}" for name in ("a", "b")]
