@@ -127,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         line = f"ladder_wall_s={memory}"
         if "offload" in summaries:
             offload = summaries["offload"]
+            walls = {p: {r["rung"]: r["wall_s"] for r in summaries[p]["rows"]} for p in ("memory", "offload")}
+            common = sorted(set(walls["memory"]) & set(walls["offload"]))
+            if set(walls["memory"]) == set(walls["offload"]):
+                ratio = offload["session_wall_s"] / memory
+            else:  # the offload phase ran fewer rungs: compare the same rungs (the first one carries the model load)
+                ratio = sum(walls["offload"][r] for r in common) / sum(walls["memory"][r] for r in common)
+                print(f"offload ratio over the rungs of both phases: {', '.join(common)}")
             peak = max([r.get("reserved_gib") or 0 for r in offload["rows"]] +
                        [(r.get("nvidia_smi_mib") or 0) / 1024 for r in offload["rows"]])
-            line += (f" offload_wall_ratio={offload['session_wall_s'] / memory:.3f}"
-                     f" peak_over_cap_gib={peak - parse_gib(args.cap):.2f}")
+            line += f" offload_wall_ratio={ratio:.3f} peak_over_cap_gib={peak - parse_gib(args.cap):.2f}"
         print(line)
     return 0
 
