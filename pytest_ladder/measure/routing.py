@@ -171,7 +171,7 @@ def effective_weight_grams(weights: torch.Tensor, idx: torch.Tensor, gates: torc
 
 def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None) -> int:
     """How many tokens' effective weights (out·in), Grams and their working copies (3·s²) fit in `max_bytes` of
-    float64 (None: the 1 GiB default), at least one."""
+    float64 (None: the 1 GiB default), at least one. The float64 copy of the experts themselves comes on top."""
     out_features, in_features = weights.shape[-2:]
     side = min(out_features, in_features)
     per_token = 8 * (out_features * in_features + 3 * side * side)
