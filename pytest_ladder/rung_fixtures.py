@@ -59,6 +59,10 @@ def rung_cache() -> Any:
     cache.clear()
     import sys
 
+    # a killed rung's last failure keeps its frames (and their GPU tensors) in sys.last_* for post-mortem debugging
+    # until the next test's call; --pdb has had them by now, so they go with the rung
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        sys.__dict__.pop(name, None)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         import gc
