@@ -4,8 +4,6 @@ Killed analytically when, on some layer, even the layer's most compressible matr
 share of its energy outside the budget rank: singular values are invariant under orthogonal maps (Eckart–Young).
 """
 
-from functools import cache
-
 import pytest
 
 from pytest_ladder import rung
@@ -22,36 +20,42 @@ def read(weights, layer):
     return [weights.experts(layer, p) for p in ("gate", "up", "down")]
 
 
-_held: dict = {}
+@pytest.fixture
+def held(rung_cache, ladder_weights):
+    """held.matrices(layer): one layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB; the previous layer's go
+    before the next's load); held.spectra(layer): each layer's spectra, kept for the rung. Both go when it ends."""
 
+    class Held:
+        def matrices(self, layer):
+            found = rung_cache.setdefault("matrices", {})
+            if layer not in found:
+                found.clear()
+                found[layer] = spectral.layer_matrices(*read(ladder_weights, layer))
+            return found[layer]
 
-def matrices(weights, layer):
-    """One layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB): the previous layer's go before the next's load."""
-    if (weights, layer) not in _held:
-        _held.clear()
-        _held[(weights, layer)] = spectral.layer_matrices(*read(weights, layer))
-    return _held[(weights, layer)]
+        def spectra(self, layer):
+            found = rung_cache.setdefault("spectra", {})
+            if layer not in found:
+                found[layer] = spectral.layer_spectra(*read(ladder_weights, layer))
+            return found[layer]
 
-
-@cache
-def spectra(weights, layer):
-    return spectral.layer_spectra(*read(weights, layer))
+    return Held()
 
 
 @pytest.fixture
-def layer(cell, prereg, ladder_weights, request):
+def layer(cell, prereg, ladder_weights, held, request):
     """The cell's layer on this model, with each matrix kind's budget rank (recorded in the decision's context)."""
     index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
     fraction = prereg.params["rank_fraction"]
-    ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in spectra(ladder_weights, index).items()}
+    ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in held.spectra(index).items()}
     record_cell(request.config, f"g0 {cell.id}", {"layer": index, "ranks": ranks})
     return index, ranks
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, prereg, ladder_weights):
+def test_trivial_pass(trap, prereg, ladder_weights, held):
     index = resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers)
-    mats, svs = matrices(ladder_weights, index), spectra(ladder_weights, index)
+    mats, svs = held.matrices(index), held.spectra(index)
     error = spectral.regauge_error(mats, {k: spectral.identity_regauge(w) for k, w in mats.items()}).value
     floor = spectral.regauge_floor(svs, {k: s.shape[-1] for k, s in svs.items()}).residual
     drift = max(spectral.singular_value_drift(w, spectral.identity_regauge(w)) for w in mats.values())
@@ -59,21 +63,21 @@ def test_trivial_pass(trap, prereg, ladder_weights):
 
 
 @ladder.prefilter("residual_at_budget")
-def test_residual_at_budget(cell, gate, ladder_weights, layer):
-    floor = spectral.regauge_floor(spectra(ladder_weights, layer[0]), layer[1])
-    series = {"layer_spectrum": [float(s) for s in spectra(ladder_weights, layer[0])["layer"][0, :64]]}
+def test_residual_at_budget(cell, gate, held, layer):
+    floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
+    series = {"layer_spectrum": [float(s) for s in held.spectra(layer[0])["layer"][0, :64]]}
     gate.check(floor.residual, at=floor.residual_at, per_kind=floor.per_kind, series=series)
 
 
 @ladder.prefilter("effective_rank")
-def test_effective_rank(cell, gate, ladder_weights, layer):
-    floor = spectral.regauge_floor(spectra(ladder_weights, layer[0]), layer[1])
+def test_effective_rank(cell, gate, held, layer):
+    floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
     gate.check(floor.effective_rank_ratio, at=floor.effective_rank_at, per_kind=floor.per_kind)
 
 
 @ladder.gate("regauge_error")
-def test_regauge_error(cell, gate, ladder_weights, ladder_seeds, layer):
-    mats, ranks = matrices(ladder_weights, layer[0]), layer[1]
+def test_regauge_error(cell, gate, held, ladder_seeds, layer):
+    mats, ranks = held.matrices(layer[0]), layer[1]
     best = spectral.regauge_error(mats, {k: spectral.best_regauge(w, ranks[k]) for k, w in mats.items()})
     tau = tau_floor(lambda seed: {k: spectral.random_regauge(w, ranks[k], seed) for k, w in mats.items()},
                     lambda regauges: spectral.regauge_error(mats, regauges).value, ladder_seeds)
@@ -81,8 +85,8 @@ def test_regauge_error(cell, gate, ladder_weights, ladder_seeds, layer):
 
 
 @ladder.trap("random_basis")
-def test_random_basis(trap, prereg, ladder_weights, ladder_seeds):
-    mats = matrices(ladder_weights, resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
+def test_random_basis(trap, prereg, ladder_weights, ladder_seeds, held):
+    mats = held.matrices(resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
     drift = max(spectral.singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), ladder_seeds[0]))
                 for w in mats.values())
     trap.check(drift)

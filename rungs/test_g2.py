@@ -4,8 +4,6 @@ Killed analytically when no rank tuple within the parameter budget can keep enou
 (Eckart–Young per mode), else by the truncated HOSVD at the budget's ranks against random factors.
 """
 
-from functools import cache, lru_cache
-
 import pytest
 
 from pytest_ladder import rung
@@ -16,59 +14,73 @@ from pytest_ladder.rung import record_cell
 ladder = rung("g2")
 
 
-@lru_cache(maxsize=1)
-def tensor(weights, projection):
-    return spectral.expert_tensor([weights.experts(layer, projection) for layer in range(weights.n_layers)],
-                                  projection)
+@pytest.fixture
+def g2(rung_cache, ladder_weights, prereg, ladder_seeds):
+    """The rung's tensors and fits per weight type, kept in rung_cache (the float64 expert tensor of OLMoE-1B-7B is
+    17 GB: one weight type at a time, and nothing left once the rung ends)."""
+    fraction, seeds = prereg.params["budget_fraction"], tuple(ladder_seeds)
 
+    class G2:
+        def tensor(self, projection):
+            found = rung_cache.setdefault("tensor", {})
+            if projection not in found:
+                found.clear()
+                found[projection] = spectral.expert_tensor(
+                    [ladder_weights.experts(layer, projection) for layer in range(ladder_weights.n_layers)],
+                    projection)
+            return found[projection]
 
-@cache
-def floor(weights, projection, fraction):
-    t = tensor(weights, projection)
-    return spectral.tucker_floor(t, int(fraction * t.numel()))
+        def floor(self, projection):
+            found = rung_cache.setdefault("floor", {})
+            if projection not in found:
+                t = self.tensor(projection)
+                found[projection] = spectral.tucker_floor(t, int(fraction * t.numel()))
+            return found[projection]
 
+        def hosvd_and_tau(self, projection):
+            found = rung_cache.setdefault("hosvd", {})
+            if projection not in found:
+                t, ranks = self.tensor(projection), self.floor(projection).ranks
+                tau = tau_floor(lambda seed: spectral.random_factors(t.shape, ranks, seed, device=t.device),
+                                lambda factors: spectral.projection_residual(t, factors), seeds)
+                found[projection] = (spectral.projection_residual(t, spectral.hosvd_factors(t, ranks)), tau)
+            return found[projection]
 
-@cache
-def hosvd_and_tau(weights, projection, fraction, seeds):
-    t, ranks = tensor(weights, projection), floor(weights, projection, fraction).ranks
-    tau = tau_floor(lambda seed: spectral.random_factors(t.shape, ranks, seed, device=t.device),
-                    lambda factors: spectral.projection_residual(t, factors), seeds)
-    return spectral.projection_residual(t, spectral.hosvd_factors(t, ranks)), tau
+    return G2()
 
 
 @pytest.fixture
-def weight(cell, prereg, ladder_weights, request):
+def weight(cell, g2, request):
     """The cell's weight type; the tensor's shape, budget and ranks are recorded in the decision's context."""
     projection = cell.params["weight"]
-    found = floor(ladder_weights, projection, prereg.params["budget_fraction"])
+    found = g2.floor(projection)
     record_cell(request.config, f"g2 {cell.id}", {
-        "shape": list(tensor(ladder_weights, projection).shape), "budget_params": found.budget_params,
+        "shape": list(g2.tensor(projection).shape), "budget_params": found.budget_params,
         "ranks": list(found.ranks), "mode_effective_ranks": list(found.mode_effective_ranks)})
     return projection
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, prereg, ladder_weights):
-    t = tensor(ladder_weights, prereg.hardest_cell.params["weight"])
+def test_trivial_pass(trap, prereg, g2):
+    t = g2.tensor(prereg.hardest_cell.params["weight"])
     trap.check(spectral.projection_residual(t, spectral.identity_factors(t.shape, device=t.device)))
 
 
 @ladder.prefilter("residual_at_budget")
-def test_residual_at_budget(cell, gate, prereg, ladder_weights, weight):
-    found = floor(ladder_weights, weight, prereg.params["budget_fraction"])
+def test_residual_at_budget(cell, gate, g2, weight):
+    found = g2.floor(weight)
     gate.check(found.residual, ranks=list(found.ranks), params=found.params, budget_params=found.budget_params,
                mode_effective_ranks=list(found.mode_effective_ranks),
-               series=spectral.mode_energy_curves(tensor(ladder_weights, weight)))
+               series=spectral.mode_energy_curves(g2.tensor(weight)))
 
 
 @ladder.gate("tucker_residual")
-def test_tucker_residual(cell, gate, prereg, ladder_weights, ladder_seeds, weight):
-    residual, tau = hosvd_and_tau(ladder_weights, weight, prereg.params["budget_fraction"], tuple(ladder_seeds))
-    gate.check(residual, tau=tau, ranks=list(floor(ladder_weights, weight, prereg.params["budget_fraction"]).ranks))
+def test_tucker_residual(cell, gate, g2, weight):
+    residual, tau = g2.hosvd_and_tau(weight)
+    gate.check(residual, tau=tau, ranks=list(g2.floor(weight).ranks))
 
 
 @ladder.trap("random_basis")
-def test_random_basis(trap, prereg, ladder_weights, ladder_seeds):
-    residual, tau = hosvd_and_tau(ladder_weights, prereg.hardest_cell.params["weight"],
-                                  prereg.params["budget_fraction"], tuple(ladder_seeds))
+def test_random_basis(trap, prereg, g2):
+    residual, tau = g2.hosvd_and_tau(prereg.hardest_cell.params["weight"])
     trap.check(tau.tau - residual, method=residual, best_random=tau.tau)
