@@ -24,6 +24,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pytest_ladder.files import fsync_dir, write_synced
+
 DECISION_VERDICTS = ("KILL", "PASS", "INVALID")
 RUN_VERDICTS = ("ABORTED", "PREFILTER_PASS", "PARTIAL")
 DECISION_FILE = "decision.json"
@@ -87,19 +89,6 @@ def _encode(name: str, content: str | bytes | dict | list) -> bytes:
     raise ArchiveError(f"{name}: cannot archive a {type(content).__name__}; give str, bytes or a dict")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | bytes | dict]) -> Path:
     """Atomically create `<archive_dir>/<rung>/<run_id>/` holding `files` (dicts as JSON); return the folder."""
     _check_name("rung", rung)
@@ -119,16 +108,13 @@ def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | 
         temp.mkdir()
         try:
             for name, data in payload.items():
-                with open(temp / name, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-            _fsync_dir(temp)
+                write_synced(temp / name, data)
+            fsync_dir(temp)
             os.rename(temp, final)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        _fsync_dir(rung_dir)
+        fsync_dir(rung_dir)
     return final
 
 

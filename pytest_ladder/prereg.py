@@ -1,6 +1,6 @@
 """The pre-registration `prereg/<rung>/tau.json` (protocol §2): its schema, loaded into frozen dataclasses.
 
-Every problem is a `PreregError` (a `pytest.UsageError`) naming the file, the field and the fix, e.g.
+Every problem is a `PreregError` naming the file, the field and the fix (the plugin shows it as a usage error), e.g.
 `prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). Fix the value
 and re-seal with: ladder seal prereg/g4/tau.json`. Unknown top-level fields are errors too: a typo must not pass
 silently. Rules (decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_ladder.expr import Expr, ExprError, parse_expr
+from pytest_ladder.files import display_path
 
 REQUIRED = (
     "claim", "metric", "data_points", "random_seeds", "decision_threshold", "tau_margin", "model", "tasks", "cells",
@@ -34,7 +33,7 @@ RULE_NAMES = frozenset({"value", "error", "tau", "margin"})  # `error` is an ali
 TRAP_OBSERVED = "observed"
 
 
-class PreregError(pytest.UsageError):
+class PreregError(Exception):
     """Bad prereg content; the message names the file, the field and the fix."""
 
 
@@ -384,16 +383,6 @@ class _Reader:
                                         f"\"observed > method\" (got {spec!r})")
             traps[name] = TrapSpec(name, expect, note)
         return traps
-
-
-def display_path(path: Path, root: Path | None) -> str:
-    """`path` relative to `root` when it lies under it (POSIX separators), else as given."""
-    if root is not None:
-        try:
-            return path.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
-    return str(path)
 
 
 def load_prereg(path: Path | str, *, root: Path | None = None) -> Prereg:

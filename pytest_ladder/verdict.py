@@ -54,6 +54,33 @@ class Plan:
                       "requires": tuple(data.get("requires", ()))})
 
 
+def build_plan(
+    rung: str,
+    prereg_path: str,
+    items: list[PlannedItem],
+    *,
+    gates: set[str],
+    traps: set[str],
+    prefilters: set[str],
+    cells: set[str],
+    requires: tuple[str, ...] = (),
+) -> Plan:
+    """The plan of one rung from its selected items (kill-fast order): complete when every declared gate, trap and
+    prefilter is selected, on every prereg cell when it takes one; only_prefilters when exactly the prefilters are."""
+    covered: dict[tuple[str, str], set] = {}
+    for item in items:
+        covered.setdefault((item.kind, item.name), set()).add(item.cell)
+
+    def covers(kind: str, names: set[str]) -> bool:
+        return all((kind, n) in covered and (covered[(kind, n)] == {None} or covered[(kind, n)] >= cells)
+                   for n in names)
+
+    complete = covers("gate", gates) and covers("trap", traps) and covers("prefilter", prefilters)
+    only_prefilters = bool(prefilters) and covers("prefilter", prefilters) and all(
+        kind == "prefilter" for kind, _ in covered)
+    return Plan(rung, prereg_path, list(items), complete, only_prefilters, tuple(requires))
+
+
 @dataclass
 class Outcome:
     """What happened to one item: pytest's outcome plus what `gate.check` / `trap.check` recorded."""
