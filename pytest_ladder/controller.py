@@ -25,6 +25,7 @@ import pytest
 
 from pytest_ladder.files import display_path
 from pytest_ladder.options import ladder_options
+from pytest_ladder.records import fmt, killed_by_sentence
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY
 from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, is_worker, ladder_state
 
@@ -239,11 +240,11 @@ class LadderSession:
             tr.write_line(_verdict_line(record), red=record["verdict"] in ("KILL", "INVALID"),
                           green=record["verdict"] == "PASS", bold=True)
             rows = [
-                [g["kind"], g["name"], g["cell"] or "", _fmt(g["value"]), f"{g['op'] or ''} {_fmt(g['threshold'])}",
-                 _fmt((g["tau"] or {}).get("tau")), g["outcome"]]
+                [g["kind"], g["name"], g["cell"] or "", fmt(g["value"]), f"{g['op'] or ''} {fmt(g['threshold'])}",
+                 fmt((g["tau"] or {}).get("tau")), g["outcome"]]
                 for g in record["gates"]
             ] + [
-                ["trap", t["name"], t["cell"] or "", _fmt(t["observed"]), t["expected"] or "", "",
+                ["trap", t["name"], t["cell"] or "", fmt(t["observed"]), t["expected"] or "", "",
                  {True: "fired as declared", False: "FIRED WRONG", None: t["outcome"]}[t["fired_as_declared"]]]
                 for t in record["traps"]
             ]
@@ -271,13 +272,11 @@ def _verdict_line(record: dict) -> str:
     line = f"{record['rung']}: {record['verdict']}"
     killed, invalid = record["killed_by"], record["invalid_because"]
     if killed and killed["kind"] == "requires":
-        line += f" by the ladder rule ({killed['message']})"
+        line += f" by the ladder rule ({killed_by_sentence(killed)})"
     elif killed:
-        cell = f" @ {killed['cell']}" if killed["cell"] else ""
-        line += f" at {killed['kind']} {killed['name']}{cell}: {_fmt(killed['value'])} vs {killed['op']} " \
-                f"{_fmt(killed['threshold'])}"
+        line += f" at {killed['kind']} {killed_by_sentence(killed)}"
         if killed.get("tau"):
-            line += f" (tau {_fmt(killed['tau']['tau'])}, rule {killed['tau']['rule']})"
+            line += f" (tau {fmt(killed['tau']['tau'])}, rule {killed['tau']['rule']})"
     elif invalid:
         line += f" ({invalid['kind']} {invalid['name']}: {(invalid['message'] or '').splitlines()[0][:200]})"
     if record["kind"] == "replication":
@@ -312,13 +311,3 @@ def _load_for_controller(config: pytest.Config, plan: Any) -> Any:
         raise pytest.UsageError(str(error)) from None
     ladder_state(config).preregs[plan.rung] = loaded
     return loaded
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-

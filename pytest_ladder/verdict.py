@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_ladder.records import GateRecord, TrapRecord
+
 KILL, PASS, INVALID = "KILL", "PASS", "INVALID"
 ABORTED, PREFILTER_PASS, PARTIAL = "ABORTED", "PREFILTER_PASS", "PARTIAL"
 DECISIONS = (KILL, PASS, INVALID)
@@ -197,16 +199,9 @@ def _failed_records(out: Outcome) -> list[dict]:
 
 
 def _kill_row(record: dict, out: Outcome) -> dict:
-    return {
-        "kind": record["kind"],
-        "name": record["name"],
-        "cell": record["cell"],
-        "value": record["value"],
-        "op": record["op"],
-        "threshold": record["threshold"],
-        "tau": record["tau"],
-        "message": out.message,
-    }
+    gate = GateRecord.from_dict(record)
+    return {"kind": gate.kind, "name": gate.name, "cell": gate.cell, "value": gate.value, "op": gate.op,
+            "threshold": gate.threshold, "tau": gate.tau, "message": out.message}
 
 
 def jsonable(value: Any) -> Any:
@@ -228,30 +223,13 @@ def gate_rows(plan: Plan, outcomes: dict[str, Outcome], kind: str) -> list[dict]
         if is_trap != (kind == "trap"):
             continue
         out = outcomes.get(item.nodeid, Outcome())
-        base = {"name": item.name, "cell": item.cell}
-        records = [r for r in out.records if (r["kind"] == "trap") == is_trap]
+        measured = next((r for r in out.records if (r["kind"] == "trap") == is_trap), {})
+        ended = {"name": item.name, "cell": item.cell, "outcome": out.outcome, "nodeid": item.nodeid,
+                 "duration_s": out.duration_s, "message": out.message}
         if is_trap:
-            record = records[0] if records else {}
-            base |= {
-                "expected": record.get("expected"),
-                "observed": record.get("observed"),
-                "refs": record.get("refs", {}),
-                "fired_as_declared": record.get("fired_as_declared"),
-            }
+            rows.append(TrapRecord.from_dict({**measured, **ended}).row())
         else:
-            record = records[0] if records else {}
-            base |= {
-                "kind": item.kind,
-                "value": record.get("value"),
-                "op": record.get("op"),
-                "threshold": record.get("threshold"),
-                "passed": record.get("passed"),
-                "tau": record.get("tau"),
-                "series": record.get("series"),
-                "extra": record.get("extra", {}),
-            }
-        base |= {"outcome": out.outcome, "nodeid": item.nodeid, "duration_s": out.duration_s, "message": out.message}
-        rows.append(base)
+            rows.append(GateRecord.from_dict({**measured, **ended, "kind": item.kind}).row())
     return rows
 
 
