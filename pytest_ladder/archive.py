@@ -26,8 +26,6 @@ from filelock import FileLock
 
 from pytest_ladder.files import fsync_dir, write_synced
 
-DECISION_VERDICTS = ("KILL", "PASS", "INVALID")
-RUN_VERDICTS = ("ABORTED", "PREFILTER_PASS", "PARTIAL")
 DECISION_FILE = "decision.json"
 RUN_FILE = "run.json"
 TMP_PREFIX = ".tmp-"

@@ -160,7 +160,7 @@ class LadderSession:
             self._archive(name, state.plans[name], aborted=state.aborted)
 
     def _archive(self, name: str, plan: Any, aborted: str | None = None) -> None:
-        from pytest_ladder.archive import new_run_id, write_run
+        from pytest_ladder.archive import DECISION_FILE, RUN_FILE, new_run_id, write_run
         from pytest_ladder.binding import rung_seeds
         from pytest_ladder.model_choice import rung_model
         from pytest_ladder.postmortem import render_plots, render_postmortem
@@ -217,7 +217,7 @@ class LadderSession:
             context={k: v for k, v in state.context.items() if k not in ("model", "data")},
         )
         plots = render_plots(record)
-        files: dict[str, Any] = {"decision.json" if verdict.is_decision else "run.json": record}
+        files: dict[str, Any] = {DECISION_FILE if verdict.is_decision else RUN_FILE: record}
         if record["traps"]:
             files["trap_results.json"] = {"rung": name, "run_id": run_id, "verdict": verdict.verdict,
                                           "traps": record["traps"]}

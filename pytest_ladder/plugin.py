@@ -178,12 +178,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Any:
     """`pytest archive/`: archived runs collect as items that mirror their verdict (pytest_ladder.replay)."""
-    if file_path.name == "decision.json":
-        from pytest_ladder.replay import collect_decision_file
+    if file_path.name not in ("decision.json", "run.json"):  # archive.DECISION_FILE, archive.RUN_FILE
+        return None
+    from pytest_ladder.replay import collect_record_file
 
-        return collect_decision_file(file_path, parent)
-    if file_path.name == "run.json":
-        from pytest_ladder.replay import collect_run_file
-
-        return collect_run_file(file_path, parent)
-    return None
+    return collect_record_file(file_path, parent)

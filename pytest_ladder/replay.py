@@ -5,7 +5,7 @@ Each decision.json becomes one item per gate row (`gate:<name>[<cell>]`, `prefil
 a trap that did not fire as declared fails with expected vs observed, rows that did not run are skipped. Each
 run.json (ABORTED, PARTIAL, PREFILTER_PASS) becomes one skipped item. Items carry the `gate`/`trap` (and
 `analytical`) markers, so `-m gate` selects on replay as on a live run. The plugin's pytest_collect_file calls
-`collect_decision_file` / `collect_run_file`; the archive itself is only read.
+`collect_record_file`; the archive itself is only read.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_ladder.archive import TMP_PREFIX, ArchiveError, read_record
+from pytest_ladder.archive import DECISION_FILE, RUN_FILE, TMP_PREFIX, ArchiveError, read_record
 from pytest_ladder.postmortem import postmortem_lines_for, rule_text
 from pytest_ladder.records import GateRecord, TrapRecord, fmt, where
 
@@ -172,16 +172,10 @@ class ArchivedRunItem(_ArchivedItem):
         raise AssertionError("unreachable: an archived run.json item is always skipped")  # pragma: no cover
 
 
-def collect_decision_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
-    """pytest_collect_file helper: a DecisionFile for an archived decision.json, when replay_requested."""
-    if file_path.name != "decision.json" or not replay_requested(file_path, parent.config):
+def collect_record_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
+    """pytest_collect_file helper: a DecisionFile for an archived decision.json, a RunFile for a run.json, when
+    replay_requested; None for any other file."""
+    kind = {DECISION_FILE: DecisionFile, RUN_FILE: RunFile}.get(file_path.name)
+    if kind is None or not replay_requested(file_path, parent.config):
         return None
-    return DecisionFile.from_parent(parent, path=file_path)
-
-
-def collect_run_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
-    """pytest_collect_file helper: a RunFile for an archived run.json, when replay_requested."""
-    if file_path.name != "run.json" or not replay_requested(file_path, parent.config):
-        return None
-    return RunFile.from_parent(parent, path=file_path)
-
+    return kind.from_parent(parent, path=file_path)

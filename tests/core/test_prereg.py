@@ -220,7 +220,7 @@ def test_nan_threshold_message_is_exact(tmp_path, g4, write_prereg):
     )
 
 
-@pytest.mark.parametrize("module", ["prereg", "expr", "files", "archive", "postmortem", "scoreboard", "records"])
+@pytest.mark.parametrize("module", ["prereg", "expr", "files", "archive", "postmortem", "scoreboard", "records", "prereg_types"])
 def test_the_data_layer_imports_no_pytest(module):
     """PreregError is a plain exception (the plugin shows it as a usage error), so the prereg, archive and report
     modules stand without pytest."""
