@@ -32,6 +32,7 @@ TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 LOCK_TIMEOUT_S = 120.0
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
+_RUN_TIME = re.compile(r"(\d{8}T\d{6})(?:\.(\d{3}))?Z")
 
 
 class ArchiveError(RuntimeError):
@@ -60,6 +61,16 @@ def new_run_id(now: datetime | None = None) -> str:
     sort by time — two runs of one rung within a second too — and never collide."""
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def run_time(run_id: str) -> datetime | None:
+    """When a run id was made (UTC, to the millisecond where the id has them; ids before milliseconds to the second),
+    or None for an id of another shape."""
+    match = _RUN_TIME.match(run_id)
+    if match is None:
+        return None
+    stamp = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return stamp.replace(microsecond=int(match.group(2) or 0) * 1000)
 
 
 def _check_name(what: str, name: str) -> None:

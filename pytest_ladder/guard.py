@@ -7,6 +7,7 @@ prereg and model, and the verdict of each required rung. `rung_guard` looks thos
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ class Guard:
     """Result of the launch checks of one rung."""
 
     refused: str | None = None
+    decided_in_session: str | None = None  # the verdict this session already archived for the rung (xdist)
     requires_killed: dict | None = None
     requires: dict = field(default_factory=dict)
     replication_of: str | None = None
@@ -58,7 +60,7 @@ def launch_guard(
 
 def rung_guard(config: pytest.Config, bound: Any) -> Guard:
     """The launch guard of rung module `bound` (rung.Rung), looked up once per process."""
-    from pytest_ladder.archive import find_decision, latest_decision
+    from pytest_ladder.archive import find_decision, latest_decision, run_time
     from pytest_ladder.binding import bound_prereg
     from pytest_ladder.files import display_path
     from pytest_ladder.model_choice import rung_model
@@ -78,10 +80,14 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
         return display_path(path, config.invocation_params.dir, config.rootpath)
 
     decided = requires = None
+    in_session = None
     if status.ok:
         found = find_decision(options.archive_dir, bound.name, status.expected, model)
-        decided = None if found is None else {"verdict": found.record["verdict"], "where": shown(found.path),
-                                              "run_id": found.record["run_id"]}
+        written = None if found is None else run_time(found.run_id)
+        if written is not None and written >= datetime.fromtimestamp(state.started, tz=timezone.utc):
+            in_session = found.record["verdict"]  # decided by this session's controller while this worker ran others
+        elif found is not None:
+            decided = {"verdict": found.record["verdict"], "where": shown(found.path), "run_id": found.record["run_id"]}
         requires = {}
         for required in loaded.requires:
             if required in state.killed_in_session:
@@ -96,5 +102,6 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
     guard = launch_guard(prereg_path=loaded.display_path, seal_ok=status.ok, seal_message=status.message,
                          seal=status.expected or "", model=model, decided=decided, replicate=options.replicate,
                          requires=requires or {})
+    guard.decided_in_session = in_session
     state.guards[bound.name] = guard
     return guard
