@@ -24,14 +24,15 @@ from pathlib import Path
 
 from filelock import FileLock
 
-DECISION_VERDICTS = ("KILL", "PASS", "INVALID")
-RUN_VERDICTS = ("ABORTED", "PREFILTER_PASS", "PARTIAL")
+from pytest_ladder.files import fsync_dir, write_synced
+
 DECISION_FILE = "decision.json"
 RUN_FILE = "run.json"
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 LOCK_TIMEOUT_S = 120.0
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
+_RUN_TIME = re.compile(r"(\d{8}T\d{6})(?:\.(\d{3}))?Z")
 
 
 class ArchiveError(RuntimeError):
@@ -62,6 +63,16 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
+def run_time(run_id: str) -> datetime | None:
+    """When a run id was made (UTC, to the millisecond where the id has them; ids before milliseconds to the second),
+    or None for an id of another shape."""
+    match = _RUN_TIME.match(run_id)
+    if match is None:
+        return None
+    stamp = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return stamp.replace(microsecond=int(match.group(2) or 0) * 1000)
+
+
 def _check_name(what: str, name: str) -> None:
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise ArchiveError(
@@ -87,19 +98,6 @@ def _encode(name: str, content: str | bytes | dict | list) -> bytes:
     raise ArchiveError(f"{name}: cannot archive a {type(content).__name__}; give str, bytes or a dict")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | bytes | dict]) -> Path:
     """Atomically create `<archive_dir>/<rung>/<run_id>/` holding `files` (dicts as JSON); return the folder."""
     _check_name("rung", rung)
@@ -119,16 +117,13 @@ def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | 
         temp.mkdir()
         try:
             for name, data in payload.items():
-                with open(temp / name, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-            _fsync_dir(temp)
+                write_synced(temp / name, data)
+            fsync_dir(temp)
             os.rename(temp, final)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
-        _fsync_dir(rung_dir)
+        fsync_dir(rung_dir)
     return final
 
 

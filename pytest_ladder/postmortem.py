@@ -18,19 +18,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_ladder.records import GateRecord, fmt, killed_by_sentence
+
 POSTMORTEM_FILE = "postmortem.md"
-FAILED_OUTCOMES = ("failed", "error")
-
-
-def fmt(value: Any) -> str:
-    """Numbers to 6 significant digits, None as empty, everything else as text."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def rule_text(op: str | None, threshold: Any) -> str:
@@ -44,7 +34,7 @@ def gate_heading(name: str, cell: str | None) -> str:
 
 
 def _failed(row: dict) -> bool:
-    return row.get("outcome") in FAILED_OUTCOMES or row.get("passed") is False
+    return GateRecord.from_dict(row).failed
 
 
 def _tau_cell(tau: dict | None) -> str:
@@ -68,8 +58,8 @@ def _verdict_section(record: dict) -> list[str]:
         return [(f"**KILL by the ladder rule**: {killed.get('message') or 'a required rung was KILLED'}. "
                  "No forward pass was spent.")]
     if verdict == "KILL" and killed:
-        line = (f"**KILL** at {killed.get('kind', 'gate')} {_where(killed)}: value {fmt(killed.get('value'))} "
-                f"against the locked rule `value {rule_text(killed.get('op'), killed.get('threshold'))}`")
+        line = (f"**KILL** at {killed.get('kind', 'gate')} {killed_by_sentence(killed)} (locked rule "
+                f"`value {rule_text(killed.get('op'), killed.get('threshold'))}`)")
         tau = killed.get("tau")
         if tau:
             line += (f"; τ floor {fmt(tau.get('tau'))} (margin {fmt(tau.get('margin'))}, rule `{tau.get('rule')}`, "

@@ -1,6 +1,7 @@
-"""The pre-registration `prereg/<rung>/tau.json` (protocol §2): its schema, loaded into frozen dataclasses.
+"""The pre-registration `prereg/<rung>/tau.json` (protocol §2): its schema, read into the frozen dataclasses of
+prereg_types.py.
 
-Every problem is a `PreregError` (a `pytest.UsageError`) naming the file, the field and the fix, e.g.
+Every problem is a `PreregError` naming the file, the field and the fix (the plugin shows it as a usage error), e.g.
 `prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). Fix the value
 and re-seal with: ladder seal prereg/g4/tau.json`. Unknown top-level fields are errors too: a typo must not pass
 silently. Rules (decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
@@ -13,130 +14,15 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pytest_ladder.expr import Expr, ExprError, parse_expr
-
-REQUIRED = (
-    "claim", "metric", "data_points", "random_seeds", "decision_threshold", "tau_margin", "model", "tasks", "cells",
-    "hardest_cell", "gates", "traps",
+from pytest_ladder.files import display_path
+from pytest_ladder.prereg_types import (  # noqa: F401  (re-exported: the prereg's public types live here too)
+    ALLOWED, GATE_KEYS, GATE_OPS, OPTIONAL, REQUIRED, RULE_NAMES, TRAP_KEYS, TRAP_OBSERVED, Cell, GateSpec, Prereg,
+    PreregError, TrapSpec, format_number,
 )
-OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "seal")
-ALLOWED = REQUIRED + OPTIONAL
-GATE_OPS = ("<", "<=", ">", ">=")
-GATE_KEYS = ("op", "threshold", "note", "vs_tau")
-TRAP_KEYS = ("expect", "note")
-RULE_NAMES = frozenset({"value", "error", "tau", "margin"})  # `error` is an alias of `value`
-TRAP_OBSERVED = "observed"
-
-
-class PreregError(pytest.UsageError):
-    """Bad prereg content; the message names the file, the field and the fix."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One unit of evaluation; `id` is the explicit "id" or "k=v" pairs joined with "-" in the prereg's key order."""
-
-    id: str
-    params: dict
-
-    def __str__(self) -> str:
-        return self.id
-
-
-@dataclass(frozen=True)
-class GateSpec:
-    """A gate's locked rule: `value <op> threshold`; `vs_tau` gates must also beat the τ floor by the margin."""
-
-    name: str
-    op: str
-    threshold: float
-    vs_tau: bool = False
-    note: str | None = None
-
-    def passes(self, value: float) -> bool:
-        """`value <op> threshold`; NaN never passes."""
-        value = float(value)
-        if math.isnan(value):
-            return False
-        return {
-            "<": value < self.threshold,
-            "<=": value <= self.threshold,
-            ">": value > self.threshold,
-            ">=": value >= self.threshold,
-        }[self.op]
-
-    def describe(self) -> str:
-        """The rule as text, e.g. "value <= 0.1"."""
-        return f"value {self.op} {format_number(self.threshold)}"
-
-
-@dataclass(frozen=True)
-class TrapSpec:
-    """A trap's declared outcome: a comparison over `observed` and the references the trap test supplies."""
-
-    name: str
-    expect: Expr
-    note: str | None = None
-
-    def check(self, observed: float, refs: dict[str, float]) -> bool:
-        """True when the trap fired as declared (ExprError if the expectation names a reference not given)."""
-        return bool(self.expect.evaluate({**refs, TRAP_OBSERVED: observed}))
-
-
-@dataclass(frozen=True)
-class Prereg:
-    """A validated prereg. Treat `raw`, `params` and the dicts as read-only: load_prereg caches and shares them."""
-
-    path: Path
-    display_path: str
-    rung: str
-    claim: str
-    metric: str
-    data_points: int
-    seeds: list[int] | None  # the explicit seed list, or None: derive n_seeds seeds from the seal
-    n_seeds: int
-    decision_threshold: Expr
-    tau_margin: float
-    model: str
-    tasks: tuple[str, ...]
-    cells: tuple[Cell, ...]
-    hardest_cell: Cell
-    gates: dict[str, GateSpec]
-    traps: dict[str, TrapSpec]
-    prefilters: dict[str, GateSpec]
-    requires: tuple[str, ...]
-    params: dict
-    theorems: tuple[str, ...]
-    label: str | None
-    seal: str | None
-    raw: dict
-    notes: str | None = None
-
-    def cell(self, id: str) -> Cell:
-        """The cell with this id (KeyError listing the cells otherwise)."""
-        for cell in self.cells:
-            if cell.id == id:
-                return cell
-        raise KeyError(f"no cell {id!r} in {self.display_path}; its cells are: {', '.join(c.id for c in self.cells)}")
-
-    def beats_tau(self, value: float, tau: float) -> bool:
-        """Evaluate the locked decision_threshold with value (alias error), tau and margin = tau_margin."""
-        env = {"value": value, "error": value, "tau": tau, "margin": self.tau_margin}
-        return bool(self.decision_threshold.evaluate(env))
-
-
-def format_number(value: float) -> str:
-    """Short exact-enough text for a threshold: 0 -> "0", 0.1 -> "0.1", 1e-07 -> "1e-07"."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
-
 
 def _shown(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, Path) else str(value)
@@ -384,16 +270,6 @@ class _Reader:
                                         f"\"observed > method\" (got {spec!r})")
             traps[name] = TrapSpec(name, expect, note)
         return traps
-
-
-def display_path(path: Path, root: Path | None) -> str:
-    """`path` relative to `root` when it lies under it (POSIX separators), else as given."""
-    if root is not None:
-        try:
-            return path.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            pass
-    return str(path)
 
 
 def load_prereg(path: Path | str, *, root: Path | None = None) -> Prereg:

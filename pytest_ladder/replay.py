@@ -5,7 +5,7 @@ Each decision.json becomes one item per gate row (`gate:<name>[<cell>]`, `prefil
 a trap that did not fire as declared fails with expected vs observed, rows that did not run are skipped. Each
 run.json (ABORTED, PARTIAL, PREFILTER_PASS) becomes one skipped item. Items carry the `gate`/`trap` (and
 `analytical`) markers, so `-m gate` selects on replay as on a live run. The plugin's pytest_collect_file calls
-`collect_decision_file` / `collect_run_file`; the archive itself is only read.
+`collect_record_file`; the archive itself is only read.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from pytest_ladder.archive import TMP_PREFIX, ArchiveError, read_record
-from pytest_ladder.postmortem import fmt, postmortem_lines_for, rule_text
+from pytest_ladder.archive import DECISION_FILE, RUN_FILE, TMP_PREFIX, ArchiveError, read_record
+from pytest_ladder.postmortem import postmortem_lines_for, rule_text
+from pytest_ladder.records import GateRecord, TrapRecord, fmt, where
 
 SKIPPED_OUTCOMES = ("skipped", "not run")
 MAX_DEPTH = 2  # <archive>/<rung>/<run-id>/decision.json: an argument at most two folders above the record
@@ -116,29 +117,25 @@ class ArchivedGate(_ArchivedItem):
     """A gate (or prefilter) row of an archived decision."""
 
     def runtest(self) -> None:
-        row, record = self.row, self.record
-        failed = row.get("outcome") in ("failed", "error") or row.get("passed") is False
-        if not failed:
+        gate, record = GateRecord.from_dict(self.row), self.record
+        if not gate.failed:
             return
         killed = record.get("killed_by") or {}
-        is_killer = killed.get("name") == row["name"] and killed.get("cell") == row.get("cell") and \
-            killed.get("kind") == row.get("kind", "gate")
-        where = row["name"] + (f" @ {row['cell']}" if row.get("cell") else "")
+        is_killer = (killed.get("name"), killed.get("cell"), killed.get("kind")) == (gate.name, gate.cell, gate.kind)
         lines = [
             f"archived {record.get('verdict')} of {self._run}: {self.path}",
-            f"{row.get('kind', 'gate')} {where}: outcome {row.get('outcome')}"
+            f"{gate.kind} {where(gate.name, gate.cell)}: outcome {gate.outcome}"
             + (" — this gate KILLED the claim" if is_killer and record.get("verdict") == "KILL" else ""),
         ]
-        if row.get("value") is not None:
-            rule = rule_text(row.get("op"), row.get("threshold"))
-            lines.append(f"value {fmt(row['value'])} against the locked rule value {rule}")
-        tau = row.get("tau")
-        if tau:
+        if gate.value is not None:
+            lines.append(f"value {fmt(gate.value)} against the locked rule value {rule_text(gate.op, gate.threshold)}")
+        if gate.tau:
+            tau = gate.tau
             lines.append(f"τ floor {fmt(tau.get('tau'))}, margin {fmt(tau.get('margin'))}, rule {tau.get('rule')}: "
                          f"beaten {fmt(tau.get('beats'))}")
-        if row.get("outcome") == "error" and row.get("message"):
-            lines.append(f"error: {row['message'].strip()}")
-        section = postmortem_lines_for(self.path.parent, row["name"], row.get("cell"))
+        if gate.outcome == "error" and gate.message:
+            lines.append(f"error: {gate.message.strip()}")
+        section = postmortem_lines_for(self.path.parent, gate.name, gate.cell)
         if section:
             lines += ["", f"from {self.path.parent / 'postmortem.md'}:", section]
         raise ReplayFailure("\n".join(lines))
@@ -148,18 +145,17 @@ class ArchivedTrap(_ArchivedItem):
     """A trap row of an archived run: fails unless it fired as declared."""
 
     def runtest(self) -> None:
-        row = self.row
-        fired = row.get("fired_as_declared")
-        if fired is False or row.get("outcome") in ("failed", "error"):
-            refs = ", ".join(f"{k}={fmt(v)}" for k, v in (row.get("refs") or {}).items())
-            what = "did not fire as declared" if fired is False else f"test {row.get('outcome')}"
+        trap = TrapRecord.from_dict(self.row)
+        if trap.failed:
+            refs = ", ".join(f"{k}={fmt(v)}" for k, v in trap.refs.items())
+            what = "did not fire as declared" if trap.fired_as_declared is False else f"test {trap.outcome}"
             lines = [
                 f"archived {self.record.get('verdict')} of {self._run}: {self.path}",
-                f"trap {row['name']} {what}: expected {row.get('expected')}, observed "
-                f"{fmt(row.get('observed'))}" + (f" ({refs})" if refs else ""),
+                f"trap {trap.name} {what}: expected {trap.expected}, observed {fmt(trap.observed)}"
+                + (f" ({refs})" if refs else ""),
             ]
-            if row.get("message"):
-                lines.append(row["message"].strip())
+            if trap.message:
+                lines.append(trap.message.strip())
             raise ReplayFailure("\n".join(lines))
 
 
@@ -176,16 +172,10 @@ class ArchivedRunItem(_ArchivedItem):
         raise AssertionError("unreachable: an archived run.json item is always skipped")  # pragma: no cover
 
 
-def collect_decision_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
-    """pytest_collect_file helper: a DecisionFile for an archived decision.json, when replay_requested."""
-    if file_path.name != "decision.json" or not replay_requested(file_path, parent.config):
+def collect_record_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
+    """pytest_collect_file helper: a DecisionFile for an archived decision.json, a RunFile for a run.json, when
+    replay_requested; None for any other file."""
+    kind = {DECISION_FILE: DecisionFile, RUN_FILE: RunFile}.get(file_path.name)
+    if kind is None or not replay_requested(file_path, parent.config):
         return None
-    return DecisionFile.from_parent(parent, path=file_path)
-
-
-def collect_run_file(file_path: Path, parent: pytest.Collector) -> pytest.File | None:
-    """pytest_collect_file helper: a RunFile for an archived run.json, when replay_requested."""
-    if file_path.name != "run.json" or not replay_requested(file_path, parent.config):
-        return None
-    return RunFile.from_parent(parent, path=file_path)
-
+    return kind.from_parent(parent, path=file_path)

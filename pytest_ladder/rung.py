@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import pytest
 
+from pytest_ladder.records import GateRecord, TrapRecord
+
 RECORD_KEY = "ladder_record"  # user_properties key of a gate/trap measurement
 ITEM_KEY = "ladder_item"  # user_properties key describing the item (rung, kind, name, cell)
 CONTEXT_KEY = "ladder_context"  # user_properties key carrying model/data identity recorded by fixtures
@@ -154,20 +156,10 @@ class GateCheck:
         tau_row = None if tau is None else _tau_record(tau, self.prereg, value)
         passed = bool(self.spec.passes(value)) and (tau_row is None or tau_row["beats"])
         cell_id = getattr(self.cell, "id", None)
-        record = {
-            "kind": self.kind,
-            "name": self.name,
-            "cell": cell_id,
-            "value": value,
-            "op": self.spec.op,
-            "threshold": self.spec.threshold,
-            "passed": passed,
-            "tau": tau_row,
-            "series": series,
-            "extra": extra or {},
-        }
+        record = GateRecord(self.name, cell_id, self.kind, value, self.spec.op, self.spec.threshold, passed, tau_row,
+                            series, extra or {})
         self.checked = True
-        self._item.user_properties.append((RECORD_KEY, record))
+        self._item.user_properties.append((RECORD_KEY, record.measurement()))
         if not passed:
             where = f" @ {cell_id}" if cell_id else ""
             reason = f"value {value:.6g} fails {self.spec.describe()}"
@@ -197,17 +189,9 @@ class TrapCheck:
         refs = {key: _finite(v, f"trap {self.name!r} reference {key!r}") for key, v in refs.items()}
         fired = bool(self.spec.check(observed, refs))
         cell_id = getattr(self.cell, "id", None)
-        record = {
-            "kind": "trap",
-            "name": self.name,
-            "cell": cell_id,
-            "expected": self.spec.expect.text,
-            "observed": observed,
-            "refs": refs,
-            "fired_as_declared": fired,
-        }
+        record = TrapRecord(self.name, cell_id, self.spec.expect.text, observed, refs, fired)
         self.checked = True
-        self._item.user_properties.append((RECORD_KEY, record))
+        self._item.user_properties.append((RECORD_KEY, record.measurement()))
         if not fired:
             where = f" @ {cell_id}" if cell_id else ""
             shown = ", ".join(f"{k}={v:.6g}" for k, v in refs.items())

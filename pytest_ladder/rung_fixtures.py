@@ -84,13 +84,6 @@ def _cache(config: pytest.Config) -> dict:
     return config.stash.setdefault(_cache_key, {})
 
 
-def _model_name(request: pytest.FixtureRequest) -> str:
-    from pytest_ladder.models.loading import EMBEDDED
-    from pytest_ladder.plugin import session_model
-
-    return session_model(request.config, EMBEDDED)
-
-
 @pytest.fixture
 def ladder_weights(request: pytest.FixtureRequest) -> Any:
     """The rung's model as a lazy safetensors view (pytest_ladder.models.checkpoint.Checkpoint): no forward pass.
@@ -98,11 +91,11 @@ def ladder_weights(request: pytest.FixtureRequest) -> Any:
     Tensors are delivered on this process's device, the model's (--ladder-device; under xdist each worker its own
     GPU), so spectra of a full-size model run on the GPU.
     """
-    from pytest_ladder.fixtures import process_device
+    from pytest_ladder.fixtures import process_device, session_model_name
     from pytest_ladder.models.checkpoint import Checkpoint
     from pytest_ladder.models.loading import ModelLoadError, resolve_source
 
-    name = _model_name(request)
+    name = session_model_name(request.config)
     cache = _cache(request.config)
     if ("weights", name) not in cache:
         try:

@@ -19,8 +19,8 @@ from tabulate import tabulate
 
 from pytest_ladder.archive import ArchivedRun, ArchiveError, iter_runs
 from pytest_ladder.ordering import natural_key
-from pytest_ladder.postmortem import fmt, seed_agreement
-from pytest_ladder.prereg import GateSpec
+from pytest_ladder.postmortem import seed_agreement
+from pytest_ladder.records import killed_by_sentence, where
 
 STATUS = {
     "KILL": "KILLED",
@@ -30,7 +30,6 @@ STATUS = {
     "ABORTED": "aborted",
     "PARTIAL": "partial",
 }
-NEGATED = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
 START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
 COLUMNS = ("rung", "claim", "status", "verdict", "killed_by", "seeds", "model", "date", "run_id", "replications",
            "theorems")
@@ -44,19 +43,11 @@ def killed_by_text(record: dict) -> str:
     """What decided against the claim, e.g. "activation_error @ layer=3-task=text: 0.31 > 0.2"."""
     killed, invalid = record.get("killed_by"), record.get("invalid_because")
     if killed:
-        if killed.get("kind") == "requires":
-            return f"requires {killed.get('name')} (KILLED)"
-        where = str(killed.get("name")) + (f" @ {killed['cell']}" if killed.get("cell") else "")
-        op, tau, value, threshold = killed.get("op"), killed.get("tau"), killed.get("value"), killed.get("threshold")
-        within = op in NEGATED and isinstance(value, (int, float)) and isinstance(threshold, (int, float)) and \
-            GateSpec(str(killed.get("name")), op, float(threshold)).passes(value)
-        if tau and not tau.get("beats", True) and within:
-            return f"{where}: {fmt(value)} vs τ {fmt(tau.get('tau'))} fails {tau.get('rule')}"
-        return f"{where}: {fmt(value)} {NEGATED.get(op, 'fails ' + str(op))} {fmt(threshold)}"
+        return killed_by_sentence(killed)
     if invalid:
         what = "trap" if invalid.get("kind") == "trap" else "error in"
-        where = str(invalid.get("name")) + (f" @ {invalid['cell']}" if invalid.get("cell") else "")
-        return f"{what} {where}" + (" fired wrong" if invalid.get("kind") == "trap" else "")
+        return f"{what} {where(str(invalid.get('name')), invalid.get('cell'))}" + (
+            " fired wrong" if invalid.get("kind") == "trap" else "")
     return ""
 
 

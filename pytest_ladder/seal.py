@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pytest_ladder.files import atomic_write
 
 SEAL_FIELD = "seal"
 PREREG_NAME = "tau.json"
@@ -74,22 +74,6 @@ def read_json_object(path: Path | str) -> dict:
     return data
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and a rename (no half-written file)."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(temp, path.stat().st_mode & 0o7777)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def seal_file(path: Path | str) -> str:
     """Compute the seal of `path` and write it in as the last field (indent 2, key order kept); return it."""
     path = Path(path)
@@ -97,7 +81,7 @@ def seal_file(path: Path | str) -> str:
     seal = compute_seal(data)
     content = {key: value for key, value in data.items() if key != SEAL_FIELD}
     content[SEAL_FIELD] = seal
-    _atomic_write(path, json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return seal
 
 

@@ -28,11 +28,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pytest_ladder.files import atomic_write
 
 RECORD_NAME = ".lake-check.json"
 ROW_KEYS = ("theorem", "rung", "file", "line", "status", "sorry", "axioms", "checked")
@@ -438,7 +439,7 @@ def run_lake_build(lean_dir: str | os.PathLike, timeout_s: float = DEFAULT_TIMEO
         "duration_s": round(time.time() - started, 3),
         "output_tail": output[-4000:],
     }
-    _write_json_atomic(record_path(lean_dir), record)
+    atomic_write(record_path(lean_dir), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -446,19 +447,6 @@ def _text(value: str | bytes | None) -> str:
     if value is None:
         return ""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,7 +528,7 @@ def prereg_theorems(rung: str, prereg_dir: str | os.PathLike = "prereg") -> list
     path = Path(prereg_dir) / rung / "tau.json"
     if not path.is_file():
         return []
-    from pytest_ladder.prereg import load_prereg  # imports pytest: only when a prereg is actually read
+    from pytest_ladder.prereg import load_prereg
 
     return list(load_prereg(path).theorems)
 

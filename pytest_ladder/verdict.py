@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_ladder.records import GateRecord, TrapRecord
+
 KILL, PASS, INVALID = "KILL", "PASS", "INVALID"
 ABORTED, PREFILTER_PASS, PARTIAL = "ABORTED", "PREFILTER_PASS", "PARTIAL"
 DECISIONS = (KILL, PASS, INVALID)
@@ -52,6 +54,33 @@ class Plan:
         """The plan back from plain data (`dataclasses.asdict`), as it crosses from an xdist worker."""
         return cls(**{**data, "items": [PlannedItem(**i) for i in data["items"]],
                       "requires": tuple(data.get("requires", ()))})
+
+
+def build_plan(
+    rung: str,
+    prereg_path: str,
+    items: list[PlannedItem],
+    *,
+    gates: set[str],
+    traps: set[str],
+    prefilters: set[str],
+    cells: set[str],
+    requires: tuple[str, ...] = (),
+) -> Plan:
+    """The plan of one rung from its selected items (kill-fast order): complete when every declared gate, trap and
+    prefilter is selected, on every prereg cell when it takes one; only_prefilters when exactly the prefilters are."""
+    covered: dict[tuple[str, str], set] = {}
+    for item in items:
+        covered.setdefault((item.kind, item.name), set()).add(item.cell)
+
+    def covers(kind: str, names: set[str]) -> bool:
+        return all((kind, n) in covered and (covered[(kind, n)] == {None} or covered[(kind, n)] >= cells)
+                   for n in names)
+
+    complete = covers("gate", gates) and covers("trap", traps) and covers("prefilter", prefilters)
+    only_prefilters = bool(prefilters) and covers("prefilter", prefilters) and all(
+        kind == "prefilter" for kind, _ in covered)
+    return Plan(rung, prereg_path, list(items), complete, only_prefilters, tuple(requires))
 
 
 @dataclass
@@ -170,16 +199,9 @@ def _failed_records(out: Outcome) -> list[dict]:
 
 
 def _kill_row(record: dict, out: Outcome) -> dict:
-    return {
-        "kind": record["kind"],
-        "name": record["name"],
-        "cell": record["cell"],
-        "value": record["value"],
-        "op": record["op"],
-        "threshold": record["threshold"],
-        "tau": record["tau"],
-        "message": out.message,
-    }
+    gate = GateRecord.from_dict(record)
+    return {"kind": gate.kind, "name": gate.name, "cell": gate.cell, "value": gate.value, "op": gate.op,
+            "threshold": gate.threshold, "tau": gate.tau, "message": out.message}
 
 
 def jsonable(value: Any) -> Any:
@@ -201,30 +223,13 @@ def gate_rows(plan: Plan, outcomes: dict[str, Outcome], kind: str) -> list[dict]
         if is_trap != (kind == "trap"):
             continue
         out = outcomes.get(item.nodeid, Outcome())
-        base = {"name": item.name, "cell": item.cell}
-        records = [r for r in out.records if (r["kind"] == "trap") == is_trap]
+        measured = next((r for r in out.records if (r["kind"] == "trap") == is_trap), {})
+        ended = {"name": item.name, "cell": item.cell, "outcome": out.outcome, "nodeid": item.nodeid,
+                 "duration_s": out.duration_s, "message": out.message}
         if is_trap:
-            record = records[0] if records else {}
-            base |= {
-                "expected": record.get("expected"),
-                "observed": record.get("observed"),
-                "refs": record.get("refs", {}),
-                "fired_as_declared": record.get("fired_as_declared"),
-            }
+            rows.append(TrapRecord.from_dict({**measured, **ended}).row())
         else:
-            record = records[0] if records else {}
-            base |= {
-                "kind": item.kind,
-                "value": record.get("value"),
-                "op": record.get("op"),
-                "threshold": record.get("threshold"),
-                "passed": record.get("passed"),
-                "tau": record.get("tau"),
-                "series": record.get("series"),
-                "extra": record.get("extra", {}),
-            }
-        base |= {"outcome": out.outcome, "nodeid": item.nodeid, "duration_s": out.duration_s, "message": out.message}
-        rows.append(base)
+            rows.append(GateRecord.from_dict({**measured, **ended, "kind": item.kind}).row())
     return rows
 
 

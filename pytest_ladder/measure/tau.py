@@ -2,18 +2,22 @@
 
 Each baseline is built from one seed (the plugin derives the seeds from the prereg's seal) with the same budget as
 the candidate (same rank, bits or bytes) and scored by the caller's metric on the same N held-out points.
-τ = min over the B values (lower is better: errors, ΔNLL). A candidate passes only if it is below τ·(1 − margin).
+τ = min over the B values (lower is better: errors, ΔNLL). A candidate passes only if it beats τ under the prereg's
+locked decision rule (usually value < τ·(1 − margin)).
 The spread (min, max, mean, population std) is reported with every decision.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from tqdm.auto import tqdm
+
+from pytest_ladder.expr import Expr, parse_expr
 
 Baseline = TypeVar("Baseline")
 
@@ -63,9 +67,20 @@ def tau_floor(
     return TauFloor(tau=min(values), values=tuple(values), seeds=seeds, n_points=n_points)
 
 
-def beats_tau(candidate: float, tau: float | TauFloor, margin: float) -> bool:
-    """The locked τ rule: candidate < τ · (1 − margin)."""
+DEFAULT_RULE = "value < tau * (1 - margin)"  # the hardened decision_threshold of the seeds' preregs
+
+
+def beats_tau(candidate: float, tau: float | TauFloor, margin: float, rule: str = DEFAULT_RULE) -> bool:
+    """Does `candidate` beat the τ floor under a decision rule written in the prereg's rule language (expr.py; the
+    names value or error, tau, margin)? A rung's locked rule is its prereg's `decision_threshold`, which
+    `Prereg.beats_tau` evaluates the same way; the default rule is candidate < τ · (1 − margin)."""
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"beats_tau: margin must lie in [0, 1), got {margin}")
     tau_value = tau.tau if isinstance(tau, TauFloor) else float(tau)
-    return float(candidate) < tau_value * (1.0 - margin)
+    value = float(candidate)
+    return bool(_rule(rule).evaluate({"value": value, "error": value, "tau": tau_value, "margin": margin}))
+
+
+@functools.lru_cache(maxsize=64)
+def _rule(text: str) -> Expr:
+    return parse_expr(text, allowed_names={"value", "error", "tau", "margin"})

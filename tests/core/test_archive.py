@@ -178,3 +178,15 @@ def test_latest_decision_is_the_newest_decision(tmp_path, record, archived):
     assert latest_decision(root, "g0", "allenai/OLMoE-1B-7B-0924").path == newest
     assert latest_decision(root, "g0", "qwen").path == qwen
     assert latest_decision(root, "g0", "mixtral") is None
+
+
+def test_run_time_reads_both_id_shapes():
+    from datetime import datetime, timezone
+
+    from pytest_ladder.archive import new_run_id, run_time
+
+    assert run_time("20261123T155002Z-21b77c") == datetime(2026, 11, 23, 15, 50, 2, tzinfo=timezone.utc)
+    assert run_time("20261130T052904.951Z-36da58") == datetime(2026, 11, 30, 5, 29, 4, 951000, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert run_time(new_run_id(now)) == now.replace(microsecond=678000)
+    assert run_time("not-a-run") is None

@@ -16,7 +16,7 @@ def test_kill_postmortem_sections(record):
     assert lines[2].startswith("Run `20250102T030405Z-a1b2c3` · decision · model `allenai/OLMoE-1B-7B-0924` · ")
     assert "> a static rank-16 basis per task replaces the expert inputs" in lines
     assert (
-        "**KILL** at gate `activation_error` @ `layer=3-task=text`: value 0.31 against the locked rule `value <= 0.2`; "
+        "**KILL** at gate activation_error @ layer=3-task=text: 0.31 > 0.2 (locked rule `value <= 0.2`); "
         "τ floor 0.35 (margin 0.1, rule `error < tau * (1 - margin)`, beaten: yes)." in lines
     )
     section = lines.index("### gate activation_error @ layer=3-task=text")

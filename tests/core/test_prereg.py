@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -219,8 +220,20 @@ def test_nan_threshold_message_is_exact(tmp_path, g4, write_prereg):
     )
 
 
-def test_prereg_error_is_a_usage_error():
-    assert issubclass(PreregError, pytest.UsageError)
+@pytest.mark.parametrize("module", ["prereg", "expr", "files", "archive", "postmortem", "scoreboard", "records", "prereg_types"])
+def test_the_data_layer_imports_no_pytest(module):
+    """PreregError is a plain exception (the plugin shows it as a usage error), so the prereg, archive and report
+    modules stand without pytest."""
+    import ast
+    import importlib.util
+
+    source = Path(importlib.util.find_spec(f"pytest_ladder.{module}").origin).read_text()
+    imported = {alias.name.split(".")[0] for node in ast.parse(source).body if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.parse(source).body
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"pytest", "_pytest"}
+    assert not issubclass(PreregError, pytest.UsageError)
 
 
 def test_bad_seal_field(tmp_path, g4, write_prereg):

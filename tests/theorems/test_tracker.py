@@ -18,6 +18,7 @@ import pytest
 
 from pytest_ladder import theorems
 from pytest_ladder.cli import main as ladder_main
+from pytest_ladder.prereg import PreregError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO_LEAN = Path(__file__).resolve().parents[2] / "lean"
@@ -302,7 +303,7 @@ def test_theorems_for_rung_joins_tags_and_prereg(project: Path, tmp_path: Path) 
 
 def test_prereg_theorems_field_must_be_names(tmp_path: Path) -> None:
     write_prereg(tmp_path, "g4", theorems="static_student_bytes_lt_dense")
-    with pytest.raises(pytest.UsageError, match=r"g4/tau.json: field 'theorems'"):
+    with pytest.raises(PreregError, match=r"g4/tau.json: field 'theorems'"):
         theorems.prereg_theorems("g4", tmp_path)
     assert theorems.prereg_theorems("g5", tmp_path) == []
 

@@ -1,0 +1,313 @@
+"""The controller session: gathers every ladder report, decides each rung the moment its verdict is known and
+archives it (only the controller writes; under xdist it sees the workers' reports through pytest_runtest_logreport),
+then prints the verdicts. Registered by plugin.pytest_configure, the way pytest-xdist hands its controller to
+dsession.py.
+
+A rung is archived when its last planned item has reported, or with kill-fast when a gate killed it and every item
+before the kill has reported; a rung waits for the rungs it requires in this session. What is still in flight at
+session end is archived then, ABORTED if the session was interrupted. SIGTERM and SIGHUP end the session like
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import re
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_ladder.files import display_path
+from pytest_ladder.options import ladder_options
+from pytest_ladder.records import fmt, killed_by_sentence
+from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY
+from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, is_worker, ladder_state
+
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # end the session like Ctrl-C: the rung in flight is ABORTED
+SOFTWARE = ("pytest", "pytest-ladder", "pytest-xdist", "torch", "transformers", "accelerate", "numpy", "tokenizers")
+
+
+class LadderSession:
+    """The stateful half of the plugin, one per pytest session (registered in pytest_configure).
+
+    On the controller (or without xdist) it gathers every ladder report and archives each rung the moment its
+    verdict is known: when its last planned item has reported, or with kill-fast when a gate killed it. What is still
+    in flight at session end is archived then (ABORTED if the session was interrupted). SIGTERM and SIGHUP end the
+    session like Ctrl-C. xdist workers only compute plans and send reports.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.state = ladder_state(config)
+        self.options = ladder_options(config)
+        self._previous_handlers: dict[int, Any] = {}
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.state.started = time.time()
+        if not is_worker(self.config) and threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                number = getattr(signal, name, None)
+                if number is not None:
+                    self._previous_handlers[number] = signal.signal(number, self._stop)
+
+    def _stop(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        self.state.aborted = self.state.aborted or f"interrupted by {name}"
+        raise KeyboardInterrupt(name)
+
+    def _restore_signals(self) -> None:
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers.clear()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from pytest_ladder.verdict import Outcome, Plan
+
+        state = self.state
+        props = dict(report.user_properties)
+        if ITEM_KEY not in props:
+            return
+        rung = props[ITEM_KEY]["rung"]
+        out = state.outcomes.setdefault(report.nodeid, Outcome())
+        out.duration_s += float(report.duration or 0.0)
+        if PLAN_KEY in props and rung not in state.plans:
+            state.plans[rung] = Plan.from_dict(props[PLAN_KEY])
+        if REFUSED_KEY in props:
+            state.refused[rung] = props[REFUSED_KEY]
+        if REQUIRES_KEY in props:
+            state.requires_killed[rung] = props[REQUIRES_KEY]
+        if GUARD_KEY in props:
+            state.guard_info[rung] = props[GUARD_KEY]
+        if CONTEXT_KEY in props:
+            state.context.update(props[CONTEXT_KEY])
+        message = _message(report)
+        if report.when == "setup":
+            if report.failed:
+                out.outcome, out.message = "error", message
+            elif report.skipped:
+                out.outcome, out.message = "skipped", message
+        elif report.when == "call":
+            out.records = [value for key, value in report.user_properties if key == RECORD_KEY]
+            out.outcome = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
+            out.message = message
+            if any(r.get("passed") is False for r in out.records):
+                state.killed_in_session.add(rung)
+        elif report.when == "teardown":
+            if report.failed and out.outcome == "passed":
+                out.outcome, out.message = "error", message
+            state.done.add(report.nodeid)
+        if not is_worker(self.config):
+            self._archive_settled(rung)
+
+    def _archive_settled(self, rung: str) -> None:
+        """Archive `rung` now if its verdict is known and the rungs it requires in this session are archived; then
+        the rungs that were waiting on it."""
+        from pytest_ladder.verdict import settled
+
+        state = self.state
+        plan = state.plans.get(rung)
+        if plan is None or rung in state.decided or rung in state.refused:
+            return
+        if any(item.nodeid in state.crashed for item in plan.items):
+            return  # ABORTED at session end
+        if any(r in state.plans and r not in state.decided and r not in state.refused for r in plan.requires):
+            return
+        if not settled(plan, state.outcomes, state.done, kill_fast=self.options.kill_fast):
+            return
+        self._archive(rung, plan)
+        for other, waiting in list(state.plans.items()):
+            if rung in waiting.requires:
+                self._archive_settled(other)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: take the workers' plans; a worker that went down with an error aborts the run."""
+        from pytest_ladder.verdict import Plan
+
+        output = getattr(node, "workeroutput", None) or {}
+        if error is not None:
+            self.state.aborted = f"an xdist worker went down: {error}"
+        if output.get("exitstatus") == int(pytest.ExitCode.INTERRUPTED):
+            self.state.aborted = self.state.aborted or "an xdist worker was interrupted"
+        for name, plan in (output.get("ladder_plans") or {}).items():
+            if name not in self.state.plans:
+                self.state.plans[name] = Plan.from_dict(plan)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        self.state.aborted = f"an xdist worker crashed while running {crashitem}"
+        self.state.crashed.add(crashitem)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self._restore_signals()
+        if is_worker(self.config):
+            return
+        from pytest_ladder.ordering import rung_order
+
+        state = self.state
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            state.aborted = state.aborted or "interrupted (KeyboardInterrupt)"
+        in_flight = {name: plan.requires for name, plan in state.plans.items()
+                     if name not in state.decided and name not in state.refused
+                     and any(item.nodeid in state.outcomes for item in plan.items)}
+        for name in rung_order(in_flight):
+            self._archive(name, state.plans[name], aborted=state.aborted)
+
+    def _archive(self, name: str, plan: Any, aborted: str | None = None) -> None:
+        from pytest_ladder.archive import DECISION_FILE, RUN_FILE, new_run_id, write_run
+        from pytest_ladder.binding import rung_seeds
+        from pytest_ladder.model_choice import rung_model
+        from pytest_ladder.postmortem import render_plots, render_postmortem
+        from pytest_ladder.verdict import Outcome, build_record, decide, first_kill
+
+        config, state = self.config, self.state
+        fast = self.options.kill_fast
+        loaded = state.preregs.get(name) or _load_for_controller(config, plan)
+        guard_info = state.guard_info.get(name, {})
+        requires_killed = state.requires_killed.get(name) or next(
+            ({r: {"verdict": "KILL", "where": "this session"}} for r in plan.requires if state.decided.get(r) == "KILL"),
+            None,
+        )
+        verdict = decide(plan, state.outcomes, aborted=aborted is not None, requires_killed=requires_killed,
+                         kill_fast=fast)
+        outcomes = dict(state.outcomes)
+        kill = first_kill(plan, outcomes) if fast and aborted is None else None
+        if kill is not None:  # kill-fast skips what has not run yet
+            for item in plan.items[kill + 1:]:
+                if item.nodeid not in state.done:
+                    outcomes[item.nodeid] = Outcome(
+                        "skipped", message=f"kill-fast: {name} is already KILLED in this session; its remaining "
+                                           "tests do not run")
+        ran = sum(1 for item in plan.items if item.nodeid in state.outcomes)
+        run_id = new_run_id()
+        model = state.context.get("model") or {"name": rung_model(self.options.model, loaded)}
+        ended = time.time()
+        record = build_record(
+            plan=plan,
+            outcomes=outcomes,
+            verdict=verdict,
+            run_id=run_id,
+            prereg_content=loaded.raw,
+            seal=loaded.seal,
+            model=model,
+            data=state.context.get("data") or {},
+            seeds=rung_seeds(loaded),
+            software=_software(),
+            selection={
+                "args": [str(a) for a in config.args],
+                "markexpr": config.option.markexpr,
+                "keyword": config.option.keyword,
+                "exitfirst": config.option.maxfail == 1,
+                "maxfail": config.option.maxfail,
+                "xdist_workers": self.options.xdist_workers,
+                "selected": len(plan.items),
+                "ran": ran,
+                "complete": plan.complete,
+                "aborted": aborted,
+            },
+            timings={"start": _iso(state.started), "end": _iso(ended), "duration_s": round(ended - state.started, 3)},
+            requires=guard_info.get("requires", {}),
+            replication_of=guard_info.get("replication_of"),
+            context={k: v for k, v in state.context.items() if k not in ("model", "data")},
+        )
+        plots = render_plots(record)
+        files: dict[str, Any] = {DECISION_FILE if verdict.is_decision else RUN_FILE: record}
+        if record["traps"]:
+            files["trap_results.json"] = {"rung": name, "run_id": run_id, "verdict": verdict.verdict,
+                                          "traps": record["traps"]}
+        files["postmortem.md"] = render_postmortem(record, sorted(plots))
+        files.update(plots)
+        state.decided[name] = verdict.verdict
+        state.written.append((name, record, write_run(self.options.archive_dir, name, run_id, files)))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        state = self.state
+        if not state.written and not state.refused:
+            return
+        from tabulate import tabulate
+
+        tr = terminalreporter
+        tr.section("ladder verdicts")
+        for name, message in sorted(state.refused.items()):
+            tr.write_line(f"{name}: refused, nothing archived: {message}", red=True)
+        for name, record, path in state.written:
+            tr.write_line(_verdict_line(record), red=record["verdict"] in ("KILL", "INVALID"),
+                          green=record["verdict"] == "PASS", bold=True)
+            rows = [
+                [g["kind"], g["name"], g["cell"] or "", fmt(g["value"]), f"{g['op'] or ''} {fmt(g['threshold'])}",
+                 fmt((g["tau"] or {}).get("tau")), g["outcome"]]
+                for g in record["gates"]
+            ] + [
+                ["trap", t["name"], t["cell"] or "", fmt(t["observed"]), t["expected"] or "", "",
+                 {True: "fired as declared", False: "FIRED WRONG", None: t["outcome"]}[t["fired_as_declared"]]]
+                for t in record["traps"]
+            ]
+            if rows:
+                tr.write_line(tabulate(rows, headers=["kind", "name", "cell", "value", "threshold", "tau", "outcome"]))
+            tr.write_line(f"archived: {display_path(path, self.config.invocation_params.dir, self.config.rootpath)}")
+
+
+def _message(report: pytest.TestReport) -> str | None:
+    """What went wrong, first line first: for an exception its type and message (the report's crash line, e.g.
+    "RuntimeError: Expected all tensors to be on the same device ..."), then the full text, without the
+    "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
+    lines = (report.longreprtext or "").splitlines()
+    if lines and re.match(r"\[gw\d+\] ", lines[0]):
+        lines = lines[1:]
+    text = "\n".join(lines).strip() or None
+    crash = getattr(report.longrepr, "reprcrash", None)
+    reason = (getattr(crash, "message", None) or "").strip()
+    if not reason:
+        return text
+    return reason if not text or text == reason else f"{reason}\n\n{text}"
+
+
+def _verdict_line(record: dict) -> str:
+    line = f"{record['rung']}: {record['verdict']}"
+    killed, invalid = record["killed_by"], record["invalid_because"]
+    if killed and killed["kind"] == "requires":
+        line += f" by the ladder rule ({killed_by_sentence(killed)})"
+    elif killed:
+        line += f" at {killed['kind']} {killed_by_sentence(killed)}"
+        if killed.get("tau"):
+            line += f" (tau {fmt(killed['tau']['tau'])}, rule {killed['tau']['rule']})"
+    elif invalid:
+        line += f" ({invalid['kind']} {invalid['name']}: {(invalid['message'] or '').splitlines()[0][:200]})"
+    if record["kind"] == "replication":
+        line += f", replication of {record['replication_of']}"
+    return line
+
+
+def _software() -> dict:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in SOFTWARE:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_for_controller(config: pytest.Config, plan: Any) -> Any:
+    """Under xdist the controller did not collect: load the prereg the workers bound (same path)."""
+    from pytest_ladder.prereg import PreregError, load_prereg
+
+    path = Path(plan.prereg_path)
+    if not path.is_absolute():
+        path = Path(config.rootpath) / path
+    try:
+        loaded = load_prereg(path, root=config.rootpath)
+    except PreregError as error:
+        raise pytest.UsageError(str(error)) from None
+    ladder_state(config).preregs[plan.rung] = loaded
+    return loaded

@@ -1,0 +1,107 @@
+"""The launch guard (protocol §2, §7, §8): may this rung run, and what do the rungs it requires say?
+
+`launch_guard` is a pure function of what was looked up: the seal check, the decision already archived for this
+prereg and model, and the verdict of each required rung. `rung_guard` looks those up (once per rung per process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KILL = "KILL"
+
+
+@dataclass
+class Guard:
+    """Result of the launch checks of one rung."""
+
+    refused: str | None = None
+    decided_in_session: str | None = None  # the verdict this session already archived for the rung (xdist)
+    requires_killed: dict | None = None
+    requires: dict = field(default_factory=dict)
+    replication_of: str | None = None
+
+
+def launch_guard(
+    *,
+    prereg_path: str,
+    seal_ok: bool,
+    seal_message: str,
+    seal: str,
+    model: str,
+    decided: dict | None,
+    replicate: bool,
+    requires: dict[str, dict],
+) -> Guard:
+    """Refuse a broken seal, or a prereg already decided on `model` (`decided`: {verdict, where, run_id}) unless
+    `replicate`; `requires`: required rung -> {verdict, where[, run_id]}; the first KILLED one kills this rung."""
+    if not seal_ok:
+        return Guard(refused=seal_message)
+    guard = Guard()
+    if decided is not None:
+        if not replicate:
+            return Guard(refused=(
+                f"{prereg_path} (seal {seal[:12]}…) is already decided on model {model!r}: {decided['verdict']} in "
+                f"{decided['where']}. A sealed prereg gets one decision; run with --ladder-replicate to archive a "
+                "replication next to it, or write and seal a new prereg for a new claim."
+            ))
+        guard.replication_of = decided["run_id"]
+    guard.requires = dict(requires)
+    killed = next((rung for rung, found in requires.items() if found["verdict"] == KILL), None)
+    if killed is not None:
+        guard.requires_killed = {killed: requires[killed]}
+    return guard
+
+
+def rung_guard(config: pytest.Config, bound: Any) -> Guard:
+    """The launch guard of rung module `bound` (rung.Rung), looked up once per process."""
+    from pytest_ladder.archive import find_decision, latest_decision, run_time
+    from pytest_ladder.binding import bound_prereg
+    from pytest_ladder.files import display_path
+    from pytest_ladder.model_choice import rung_model
+    from pytest_ladder.options import ladder_options
+    from pytest_ladder.seal import verify_seal
+    from pytest_ladder.state import ladder_state
+
+    state = ladder_state(config)
+    if bound.name in state.guards:
+        return state.guards[bound.name]
+    options = ladder_options(config)
+    loaded = bound_prereg(config, bound)
+    status = verify_seal(loaded.path, display=loaded.display_path)
+    model = rung_model(options.model, loaded)
+
+    def shown(path: Path) -> str:
+        return display_path(path, config.invocation_params.dir, config.rootpath)
+
+    decided = requires = None
+    in_session = None
+    if status.ok:
+        found = find_decision(options.archive_dir, bound.name, status.expected, model)
+        written = None if found is None else run_time(found.run_id)
+        if written is not None and written >= datetime.fromtimestamp(state.started, tz=timezone.utc):
+            in_session = found.record["verdict"]  # decided by this session's controller while this worker ran others
+        elif found is not None:
+            decided = {"verdict": found.record["verdict"], "where": shown(found.path), "run_id": found.record["run_id"]}
+        requires = {}
+        for required in loaded.requires:
+            if required in state.killed_in_session:
+                requires[required] = {"verdict": KILL, "where": "this session"}
+                continue
+            latest = latest_decision(options.archive_dir, required, model)
+            requires[required] = (
+                {"verdict": None, "where": "not decided yet"} if latest is None
+                else {"verdict": latest.record["verdict"], "where": shown(latest.path),
+                      "run_id": latest.record["run_id"]}
+            )
+    guard = launch_guard(prereg_path=loaded.display_path, seal_ok=status.ok, seal_message=status.message,
+                         seal=status.expected or "", model=model, decided=decided, replicate=options.replicate,
+                         requires=requires or {})
+    guard.decided_in_session = in_session
+    state.guards[bound.name] = guard
+    return guard
