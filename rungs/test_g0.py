@@ -7,9 +7,6 @@ share of its energy outside the budget rank: singular values are invariant under
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.measure.orthogonal import random_orthogonal
-from pytest_ladder.measure.tau import tau_floor
-from pytest_ladder.probes import spectral
 from pytest_ladder.rung import record_cell
 from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 
@@ -24,6 +21,8 @@ def read(weights, layer):
 def held(rung_cache, ladder_weights):
     """held.matrices(layer): one layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB; the previous layer's go
     before the next's load); held.spectra(layer): each layer's spectra, kept for the rung. Both go when it ends."""
+    from pytest_ladder.probes import spectral
+
 
     class Held:
         def matrices(self, layer):
@@ -54,6 +53,8 @@ def layer(cell, prereg, ladder_weights, held, request):
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, prereg, ladder_weights, held):
+    from pytest_ladder.probes import spectral
+
     index = resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers)
     mats, svs = held.matrices(index), held.spectra(index)
     error = spectral.regauge_error(mats, {k: spectral.identity_regauge(w) for k, w in mats.items()}).value
@@ -64,6 +65,8 @@ def test_trivial_pass(trap, prereg, ladder_weights, held):
 
 @ladder.prefilter("residual_at_budget")
 def test_residual_at_budget(cell, gate, held, layer):
+    from pytest_ladder.probes import spectral
+
     floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
     series = {"layer_spectrum": [float(s) for s in held.spectra(layer[0])["layer"][0, :64]]}
     gate.check(floor.residual, at=floor.residual_at, per_kind=floor.per_kind, series=series)
@@ -71,12 +74,17 @@ def test_residual_at_budget(cell, gate, held, layer):
 
 @ladder.prefilter("effective_rank")
 def test_effective_rank(cell, gate, held, layer):
+    from pytest_ladder.probes import spectral
+
     floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
     gate.check(floor.effective_rank_ratio, at=floor.effective_rank_at, per_kind=floor.per_kind)
 
 
 @ladder.gate("regauge_error")
 def test_regauge_error(cell, gate, held, ladder_seeds, layer):
+    from pytest_ladder.measure.tau import tau_floor
+    from pytest_ladder.probes import spectral
+
     mats, ranks = held.matrices(layer[0]), layer[1]
     best = spectral.regauge_error(mats, {k: spectral.best_regauge(w, ranks[k]) for k, w in mats.items()})
     tau = tau_floor(lambda seed: {k: spectral.random_regauge(w, ranks[k], seed) for k, w in mats.items()},
@@ -86,6 +94,9 @@ def test_regauge_error(cell, gate, held, ladder_seeds, layer):
 
 @ladder.trap("random_basis")
 def test_random_basis(trap, prereg, ladder_weights, ladder_seeds, held):
+    from pytest_ladder.measure.orthogonal import random_orthogonal
+    from pytest_ladder.probes import spectral
+
     mats = held.matrices(resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
     drift = max(spectral.singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), ladder_seeds[0]))
                 for w in mats.values())

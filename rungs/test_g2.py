@@ -7,8 +7,6 @@ Killed analytically when no rank tuple within the parameter budget can keep enou
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.measure.tau import tau_floor
-from pytest_ladder.probes import spectral
 from pytest_ladder.rung import record_cell
 
 ladder = rung("g2")
@@ -18,6 +16,9 @@ ladder = rung("g2")
 def g2(rung_cache, ladder_weights, prereg, ladder_seeds):
     """The rung's tensors and fits per weight type, kept in rung_cache (the float64 expert tensor of OLMoE-1B-7B is
     17 GB: one weight type at a time, and nothing left once the rung ends)."""
+    from pytest_ladder.measure.tau import tau_floor
+    from pytest_ladder.probes import spectral
+
     fraction, seeds = prereg.params["budget_fraction"], tuple(ladder_seeds)
 
     class G2:
@@ -62,12 +63,16 @@ def weight(cell, g2, request):
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, prereg, g2):
+    from pytest_ladder.probes import spectral
+
     t = g2.tensor(prereg.hardest_cell.params["weight"])
     trap.check(spectral.projection_residual(t, spectral.identity_factors(t.shape, device=t.device)))
 
 
 @ladder.prefilter("residual_at_budget")
 def test_residual_at_budget(cell, gate, g2, weight):
+    from pytest_ladder.probes import spectral
+
     found = g2.floor(weight)
     gate.check(found.residual, ranks=list(found.ranks), params=found.params, budget_params=found.budget_params,
                mode_effective_ranks=list(found.mode_effective_ranks),

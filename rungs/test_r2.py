@@ -4,15 +4,9 @@ An impact rung: it opens with the GB it takes off the experts line of the budget
 the postmortem. Weights only, no forward pass (probes.quant_weights).
 """
 
-from functools import cache
-
 import pytest
-import torch
 
 from pytest_ladder import rung
-from pytest_ladder.probes import quant_weights
-from pytest_ladder.probes.budget import budget_table
-from pytest_ladder.probes.rotorquant import expert_stacks
 from pytest_ladder.rung import record_cell, record_context, run_context
 from pytest_ladder.rung_fixtures import resolve_layer
 from pytest_ladder.seal import derive_seeds
@@ -20,27 +14,33 @@ from pytest_ladder.seal import derive_seeds
 ladder = rung("r2")
 
 
-@cache
-def comparison(weights, layer, weight, bits, seal, haar_seeds):
-    ws = weights.experts(layer, weight)
-    srht_seeds = derive_seeds(seal, len(haar_seeds), purpose="srht")
-    return quant_weights.srht_vs_haar(ws, quant_weights.row_spec(bits, ws.shape[-1]), srht_seeds=srht_seeds,
-                                      haar_seeds=haar_seeds)
-
-
 @pytest.fixture
-def rotated(cell, prereg, ladder_weights, ladder_seeds, request):
-    """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded)."""
+def rotated(cell, prereg, ladder_weights, ladder_seeds, rung_cache, request):
+    """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded), once per rung."""
+    from pytest_ladder.probes import quant_weights
+
     layer = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
     record_cell(request.config, f"r2 {cell.id}", {"layer": layer})
-    return comparison(ladder_weights, layer, cell.params["weight"], prereg.params["bits"], prereg.seal or "",
-                      tuple(ladder_seeds))
+    key = (layer, cell.params["weight"])
+    if key not in rung_cache:
+        ws = ladder_weights.experts(layer, cell.params["weight"])
+        haar_seeds = tuple(ladder_seeds)
+        srht_seeds = derive_seeds(prereg.seal or "", len(haar_seeds), purpose="srht")
+        rung_cache[key] = quant_weights.srht_vs_haar(ws, quant_weights.row_spec(prereg.params["bits"], ws.shape[-1]),
+                                                     srht_seeds=srht_seeds, haar_seeds=haar_seeds)
+    return rung_cache[key]
 
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, prereg, ladder_weights):
     """Weights on the quantizer's grid with R = I round-trip exactly; the dense experts R2 counts are exactly the
     budget table's experts line (two independent byte counts of the uncompressed model)."""
+    import torch
+
+    from pytest_ladder.probes import quant_weights
+    from pytest_ladder.probes.budget import budget_table
+    from pytest_ladder.probes.rotorquant import expert_stacks
+
     hardest = prereg.hardest_cell.params
     ws = ladder_weights.experts(resolve_layer(hardest["layer"], ladder_weights.n_layers), hardest["weight"])
     spec = quant_weights.row_spec(prereg.params["bits"], ws.shape[-1])
@@ -53,6 +53,10 @@ def test_trivial_pass(trap, prereg, ladder_weights):
 
 @ladder.prefilter("bytes")
 def test_bytes(gate, prereg, ladder_weights, request):
+    from pytest_ladder.probes import quant_weights
+    from pytest_ladder.probes.budget import budget_table
+    from pytest_ladder.probes.rotorquant import expert_stacks
+
     stacks = expert_stacks(ladder_weights.dtype_bytes())
     delta, compressed, dense = quant_weights.expert_bytes_delta(stacks, prereg.params["bits"],
                                                                 scale_dtype=prereg.params["scale_dtype"])
