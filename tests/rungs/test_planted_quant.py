@@ -22,7 +22,7 @@ from pytest_ladder.measure.routing import route_jaccard
 from pytest_ladder.models.adapters import OlmoeAdapter, adapter_for
 from pytest_ladder.models.loading import LoadedModel, ModelSpec
 from pytest_ladder.models.weights import write_parameter
-from pytest_ladder.probes import attention, expert_outputs, rotorquant
+from pytest_ladder.probes import attention, attention_capture, expert_outputs, rotorquant
 from pytest_ladder.probes.routes import RoutingStudy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,8 +152,8 @@ def test_g10_5_static_rule_matches_a_static_pattern():
     for query in range(t):
         keys = sorted({0, *range(max(query - 2, 0), query + 1)})
         weights[0, query, keys] = 1.0 / len(keys)
-    offsets, counts = attention._offset_sums(weights)
-    oracle = attention._keep_topk(weights, k)[1]
+    offsets, counts = attention_capture._offset_sums(weights)
+    oracle = attention_capture._keep_topk(weights, k)[1]
     record = attention.SequenceCapture(x=torch.zeros(t, 1), o=torch.ones(t, 1), topk=oracle, offset_mass=offsets,
                                        offset_count=counts, sink_mass=weights[:, :, 0].sum(-1))
     calibration = attention.Calibration(decays=())

@@ -1,0 +1,231 @@
+"""Attention capture for G10-scan and G10.5: one forward per token sequence, each sequence reduced on the fly.
+
+Hooks on the layers' self-attention (input, output, weights) and value projection, with eager attention for G10.5
+(so the attention weights exist); o_proj's weight is read meta-safe. Held-out sequences keep O(T·H) numbers; the
+sparse parts (each query's top-k keys, k random visible keys per τ baseline, the static rule's statistics) are
+computed per sequence, so long contexts never keep (heads, T, T). A forward stops after the last recorded layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from pytest_ladder.measure.errors import frobenius_relative_error
+from pytest_ladder.measure.rng import cpu_generator
+
+if TYPE_CHECKING:
+    from pytest_ladder.models.adapters import MoEAdapter
+
+F64 = torch.float64
+RECONSTRUCTION_TOLERANCE = 1e-2  # o_proj(A v) must reproduce the captured output to this relative error
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """The sparse part: k keys per query and head; `random_seeds` draw the τ baselines' random key sets."""
+
+    top_k: int
+    random_seeds: tuple[int, ...] = ()
+
+
+@dataclass
+class SequenceCapture:
+    """One layer on one sequence: attention input x (T, H) and output o (T, H); with a SparseSpec also the oracle
+    top-k output, one random-key output per seed, the top-k key indices (heads, T, k), the top-k attention mass
+    (heads, T), and for the static rule the attention summed per offset d = t − s over keys s ≥ 1 (heads, T), the
+    number of queries seeing each offset (T,) and the attention on the first token summed over queries (heads,)."""
+
+    x: torch.Tensor
+    o: torch.Tensor
+    o_sparse: torch.Tensor | None = None
+    o_random: list[torch.Tensor] = field(default_factory=list)
+    topk: torch.Tensor | None = None
+    sparse_mass: torch.Tensor | None = None
+    offset_mass: torch.Tensor | None = None
+    offset_count: torch.Tensor | None = None
+    sink_mass: torch.Tensor | None = None
+
+    def to(self, device: Any) -> SequenceCapture:
+        """The same capture with every tensor on `device` (floating ones as float32)."""
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=torch.float32) if t.is_floating_point() else t.to(device)
+
+        return SequenceCapture(move(self.x), move(self.o), move(self.o_sparse), [move(t) for t in self.o_random],
+                               move(self.topk), move(self.sparse_mass), move(self.offset_mass),
+                               move(self.offset_count), move(self.sink_mass))
+
+
+def _attention_shape(module: Any, config: Any) -> tuple[int, int, int]:
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(module, "head_dim", None) or config.hidden_size // heads)
+    return heads, kv_heads, head_dim
+
+
+def _per_head(v: torch.Tensor, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """(T, kv·hd) values -> (heads, T, hd), each KV head repeated for its query heads (repeat_kv)."""
+    v = v.reshape(v.shape[0], kv_heads, head_dim).transpose(0, 1)
+    return v.repeat_interleave(heads // kv_heads, dim=0)
+
+
+def _mixed(weights: torch.Tensor, v: torch.Tensor, o_weight: torch.Tensor, o_bias: torch.Tensor | None
+           ) -> torch.Tensor:
+    """o_proj(concat_h A_h v_h) for weights A (heads, T, T), v (heads, T, hd): (T, H) in float64."""
+    mixed = (weights @ v).transpose(0, 1).reshape(weights.shape[1], -1)
+    return F.linear(mixed, o_weight, o_bias)
+
+
+def _keep_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (heads, T, T), indices (heads, T, min(k, T))) of the k highest causal scores per query (every visible
+    key, and some masked ones among the indices, when t + 1 ≤ k)."""
+    t = scores.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=scores.device).tril()
+    index = scores.masked_fill(~causal, float("-inf")).topk(min(k, t), dim=-1).indices
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, index, True)
+    return keep & causal, index
+
+
+def _offset_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_t A[:, t, t − d] over queries t with key t − d ≥ 1, per offset d (heads, T), and those query counts (T,)."""
+    t = a.shape[-1]
+    positions = torch.arange(t, device=a.device)
+    key = positions[:, None] - positions[None, :]  # key index t − d at [t, d]
+    valid = key >= 1
+    skewed = a.gather(-1, key.clamp_min(0).expand(a.shape[0], t, t))
+    return (skewed * valid).sum(1), valid.sum(0).to(F64)
+
+
+class _Reducer:
+    """Hook state: turns each (layer, sequence) forward into a SequenceCapture and hands it to `on_record`."""
+
+    def __init__(self, model: Any, adapter: MoEAdapter, layers: Sequence[int], sparse: SparseSpec | None,
+                 on_record: Callable[[int, SequenceCapture], None]) -> None:
+        from pytest_ladder.models.weights import read_parameter
+
+        self.model, self.sparse, self.on_record = model, sparse, on_record
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.random_index: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        for layer in layers if sparse is not None else ():
+            attention = adapter.decoder_layers()[layer].self_attn
+            name = adapter.name_of(attention.o_proj)
+            bias = read_parameter(model, f"{name}.bias") if attention.o_proj.bias is not None else None
+            self.o_proj[layer] = (read_parameter(model, f"{name}.weight").to(F64),
+                                  None if bias is None else bias.to(F64))
+
+    def attention_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.inputs[layer] = hidden[0].detach()
+
+    def value_post(self, layer: int, output: torch.Tensor) -> None:
+        self.values[layer] = output[0].detach().clone()
+
+    def attention_post(self, layer: int, module: Any, output: Any) -> None:
+        o, weights = output[0][0].detach(), output[1]
+        record = SequenceCapture(x=self.inputs.pop(layer).float(), o=o.float())
+        if self.sparse is not None:
+            if weights is None:
+                raise RuntimeError(f"layer {layer}: the attention returned no weights; G10.5 needs eager attention "
+                                   "(attention_capture switches it on; a custom attention module must return them)")
+            self._reduce_sparse(layer, module, record, weights[0].detach().to(F64), self.values.pop(layer).to(F64))
+        self.on_record(layer, record)
+
+    def _random_keys(self, seed: int, shape: tuple[int, ...], k: int) -> torch.Tensor:
+        """k uniformly random visible keys per (head, query), drawn on the CPU from `seed` (cached per shape)."""
+        if (seed, shape) not in self.random_index:
+            scores = torch.rand(shape, generator=cpu_generator(seed), dtype=torch.float32)
+            self.random_index[(seed, shape)] = _keep_topk(scores, k)[1]
+        return self.random_index[(seed, shape)]
+
+    def _reduce_sparse(self, layer: int, module: Any, record: SequenceCapture, a: torch.Tensor, v: torch.Tensor
+                       ) -> None:
+        heads, kv_heads, head_dim = _attention_shape(module, self.model.config)
+        v = _per_head(v, heads, kv_heads, head_dim)
+        o_weight, o_bias = (t if t is None else t.to(a.device) for t in self.o_proj[layer])
+        full = _mixed(a, v, o_weight, o_bias)
+        error = float(frobenius_relative_error(record.o, full))
+        if not error <= RECONSTRUCTION_TOLERANCE:
+            raise RuntimeError(
+                f"layer {layer}: o_proj(A v) reproduces the attention output only to relative error {error:.3g} "
+                f"(> {RECONSTRUCTION_TOLERANCE}); this attention is not softmax(QKᵀ)V followed by o_proj (clipped "
+                "values, sinks, a bias on V?) — G10.5's sparse part cannot be computed for this architecture")
+        k = self.sparse.top_k
+        keep, record.topk = _keep_topk(a, k)
+        record.o_sparse = _mixed(a * keep, v, o_weight, o_bias).float()
+        record.sparse_mass = (a * keep).sum(-1).float()
+        record.offset_mass, record.offset_count = _offset_sums(a)
+        record.sink_mass = a[:, :, 0].sum(-1)
+        for seed in self.sparse.random_seeds:
+            index = self._random_keys(seed, tuple(a.shape), k).to(a.device)
+            random_keep = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, index, True).tril_()
+            record.o_random.append(_mixed(a * random_keep, v, o_weight, o_bias).float())
+
+
+@contextlib.contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Temporarily run attention eagerly (so attention weights are computed and returned)."""
+    previous = model.config._attn_implementation
+    if previous == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Sequence[int]], layers: Sequence[int],
+                      *, sparse: SparseSpec | None = None,
+                      on_record: Callable[[int, SequenceCapture], None] | None = None,
+                      desc: str = "attention capture", progress: bool | None = None
+                      ) -> dict[int, list[SequenceCapture]]:
+    """Run each token sequence alone (no padding) through the model and reduce, per layer, its attention input and
+    output (with `sparse` also the sparse parts and the static rule's statistics). Each SequenceCapture goes to
+    `on_record(layer, record)` on the device it was computed on; without it they are kept on the CPU and returned."""
+    from tqdm.auto import tqdm
+
+    from pytest_ladder.models.capture import model_device
+    from pytest_ladder.models.sequential import stopping_after
+
+    kept: dict[int, list[SequenceCapture]] = {layer: [] for layer in layers}
+    if on_record is None:
+        def on_record(layer: int, record: SequenceCapture) -> None:
+            kept[layer].append(record.to("cpu"))
+
+    reducer = _Reducer(model, adapter, layers, sparse, on_record)
+    handles = []
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for layer in layers:
+            attention = adapter.decoder_layers()[layer].self_attn
+            handles.append(attention.register_forward_pre_hook(
+                lambda module, args, kwargs, layer=layer: reducer.attention_pre(layer, args, kwargs),
+                with_kwargs=True))
+            handles.append(attention.register_forward_hook(
+                lambda module, args, output, layer=layer: reducer.attention_post(layer, module, output)))
+            if sparse is not None:
+                handles.append(attention.v_proj.register_forward_hook(
+                    lambda module, args, output, layer=layer: reducer.value_post(layer, output)))
+        context = eager_attention(model) if sparse is not None else contextlib.nullcontext()
+        with torch.no_grad(), context, stopping_after(model, max(layers)) as forward:
+            for sequence in tqdm(sequences, desc=desc, disable=None if progress is None else not progress,
+                                 leave=False):
+                ids = torch.as_tensor([list(sequence)], dtype=torch.long, device=device)
+                forward(input_ids=ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return kept

@@ -1,0 +1,135 @@
+"""The scan of G10-scan and G10.5: decaying accumulations of a layer's attention input and their ridge readouts.
+
+Per decay λ the contractive accumulation e_λ,t = λ e_λ,t−1 + (1 − λ) x_t, features φ_t = [x_t, e_λ1,t, ...], and the
+readout W = (ΦᵀΦ + α I)⁻¹ ΦᵀO fit from float64 sufficient statistics (`Normal`), with α = ridge · tr(ΦᵀΦ) / d
+(probes.attention's docstring has the whole method).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+
+if TYPE_CHECKING:
+    from pytest_ladder.probes.attention import Calibration
+
+F64 = torch.float64
+
+
+def scan_features(x: torch.Tensor, decays: Sequence[float]) -> torch.Tensor:
+    """φ = [x, e_λ1, ..., e_λm] (T, H·(m+1)) of one sequence x (T, H), e_λ,t = Σ_{s≤t} (1 − λ) λ^{t−s} x_s, float64."""
+    x = x.to(F64)
+    t = torch.arange(x.shape[0], device=x.device)
+    lag = (t[:, None] - t[None, :]).to(F64)
+    causal = lag >= 0
+    parts = [x]
+    for decay in decays:
+        if not 0 <= decay < 1:
+            raise ValueError(f"scan decays must lie in [0, 1) (contractive), got {decay}")
+        kernel = torch.where(causal, (1 - decay) * torch.tensor(decay, dtype=F64, device=x.device).pow(
+            lag.clamp_min(0)), torch.zeros((), dtype=F64, device=x.device))
+        parts.append(kernel @ x)
+    return torch.cat(parts, dim=-1)
+
+
+@dataclass
+class Normal:
+    """Sufficient statistics of least squares Ô = Φ W over points: ΦᵀΦ (d, d), ΦᵀY (d, H) and Σ‖Y‖² per target."""
+
+    ftf: torch.Tensor | None = None
+    fty: dict[str, torch.Tensor] = field(default_factory=dict)
+    yy: dict[str, float] = field(default_factory=dict)
+    n_points: int = 0
+    _eigh: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
+
+    def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
+        """Fold in points with features phi (n, d) and each target (n, H): one matmul for all targets."""
+        phi = phi.to(F64)
+        names = list(targets)
+        sizes = [targets[name].shape[-1] for name in names]
+        ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in names], dim=-1)
+        gram = phi.mT @ phi
+        self.ftf = gram if self.ftf is None else self.ftf + gram
+        for name, part, y in zip(names, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
+            self.fty[name] = part if name not in self.fty else self.fty[name] + part
+            self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
+        self.n_points += phi.shape[0]
+        self._eigh.clear()
+
+    def __add__(self, other: Normal) -> Normal:
+        if other.ftf is None:
+            return self
+        if self.ftf is None:
+            return other
+        return Normal(self.ftf + other.ftf, {k: v + other.fty[k] for k, v in self.fty.items()},
+                      {k: v + other.yy[k] for k, v in self.yy.items()}, self.n_points + other.n_points)
+
+    def eigh(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigendecomposition of the leading (width, width) block of ΦᵀΦ, computed once for every target and ridge."""
+        if width not in self._eigh:
+            self._eigh[width] = torch.linalg.eigh(self.ftf[:width, :width])
+        return self._eigh[width]
+
+
+EIG_CUTOFF = 1e-12  # ridge 0: eigenvalues of ΦᵀΦ below EIG_CUTOFF · λ_max count as zero (pseudo-inverse)
+
+
+def fit_scan(normal: Normal, target: str, ridge: float, *, width: int | None = None) -> torch.Tensor:
+    """W = (ΦᵀΦ + α I)⁻¹ ΦᵀY with α = ridge · tr(ΦᵀΦ) / d (ridge 0: the least-squares pseudo-inverse), float64,
+    through one eigendecomposition of ΦᵀΦ shared by every target and ridge.
+
+    `width` keeps the first `width` features only (H of them: the memoryless map x_t -> o_t)."""
+    if normal.ftf is None:
+        raise ValueError("fit_scan: no calibration points were accumulated")
+    d = normal.ftf.shape[0] if width is None else width
+    evals, evecs = normal.eigh(d)
+    evals = evals.clamp_min(0)
+    if ridge == 0:
+        kept = evals > EIG_CUTOFF * evals.max()
+        inverse = torch.where(kept, 1.0 / evals.where(kept, torch.ones_like(evals)), torch.zeros_like(evals))
+    else:
+        inverse = 1.0 / (evals + ridge * evals.sum() / d)
+    return evecs @ (inverse[:, None] * (evecs.mT @ normal.fty[target][:d]))
+
+
+def fit_error(normal: Normal, target: str, w: torch.Tensor) -> float:
+    """‖Φ W − Y‖_F / ‖Y‖_F on the accumulated (calibration) points, from the sufficient statistics."""
+    d = w.shape[0]
+    a, b = normal.ftf[:d, :d], normal.fty[target][:d]
+    sq = float((w * (a @ w)).sum() - 2 * (w * b).sum()) + normal.yy[target]
+    return (max(sq, 0.0) / normal.yy[target]) ** 0.5
+
+
+VALIDATION_EVERY = 5  # every fifth calibration sequence validates the ridge
+
+
+def readout(calibration: Calibration, target: str, ridges: Sequence[float], *, width: int | None = None
+            ) -> tuple[torch.Tensor, float]:
+    """(W, ridge): the ridge of `ridges` whose fit on the fitting sequences has the lowest error on the validation
+    sequences, and W refit with it on every calibration sequence (a single ridge is used as is)."""
+    ridges = list(ridges)
+    if not ridges:
+        raise ValueError("readout: no ridge given; params.ridges must list at least one value")
+    chosen = ridges[0]
+    if len(ridges) > 1:
+        if calibration.validation.ftf is None or calibration.fit.ftf is None:
+            raise ValueError(f"readout: choosing among {len(ridges)} ridges needs at least {VALIDATION_EVERY} "
+                             "calibration sequences; raise params.calibration_tokens_per_feature")
+        errors = [fit_error(calibration.validation, target, fit_scan(calibration.fit, target, r, width=width))
+                  for r in ridges]
+        chosen = ridges[min(range(len(ridges)), key=errors.__getitem__)]
+    return fit_scan(calibration.normal, target, chosen, width=width), chosen
+
+
+def random_readout(normal: Normal, target: str, seed: int) -> torch.Tensor:
+    """The random-basis trap's readout: Haar-random orthonormal columns Q (d, H) scaled by the least-squares scalar
+    c = tr(QᵀΦᵀY) / tr(QᵀΦᵀΦQ) on calibration — a scan of the same size whose readout was not fit."""
+    d, h = normal.fty[target].shape
+    q = random_orthonormal_columns(d, h, seed, device=normal.ftf.device)
+    c = (q * normal.fty[target]).sum() / (q * (normal.ftf @ q)).sum()
+    return c * q
