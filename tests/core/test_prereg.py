@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from pytest_ladder.expr import ExprError
+from pytest_ladder.expr import ExprError, NonFiniteError
 from pytest_ladder.prereg import Cell, GateSpec, PreregError, load_prereg, validate_against_rung
 
 SHOWN = "prereg/g4/tau.json"
@@ -47,7 +47,9 @@ def test_beats_tau_and_gate_rules(tmp_path, g4, write_prereg):
     prereg = load_prereg(write_prereg(g4))
     assert prereg.beats_tau(0.3, 0.35) is True  # 0.3 < 0.35 * 0.9 = 0.315
     assert prereg.beats_tau(0.315, 0.35) is False
-    assert prereg.beats_tau(math.nan, 0.35) is False
+    with pytest.raises(NonFiniteError) as error:
+        prereg.beats_tau(math.nan, 0.35)  # a non-finite value never decides silently
+    assert str(error.value) == "'error < tau * (1 - margin)': 'error' is nan, not a finite number"
     gate = prereg.gates["activation_error"]
     assert gate.passes(0.2) and not gate.passes(0.2000001) and not gate.passes(math.nan)
     assert gate.describe() == "value <= 0.2"
