@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -48,29 +49,88 @@ def compute_seal(data: dict) -> str:
     return hashlib.sha256(canonical_bytes(data)).hexdigest()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity; write a finite value)")
+class JsonContentError(SealError):
+    """The file was read but its content is not a strict JSON object: syntax, a duplicate key, a non-finite number."""
 
 
-def read_json_object(path: Path | str) -> dict:
-    """The JSON object in `path`, strict (no NaN/Infinity); SealError naming the file and the position otherwise."""
+class _NonFinite:
+    """Stands in, while parsing, for a number that is not finite (NaN, Infinity, or a literal such as 1e400)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Duplicated(dict):
+    """An object in which some keys appear more than once (the last value is kept, as json does)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicates: list[str]) -> None:
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    seen: set[str] = set()
+    duplicates = []
+    for key, _ in pairs:
+        if key in seen and key not in duplicates:
+            duplicates.append(key)
+        seen.add(key)
+    return _Duplicated(pairs, duplicates) if duplicates else dict(pairs)
+
+
+def _field(where: str, key: Any) -> str:
+    return f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+
+
+def _clean(value: Any, where: str, problems: list[str]) -> Any:
+    """`value` with plain dicts, listing each duplicate key and non-finite number (by field) in `problems`."""
+    if isinstance(value, _NonFinite):
+        why = "strict JSON has no NaN or Infinity" if value.text in ("NaN", "Infinity", "-Infinity") else "it overflows"
+        problems.append(f"field '{where}' must be a finite number (got {value.text}): {why}. Fix the value")
+        return None
+    if isinstance(value, dict):
+        for key in getattr(value, "duplicates", ()):
+            problems.append(f"field '{_field(where, key)}' appears more than once (a duplicate key: a reader sees the "
+                            "first value, the parser keeps the last). Keep exactly one")
+        return {key: _clean(item, _field(where, key), problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item, _field(where, i), problems) for i, item in enumerate(value)]
+    return value
+
+
+def read_json_object(path: Path | str, *, display: str | None = None) -> dict:
+    """The JSON object in `path`, strict: no duplicate keys, no NaN/Infinity/overflowing numbers; a UTF-8 BOM is
+    allowed. SealError naming the file (as `display`, default the path) and the position or, a line each, every bad
+    field with its fix."""
     path = Path(path)
+    shown = display or str(path)
+    reseal = f"re-seal with: ladder seal {shown}"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise SealError(f"{path}: cannot read it ({error.strerror or error})") from None
+        raise SealError(f"{shown}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
-        raise SealError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise SealError(f"{shown}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_float=_float, parse_constant=_NonFinite, object_pairs_hook=_object)
     except json.JSONDecodeError as error:
-        raise SealError(
-            f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax first."
+        raise JsonContentError(
+            f"{shown}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax and "
+            f"{reseal}"
         ) from None
-    except ValueError as error:
-        raise SealError(f"{path}: {error}") from None
+    except ValueError as error:  # an integer literal beyond Python's digit limit
+        raise JsonContentError(f"{shown}: not valid JSON: {error}. Fix the value and {reseal}") from None
     if not isinstance(data, dict):
-        raise SealError(f"{path}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+        raise JsonContentError(f"{shown}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+    problems: list[str] = []
+    data = _clean(data, "", problems)
+    if problems:
+        raise JsonContentError("\n".join(f"{shown}: {problem} and {reseal}" for problem in problems))
     return data
 
 
@@ -110,10 +170,10 @@ def verify_seal(path: Path | str, *, display: str | None = None) -> SealStatus:
         "seeing data is visible in version history."
     )
     try:
-        data = read_json_object(path)
+        data = read_json_object(path, display=shown)
     except SealError as error:
-        message = str(error).replace(str(path), shown, 1)
-        return SealStatus(False, path, None, "", f"{message} The seal cannot be checked until it parses.")
+        message = str(error)
+        return SealStatus(False, path, None, "", f"{message}\n{shown}: the seal cannot be checked until the file parses.")
     expected = compute_seal(data)
     found = data.get(SEAL_FIELD)
     if found is None:
