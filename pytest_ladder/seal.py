@@ -173,7 +173,9 @@ def verify_seal(path: Path | str, *, display: str | None = None) -> SealStatus:
         data = read_json_object(path, display=shown)
     except SealError as error:
         message = str(error)
-        return SealStatus(False, path, None, "", f"{message}\n{shown}: the seal cannot be checked until the file parses.")
+        return SealStatus(
+            False, path, None, "", f"{message}\n{shown}: the seal cannot be checked until the file parses."
+        )
     expected = compute_seal(data)
     found = data.get(SEAL_FIELD)
     if found is None:
@@ -224,7 +226,8 @@ def _parse(prog: str, description: str, argv: list[str], schema: bool) -> argpar
 
 
 def seal_main(argv: list[str]) -> int:
-    """`ladder seal PATH...`: write the seal into each file; exit 2 (writing nothing) if any file is not JSON."""
+    """`ladder seal PATH...`: validate every file (strict JSON, then the prereg schema) and write the seals only
+    when all are valid; otherwise list every problem found (file, field, fix), write nothing and exit 2."""
     try:
         args = _parse("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv, schema=False)
     except SystemExit as exit_:
@@ -233,10 +236,17 @@ def seal_main(argv: list[str]) -> int:
         files = prereg_files(args.paths)
         if not files:
             raise SealError(f"no {PREREG_NAME} under {', '.join(args.paths)}")
-        for file in files:  # check every file before writing any
-            read_json_object(file)
     except SealError as error:
         print(f"ladder seal: {error}", file=sys.stderr)
+        return 2
+    from pytest_ladder.prereg import prereg_problems  # imports pytest: only when sealing
+
+    problems = [problem for file in files for problem in prereg_problems(file)]  # check every file before writing
+    if problems:
+        print(f"ladder seal: nothing sealed: {len(problems)} problem{'s' if len(problems) > 1 else ''} to fix first:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     for file in files:
         print(f"{file}  {seal_file(file)}")
@@ -244,7 +254,9 @@ def seal_main(argv: list[str]) -> int:
 
 
 def verify_main(argv: list[str]) -> int:
-    """`ladder verify PATH... [--schema]`: ok/BROKEN/MISSING per file; 0 only if every seal holds, 2 on no files."""
+    """`ladder verify PATH... [--schema]`: ok/MISSING/BROKEN/INVALID per file, every file reported even after a bad
+    one; with --schema also each schema problem and, per prereg folder, requires naming absent rungs or forming a
+    cycle. Exit 0 only if every check holds, 1 otherwise, 2 when no file is given or found."""
     try:
         args = _parse("ladder verify", "Check the seals of prereg tau.json files.", argv, schema=True)
     except SystemExit as exit_:
@@ -258,8 +270,14 @@ def verify_main(argv: list[str]) -> int:
         print(f"ladder verify: no {PREREG_NAME} under {', '.join(args.paths)}", file=sys.stderr)
         return 2
     failures = 0
+    loaded: dict[Path, list[Any]] = {}  # prereg folder -> the preregs of it that passed the schema
     for file in files:
-        status = verify_seal(file)
+        try:
+            status = verify_seal(file)
+        except Exception as error:  # noqa: BLE001 - one file's surprise must not hide the report on the others
+            print(f"{'ERROR':<8}{file}  {file}: cannot be checked ({type(error).__name__}: {error})")
+            failures += 1
+            continue
         if status.ok:
             word = "ok"
         elif status.found is None and status.expected:
@@ -271,11 +289,27 @@ def verify_main(argv: list[str]) -> int:
         print(f"{word:<8}{file}  {status.expected if status.ok else status.message}")
         failures += not status.ok
         if args.schema and status.expected:
-            from pytest_ladder.prereg import PreregError, load_prereg
+            failures += _verify_schema(file, loaded)
+    if args.schema:
+        from pytest_ladder.prereg import requires_problems
 
-            try:
-                load_prereg(file)
-            except PreregError as error:
-                print(f"{'SCHEMA':<8}{file}  {error}")
+        for folder, preregs in sorted(loaded.items()):
+            for problem in requires_problems(preregs, str(folder)):
+                print(f"REQUIRES {folder}  {problem}")
                 failures += 1
     return 0 if failures == 0 else 1
+
+
+def _verify_schema(file: Path, loaded: dict[Path, list[Any]]) -> int:
+    """Print a SCHEMA line per problem of `file`; keep it in `loaded` (by prereg folder) when valid. Problems."""
+    from pytest_ladder.prereg import PreregError, load_prereg, prereg_problems
+
+    try:
+        prereg = load_prereg(file)
+    except PreregError:
+        problems = prereg_problems(file)
+        for problem in problems:
+            print(f"{'SCHEMA':<8}{file}  {problem}")
+        return max(1, len(problems))
+    loaded.setdefault(file.parent.parent, []).append(prereg)
+    return 0
