@@ -138,7 +138,8 @@ def parse_expr(text: str, *, allowed_names: set[str] | None = None) -> Expr:
         unknown = sorted(names - set(allowed_names))
         if unknown:
             raise ExprError(
-                f"{_quoted(text)} uses unknown name{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)} "
+                f"{_quoted(text)} uses unknown name{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(u) for u in unknown)} "
                 f"(allowed: {', '.join(sorted(allowed_names))})"
             )
     return Expr(text=text.strip(), names=frozenset(names), tree=tree)
@@ -182,8 +183,8 @@ def _check_constants(node: ast.AST, text: str) -> bool:
 
 def _refuse(node: ast.AST, text: str, what: str) -> ExprError:
     return ExprError(
-        f"{_quoted(text)}: {what} at column {getattr(node, 'col_offset', 0) + 1} is not allowed; rules use numbers, names, "
-        "+ - * / **, comparisons, and/or/not and abs/min/max only"
+        f"{_quoted(text)}: {what} at column {getattr(node, 'col_offset', 0) + 1} is not allowed; rules use numbers, "
+        "names, + - * / **, comparisons, and/or/not and abs/min/max only"
     )
 
 

@@ -245,7 +245,9 @@ class _Reader:
     def unknown(self, key: str) -> None:
         close = difflib.get_close_matches(key, ALLOWED, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise self.error(key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it")
+        raise self.error(
+            key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it"
+        )
 
     def top_level(self) -> None:
         for key in self.data:
