@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pytest_ladder.cli import main as ladder
 from pytest_ladder.expr import NonFiniteError
 from pytest_ladder.prereg import PreregError, check_requires, load_prereg, prereg_problems
-from pytest_ladder.seal import compute_seal
+from pytest_ladder.seal import compute_seal, verify_seal
 
 SHOWN = "prereg/g4/tau.json"
 RESEAL = f"re-seal with: ladder seal {SHOWN}"
@@ -308,3 +310,44 @@ def test_repository_preregs_verify_with_schema_and_requires(capsys, monkeypatch)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 13 and all(line.startswith("ok      prereg/") for line in lines)
     assert len(check_requires(REPO / "prereg")) == 13
+
+
+REPO_PREREGS = sorted((REPO / "prereg").glob("*/tau.json"))
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if path or key != "seal":
+                yield from _leaves(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, path + (index,))
+    else:
+        yield path
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_single_value_edit_of_a_repository_prereg_is_refused(tmp_path, data):
+    source = data.draw(st.sampled_from(REPO_PREREGS), label="prereg")
+    content = json.loads(source.read_text())
+    leaf = data.draw(st.sampled_from(list(_leaves(content))), label="field")
+    target = content
+    for key in leaf[:-1]:
+        target = target[key]
+    old = target[leaf[-1]]
+    if isinstance(old, bool):
+        new = not old
+    elif isinstance(old, (int, float)):
+        new = data.draw(st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False))
+                        .filter(lambda v: v != old or type(v) is not type(old)), label="value")
+    elif isinstance(old, str):
+        new = data.draw(st.text(max_size=20).filter(lambda v: v != old), label="value")
+    else:
+        new = 0
+    target[leaf[-1]] = new
+    path = tmp_path / source.parent.name / "tau.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False))
+    assert not verify_seal(path).ok, (source, leaf, old, new)
