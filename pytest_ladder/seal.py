@@ -73,6 +73,15 @@ def _float(text: str) -> Any:
     return value if math.isfinite(value) else _NonFinite(text)
 
 
+def _int(text: str) -> Any:
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:  # beyond every float: a rule or a threshold could not use it
+        return _NonFinite(text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)")
+    return value
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict:
     seen: set[str] = set()
     duplicates = []
@@ -117,7 +126,8 @@ def read_json_object(path: Path | str, *, display: str | None = None) -> dict:
     except UnicodeDecodeError as error:
         raise SealError(f"{shown}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
-        data = json.loads(text, parse_float=_float, parse_constant=_NonFinite, object_pairs_hook=_object)
+        data = json.loads(text, parse_float=_float, parse_int=_int, parse_constant=_NonFinite,
+                          object_pairs_hook=_object)
     except json.JSONDecodeError as error:
         raise JsonContentError(
             f"{shown}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax and "

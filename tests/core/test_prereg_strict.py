@@ -76,15 +76,17 @@ def test_nested_duplicate_keys_are_each_named(tmp_path, g4, write_prereg):
 
 @pytest.mark.parametrize(
     ("literal", "why"),
-    [("1e400", "it overflows"), ("-1e400", "it overflows"), ("NaN", "strict JSON has no NaN or Infinity"),
+    [("1e400", "it overflows"), ("-1e400", "it overflows"), ("1" + "0" * 400, "it overflows"),
+     ("NaN", "strict JSON has no NaN or Infinity"),
      ("Infinity", "strict JSON has no NaN or Infinity"), ("-Infinity", "strict JSON has no NaN or Infinity")],
 )
 def test_non_finite_number_refused_by_load_seal_and_verify(
     tmp_path, g4, write_prereg, capsys, monkeypatch, literal, why
 ):
     path = write_prereg(g4, text=sealed_text(g4).replace('"threshold": 0.2', f'"threshold": {literal}'))
+    shown = "100000000000... (401 digits)" if len(literal) > 24 else literal
     message = (
-        f"{SHOWN}: field 'gates.activation_error.threshold' must be a finite number (got {literal}): {why}. Fix the "
+        f"{SHOWN}: field 'gates.activation_error.threshold' must be a finite number (got {shown}): {why}. Fix the "
         f"value and {RESEAL}"
     )
     assert load_error(path, tmp_path) == message
