@@ -1,9 +1,12 @@
 """The pre-registration `prereg/<rung>/tau.json` (protocol §2): its schema, loaded into frozen dataclasses.
 
 Every problem is a `PreregError` (a `pytest.UsageError`) naming the file, the field and the fix, e.g.
-`prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). Fix the value
-and re-seal with: ladder seal prereg/g4/tau.json`. Unknown top-level fields are errors too: a typo must not pass
-silently. Rules (decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
+`prereg/g4/tau.json: field 'tau_margin' must be a number with 0 <= margin < 1 (got 1.5). Fix the value and re-seal
+with: ladder seal prereg/g4/tau.json`; fields are checked independently, so one error lists every problem found.
+The file is read as strict JSON (seal.read_json_object: no duplicate keys, finite numbers only, a BOM allowed).
+Unknown top-level fields are errors too: a typo must not pass silently. Rung and `requires` names are
+`[a-z0-9_]+`; `check_requires` checks a prereg folder's ladder graph (absent rungs, cycles). Rules
+(decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
 """
 
 from __future__ import annotations
