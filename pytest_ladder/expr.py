@@ -5,9 +5,13 @@ Grammar (a whitelist over Python's own parser, `ast.parse(text, mode="eval")`): 
 calls `abs(x)`, `min(a, b, ...)`, `max(a, b, ...)`. Anything else (attribute access, subscripts, other calls,
 strings, lambdas, comprehensions...) is refused with an `ExprError` saying what was found.
 
-Evaluation is float arithmetic: division by zero gives ±inf (nan for 0/0), an overflowing or complex power gives
-inf or nan. NaN propagates through arithmetic, `min`, `max`, and every comparison with a NaN operand is False
-(`!=` included), so a NaN measurement never satisfies a rule.
+Bounded: an expression longer than MAX_LENGTH characters or nested deeper than MAX_DEPTH is refused before it can
+exhaust the parser, the stack or memory. A literal that is not a finite number (`1e400`), and a part without names
+that does not evaluate to one (`9 ** 9 ** 9`), are refused when parsed.
+
+Evaluation is float arithmetic that stays finite or fails: a non-finite value given for a name, or a step that
+produces one (division by zero, an overflowing or complex power), raises `NonFiniteError` naming the expression and
+the step, so a rule never decides on a silent inf or NaN.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import ast
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+MAX_LENGTH = 500  # characters; the longest locked rule in the repository is under 80
+MAX_DEPTH = 32  # nesting of the syntax tree; `value < tau * (1 - margin)` is 5 deep
 
 FUNCTIONS: dict[str, Callable[[list[float]], float]] = {"abs": lambda a: abs(a[0]), "min": min, "max": max}
 
@@ -53,6 +60,15 @@ class ExprError(ValueError):
     """An expression that does not parse, uses syntax outside the whitelist, or misses a name at evaluation."""
 
 
+class NonFiniteError(ExprError):
+    """Evaluation met a value that is not a finite number (inf or NaN), given or produced by a step."""
+
+
+def _quoted(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut to about `limit` characters so a huge expression gives a short error."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Expr:
     """A parsed, checked expression; equal when the text is equal."""
@@ -71,19 +87,26 @@ class Expr:
         missing = sorted(self.names - set(env))
         if missing:
             raise ExprError(
-                f"{self.text!r}: no value for {', '.join(repr(m) for m in missing)} "
+                f"{_quoted(self.text)}: no value for {', '.join(repr(m) for m in missing)} "
                 f"(given: {', '.join(sorted(env)) or 'nothing'})"
             )
         values = {}
-        for name in self.names:
+        for name in sorted(self.names):
             value = env[name]
             if isinstance(value, (str, bytes)):
-                raise ExprError(f"{self.text!r}: {name!r} must be a number, got {value!r}")
+                raise ExprError(f"{_quoted(self.text)}: {name!r} must be a number, got {value!r}")
             try:
                 values[name] = float(value)  # int, float, bool, numpy and 0-d torch scalars
             except (TypeError, ValueError):
-                raise ExprError(f"{self.text!r}: {name!r} must be a number, got {value!r}") from None
-        return _evaluate(self.tree.body, values)
+                raise ExprError(f"{_quoted(self.text)}: {name!r} must be a number, got {value!r}") from None
+            except OverflowError:  # an int too large for a float
+                values[name] = math.inf
+            if not math.isfinite(values[name]):
+                raise NonFiniteError(f"{_quoted(self.text)}: {name!r} is {value!r}, not a finite number")
+        try:
+            return _evaluate(self.tree.body, values)
+        except _Overflow as step:
+            raise NonFiniteError(f"{_quoted(self.text)}: {step} is not a finite number") from None
 
     def __str__(self) -> str:
         return self.text
@@ -95,26 +118,73 @@ def parse_expr(text: str, *, allowed_names: set[str] | None = None) -> Expr:
         raise ExprError(f"an expression must be a string, got {type(text).__name__} {text!r}")
     if not text.strip():
         raise ExprError("the expression is empty")
+    if len(text.strip()) > MAX_LENGTH:
+        raise ExprError(
+            f"{_quoted(text.strip())} is longer than {MAX_LENGTH} characters; a locked rule should read at a glance"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
-        raise ExprError(f"{text!r} does not parse: {error.msg} (column {error.offset})") from None
+        raise ExprError(f"{_quoted(text)} does not parse: {error.msg} (column {error.offset})") from None
+    except (RecursionError, MemoryError):  # the parser's own limits, before MAX_DEPTH can be checked
+        raise ExprError(f"{_quoted(text)} is nested too deeply to parse (at most {MAX_DEPTH} levels)") from None
+    depth = _depth(tree.body)
+    if depth > MAX_DEPTH:
+        raise ExprError(f"{_quoted(text)} is nested {depth} levels deep, more than the {MAX_DEPTH} allowed")
     names: set[str] = set()
     _check(tree.body, text, names)
+    _check_constants(tree.body, text)
     if allowed_names is not None:
         unknown = sorted(names - set(allowed_names))
         if unknown:
             raise ExprError(
-                f"{text!r} uses unknown name{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)} "
+                f"{_quoted(text)} uses unknown name{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(u) for u in unknown)} "
                 f"(allowed: {', '.join(sorted(allowed_names))})"
             )
     return Expr(text=text.strip(), names=frozenset(names), tree=tree)
 
 
+def _depth(root: ast.AST) -> int:
+    """Nesting depth of the syntax tree (iterative: a deep tree must not exhaust the stack while being measured)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node)
+                     if not isinstance(child, (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)))
+    return deepest
+
+
+def _check_constants(node: ast.AST, text: str) -> bool:
+    """Refuse a non-finite literal or a part without names that evaluates to a non-finite number; True if name-free."""
+    if isinstance(node, ast.Constant):
+        try:
+            finite = math.isfinite(float(node.value))
+        except OverflowError:  # an integer literal too large for a float
+            finite = False
+        if not finite:
+            raise ExprError(f"{_quoted(text)}: the number at column {node.col_offset + 1} is not finite (it "
+                            "overflows a float); write a finite value")
+        return True
+    if isinstance(node, ast.Name):
+        return False
+    children = [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)]
+    if isinstance(node, ast.Call):
+        children = list(node.args)
+    name_free = [_check_constants(child, text) for child in children]
+    if all(name_free) and not _is_comparison(node):
+        try:
+            _evaluate(node, {})
+        except _Overflow as step:
+            raise ExprError(f"{_quoted(text)}: {step} is not a finite number") from None
+    return all(name_free)
+
+
 def _refuse(node: ast.AST, text: str, what: str) -> ExprError:
     return ExprError(
-        f"{text!r}: {what} at column {getattr(node, 'col_offset', 0) + 1} is not allowed; rules use numbers, names, "
-        "+ - * / **, comparisons, and/or/not and abs/min/max only"
+        f"{_quoted(text)}: {what} at column {getattr(node, 'col_offset', 0) + 1} is not allowed; rules use numbers, "
+        "names, + - * / **, comparisons, and/or/not and abs/min/max only"
     )
 
 
@@ -171,21 +241,28 @@ def _is_comparison(node: ast.AST) -> bool:
     return False
 
 
-def _divide(a: float, b: float) -> float:
-    if b != 0:  # NaN != 0 too: a / NaN is NaN
-        return a / b
-    if a == 0 or math.isnan(a):
-        return math.nan
-    return math.copysign(math.inf, a) * math.copysign(1.0, b)
+class _Overflow(Exception):
+    """Internal: a step produced a non-finite number; the message names the step with its operands."""
 
 
-def _power(a: float, b: float) -> float:
+def _arithmetic(a: float, op: type, b: float) -> float:
+    """`a op b` in floats, raising _Overflow("a op b") when the result is not a finite number."""
     try:
-        return math.pow(a, b)
-    except OverflowError:
-        return math.inf if a > 0 or b == math.floor(b) and b % 2 == 0 else -math.inf
-    except (ValueError, ZeroDivisionError):  # negative base with a fractional exponent; 0 ** negative
-        return math.inf if a == 0 else math.nan
+        if op is ast.Add:
+            result = a + b
+        elif op is ast.Sub:
+            result = a - b
+        elif op is ast.Mult:
+            result = a * b
+        elif op is ast.Div:
+            result = a / b
+        else:
+            result = math.pow(a, b)
+    except (OverflowError, ZeroDivisionError, ValueError):  # overflow; x / 0; 0 ** -1 or (-8) ** 0.5
+        result = math.nan
+    if not math.isfinite(result):
+        raise _Overflow(f"{a:g} {_BINARY[op]} {b:g}")
+    return result
 
 
 def _evaluate(node: ast.AST, env: dict[str, float]) -> float | bool:
@@ -195,16 +272,7 @@ def _evaluate(node: ast.AST, env: dict[str, float]) -> float | bool:
         return env[node.id]
     if isinstance(node, ast.BinOp):
         a, b = float(_evaluate(node.left, env)), float(_evaluate(node.right, env))
-        op = type(node.op)
-        if op is ast.Add:
-            return a + b
-        if op is ast.Sub:
-            return a - b
-        if op is ast.Mult:
-            return a * b
-        if op is ast.Div:
-            return _divide(a, b)
-        return _power(a, b)
+        return _arithmetic(a, type(node.op), b)
     if isinstance(node, ast.UnaryOp):
         operand = _evaluate(node.operand, env)
         if isinstance(node.op, ast.Not):
@@ -218,13 +286,11 @@ def _evaluate(node: ast.AST, env: dict[str, float]) -> float | bool:
         left = float(_evaluate(node.left, env))
         for op, comparator in zip(node.ops, node.comparators):
             right = float(_evaluate(comparator, env))
-            if math.isnan(left) or math.isnan(right) or not _COMPARE[type(op)](left, right):
+            if not _COMPARE[type(op)](left, right):
                 return False
             left = right
         return True
     if isinstance(node, ast.Call):
         args = [float(_evaluate(a, env)) for a in node.args]
-        if any(math.isnan(a) for a in args):
-            return math.nan
         return float(FUNCTIONS[node.func.id](args))  # type: ignore[union-attr]
     raise ExprError(f"cannot evaluate {ast.dump(node)}")  # unreachable: _check refused it

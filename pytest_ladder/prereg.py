@@ -2,9 +2,12 @@
 prereg_types.py.
 
 Every problem is a `PreregError` naming the file, the field and the fix (the plugin shows it as a usage error), e.g.
-`prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). Fix the value
-and re-seal with: ladder seal prereg/g4/tau.json`. Unknown top-level fields are errors too: a typo must not pass
-silently. Rules (decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
+`prereg/g4/tau.json: field 'tau_margin' must be a number with 0 <= margin < 1 (got 1.5). Fix the value and re-seal
+with: ladder seal prereg/g4/tau.json`; fields are checked independently, so one error lists every problem found.
+The file is read as strict JSON (seal.read_json_object: no duplicate keys, finite numbers only, a BOM allowed).
+Unknown top-level fields are errors too: a typo must not pass silently. Rung and `requires` names are
+`[a-z0-9_]+`; `check_requires` checks a prereg folder's ladder graph (absent rungs, cycles). Rules
+(decision_threshold, trap expectations) are parsed by the safe expression language in expr.py.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from pytest_ladder.prereg_types import (  # noqa: F401  (re-exported: the prereg
     ALLOWED, GATE_KEYS, GATE_OPS, OPTIONAL, REQUIRED, RULE_NAMES, TRAP_KEYS, TRAP_OBSERVED, Cell, GateSpec, Prereg,
     PreregError, TrapSpec, format_number,
 )
+from pytest_ladder.seal import PREREG_NAME as PREREG_FILE
+from pytest_ladder.seal import SealError, read_json_object
+
+RUNG_NAME = re.compile(r"[a-z0-9_]+")  # rung names become folder names: nothing that can leave a folder
+
 
 def _shown(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, Path) else str(value)
@@ -49,6 +57,24 @@ class _Reader:
     def __init__(self, display: str, data: dict) -> None:
         self.display = display
         self.data = data
+        self.errors: list[PreregError] = []
+
+    def attempt(self, check: Any, *args: Any) -> Any:
+        """`check(*args)`, or None after recording its PreregError: one bad field must not hide the others."""
+        try:
+            return check(*args)
+        except PreregError as error:
+            if str(error) not in map(str, self.errors):
+                self.errors.append(error)
+            return None
+
+    def name(self, where: str, value: Any) -> str:
+        """A rung name: lowercase letters, digits and underscores only (it becomes a folder name)."""
+        value = self.text(where, value)
+        if not RUNG_NAME.fullmatch(value):
+            raise self.error(where, f"must be a rung name of lowercase letters, digits and _ only (got {_got(value)})",
+                             "Use the rung's folder name under prereg/")
+        return value
 
     def error(self, where: str, problem: str, fix: str = "Fix the value") -> PreregError:
         return PreregError(
@@ -107,17 +133,74 @@ class _Reader:
 
     # ---------------------------------------------------------------------------------------------- fields ----
 
+    def unknown(self, key: str) -> None:
+        close = difflib.get_close_matches(key, ALLOWED, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise self.error(
+            key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it"
+        )
+
     def top_level(self) -> None:
-        unknown = [key for key in self.data if key not in ALLOWED]
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, ALLOWED, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise self.error(
-                key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it"
-            )
+        for key in self.data:
+            if key not in ALLOWED:
+                self.attempt(self.unknown, key)
         for name in REQUIRED:
-            self.required(name)
+            self.attempt(self.required, name)
+
+    def rung(self, folder: str) -> str:
+        if "rung" not in self.data and not folder:
+            raise PreregError(
+                f"{self.display}: cannot tell the rung: keep the file at prereg/<rung>/tau.json or add a 'rung' field"
+            )
+        if "rung" not in self.data:
+            if not RUNG_NAME.fullmatch(folder):
+                raise PreregError(
+                    f"{self.display}: the folder name {folder!r} is not a rung name (lowercase letters, digits and _ "
+                    f"only). Move the file to prereg/<rung>/tau.json with such a name"
+                )
+            return folder
+        rung = self.name("rung", self.data["rung"])
+        if rung != folder:
+            raise self.error("rung", f"is {rung!r} but the file lives in folder {folder!r}",
+                             "Make them agree (prereg/<rung>/tau.json)")
+        return rung
+
+    def margin(self) -> float:
+        value = self.required("tau_margin")
+        tau_margin = self.number("tau_margin", value, "a number with 0 <= margin < 1")
+        if not 0 <= tau_margin < 1:
+            raise self.error("tau_margin", f"must be a number with 0 <= margin < 1 (got {_shown(value)})")
+        return tau_margin
+
+    def requires(self, rung: str | None) -> tuple[str, ...]:
+        value = self.data.get("requires", [])
+        requires = self.strings("requires", value, non_empty=False)
+        for i, required in enumerate(requires):
+            self.name(f"requires[{i}]", required)
+        if rung is not None and rung in requires:
+            raise self.error("requires", f"lists the rung itself ({rung!r})", "Remove it")
+        return requires
+
+    def params(self) -> dict:
+        params = self.obj("params", self.data.get("params", {}))
+        self.finite_everywhere("params", params)
+        return params
+
+    def seal(self) -> str | None:
+        seal = self.data.get("seal")
+        if seal is not None and (not isinstance(seal, str) or not re.fullmatch(r"[0-9a-f]{64}", seal)):
+            raise PreregError(
+                f"{self.display}: field 'seal' must be 64 lowercase hex digits (got {_shown(seal)}). Re-seal with: "
+                f"ladder seal {self.display}"
+            )
+        return seal
+
+    def optional_text(self, name: str) -> str | None:
+        return None if self.data.get(name) is None else self.text(name, self.data[name])
+
+
+    def required_text(self, name: str) -> str:
+        return self.text(name, self.required(name))
 
     def seeds(self) -> tuple[list[int] | None, int]:
         value = self.required("random_seeds")
@@ -291,75 +374,151 @@ def _load_cached(given: str, resolved: str, mtime_ns: int, size: int, root: str 
     del resolved, mtime_ns, size  # cache key only
     path = Path(given)
     shown = display_path(path, None if root is None else Path(root))
+    return parse_prereg(_read(path, shown), path=path, display=shown)
+
+
+def _read(path: Path, shown: str) -> dict:
+    """The strict JSON object in `path` (seal.read_json_object: no duplicate keys, only finite numbers)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise PreregError(
-            f"{shown}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax and "
-            f"re-seal with: ladder seal {shown}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise PreregError(f"{shown}: cannot read it as UTF-8 text ({error})") from None
-    if not isinstance(data, dict):
-        raise PreregError(f"{shown}: the top level must be a JSON object {{...}} (got {_kind(data)})")
-    return parse_prereg(data, path=path, display=shown)
+        return read_json_object(path, display=shown)
+    except SealError as error:
+        problems = str(error).splitlines()
+        raise _every(shown, problems) from None
 
 
 def parse_prereg(data: dict, *, path: Path, display: str) -> Prereg:
-    """Validate the JSON object `data` read from `path` into a Prereg (PreregError naming the field otherwise)."""
+    """Validate the JSON object `data` read from `path` into a Prereg (PreregError naming every bad field otherwise)."""
+    prereg, errors = _parse(data, path=path, display=display)
+    if prereg is None:
+        raise _every(display, [str(error) for error in errors])
+    return prereg
+
+
+def _every(where: str, problems: list[str]) -> PreregError:
+    """The one problem, or one error listing every problem (each naming file, field and fix) a line each."""
+    if len(problems) == 1:
+        return PreregError(problems[0])
+    return PreregError(f"{where}: {len(problems)} problems:\n" + "\n".join(f"  {problem}" for problem in problems))
+
+
+def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list[PreregError]]:
+    """(the Prereg, []) or (None, every problem found): each field is checked independently of the others."""
     r = _Reader(display, data)
     r.top_level()
-    folder = path.parent.name
-    if "rung" not in data and not folder:
-        raise PreregError(
-            f"{display}: cannot tell the rung: keep the file at prereg/<rung>/tau.json or add a 'rung' field"
-        )
-    rung = r.text("rung", data.get("rung", folder))
-    if "rung" in data and rung != folder:
-        raise r.error("rung", f"is {rung!r} but the file lives in folder {folder!r}",
-                      "Make them agree (prereg/<rung>/tau.json)")
-    seeds, n_seeds = r.seeds()
-    tau_margin = r.number("tau_margin", data["tau_margin"], "a number with 0 <= margin < 1")
-    if not 0 <= tau_margin < 1:
-        raise r.error("tau_margin", f"must be a number with 0 <= margin < 1 (got {_shown(data['tau_margin'])})")
-    cells, raw_cells = r.cells()
-    requires = r.strings("requires", data.get("requires", []), non_empty=False)
-    if rung in requires:
-        raise r.error("requires", f"lists the rung itself ({rung!r})", "Remove it")
-    params = r.obj("params", data.get("params", {}))
-    r.finite_everywhere("params", params)
-    seal = data.get("seal")
-    if seal is not None and (not isinstance(seal, str) or not re.fullmatch(r"[0-9a-f]{64}", seal)):
-        raise PreregError(
-            f"{display}: field 'seal' must be 64 lowercase hex digits (got {_shown(seal)}). Re-seal with: "
-            f"ladder seal {display}"
-        )
+    rung = r.attempt(r.rung, path.parent.name)
+    seeds = r.attempt(r.seeds)
+    tau_margin = r.attempt(r.margin)
+    cells = r.attempt(r.cells)
+    requires = r.attempt(r.requires, rung)
+    params = r.attempt(r.params)
+    seal = r.attempt(r.seal)
+    fields = {
+        "claim": r.attempt(r.required_text, "claim"),
+        "metric": r.attempt(r.required_text, "metric"),
+        "data_points": r.attempt(lambda: r.integer("data_points", r.required("data_points"), 1)),
+        "decision_threshold": r.attempt(r.rule),
+        "model": r.attempt(r.required_text, "model"),
+        "tasks": r.attempt(lambda: r.strings("tasks", r.required("tasks"), non_empty=True)),
+        "hardest_cell": None if cells is None else r.attempt(r.hardest, *cells),
+        "gates": r.attempt(lambda: r.gates("gates", r.required("gates"), non_empty=True)),
+        "traps": r.attempt(r.traps),
+        "prefilters": r.attempt(r.gates, "prefilters", data.get("prefilters", {}), False),
+        "theorems": r.attempt(r.strings, "theorems", data.get("theorems", []), False),
+        "label": r.attempt(r.optional_text, "label"),
+        "notes": r.attempt(r.optional_text, "notes"),
+    }
+    if r.errors:
+        return None, r.errors
     return Prereg(
         path=path,
         display_path=display,
         rung=rung,
-        claim=r.text("claim", data["claim"]),
-        metric=r.text("metric", data["metric"]),
-        data_points=r.integer("data_points", data["data_points"], 1),
-        seeds=seeds,
-        n_seeds=n_seeds,
-        decision_threshold=r.rule(),
+        seeds=seeds[0],
+        n_seeds=seeds[1],
         tau_margin=tau_margin,
-        model=r.text("model", data["model"]),
-        tasks=r.strings("tasks", data["tasks"], non_empty=True),
-        cells=cells,
-        hardest_cell=r.hardest(cells, raw_cells),
-        gates=r.gates("gates", data["gates"], non_empty=True),
-        traps=r.traps(),
-        prefilters=r.gates("prefilters", data.get("prefilters", {}), non_empty=False),
+        cells=cells[0],
         requires=requires,
         params=params,
-        theorems=r.strings("theorems", data.get("theorems", []), non_empty=False),
-        label=None if data.get("label") is None else r.text("label", data["label"]),
         seal=seal,
         raw=data,
-        notes=None if data.get("notes") is None else r.text("notes", data["notes"]),
-    )
+        **fields,
+    ), []
+
+
+def prereg_problems(path: Path | str, *, root: Path | None = None) -> list[str]:
+    """Every problem `load_prereg` would find in `path`, one message each (file, field, fix); [] when it is valid."""
+    path = Path(path)
+    shown = display_path(path, root)
+    try:
+        data = read_json_object(path, display=shown)
+    except SealError as error:
+        return str(error).splitlines()
+    return [str(error) for error in _parse(data, path=path, display=shown)[1]]
+
+
+def requires_problems(preregs: list[Prereg], folder: str) -> list[str]:
+    """The ladder rule's graph over the preregs of one folder: each `requires` naming a rung without a prereg
+    there, and each cycle (named rung by rung, e.g. "g4 -> g0 -> g4"); [] when every requirement is a lower rung."""
+    by_rung = {prereg.rung: prereg for prereg in preregs}
+    problems = []
+    for prereg in preregs:
+        for i, required in enumerate(prereg.requires):
+            if required not in by_rung:
+                problems.append(
+                    f"{prereg.display_path}: field 'requires[{i}]' names rung {required!r}, which has no prereg in "
+                    f"{folder} (no {folder}/{required}/tau.json). Fix the name or write and seal that rung's prereg, "
+                    f"then re-seal with: ladder seal {prereg.display_path}"
+                )
+    for cycle in _cycles({rung: [r for r in p.requires if r in by_rung] for rung, p in sorted(by_rung.items())}):
+        files = ", ".join(by_rung[rung].display_path for rung in cycle[:-1])
+        problems.append(
+            f"{folder}: the requires form a cycle: {' -> '.join(cycle)} ({files}). A rung requires lower rungs only: "
+            "remove one of these requires and re-seal that file"
+        )
+    return problems
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each elementary cycle found by depth-first search, once, as a closed path starting at its smallest rung."""
+    found: list[list[str]] = []
+    done: set[str] = set()
+    for start in graph:
+        path: list[str] = []
+        stack = [(start, iter(graph[start]))]
+        path.append(start)
+        on_path = {start}
+        while stack:
+            node, edges = stack[-1]
+            nxt = next(edges, None)
+            if nxt is None:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif nxt in on_path:
+                cycle = path[path.index(nxt):]
+                first = cycle.index(min(cycle))
+                cycle = cycle[first:] + cycle[:first]
+                if cycle + [cycle[0]] not in found:
+                    found.append(cycle + [cycle[0]])
+            elif nxt not in done:
+                stack.append((nxt, iter(graph[nxt])))
+                path.append(nxt)
+                on_path.add(nxt)
+    return found
+
+
+def check_requires(prereg_dir: Path | str, *, root: Path | None = None) -> dict[str, Prereg]:
+    """Load every `<rung>/tau.json` under `prereg_dir` and check the ladder rule's graph (see requires_problems).
+
+    Returns the preregs by rung; PreregError naming each missing rung and cycle (or the first unreadable prereg).
+    """
+    folder = Path(prereg_dir)
+    preregs = [load_prereg(path, root=root) for path in sorted(folder.glob(f"*/{PREREG_FILE}"))]
+    problems = requires_problems(preregs, display_path(folder, root))
+    if problems:
+        raise _every(display_path(folder, root), problems)
+    return {prereg.rung: prereg for prereg in preregs}
 
 
 def validate_against_rung(prereg: Prereg, gates: set[str], traps: set[str], prefilters: set[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,29 +49,98 @@ def compute_seal(data: dict) -> str:
     return hashlib.sha256(canonical_bytes(data)).hexdigest()
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity; write a finite value)")
+class JsonContentError(SealError):
+    """The file was read but its content is not a strict JSON object: syntax, a duplicate key, a non-finite number."""
 
 
-def read_json_object(path: Path | str) -> dict:
-    """The JSON object in `path`, strict (no NaN/Infinity); SealError naming the file and the position otherwise."""
+class _NonFinite:
+    """Stands in, while parsing, for a number that is not finite (NaN, Infinity, or a literal such as 1e400)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Duplicated(dict):
+    """An object in which some keys appear more than once (the last value is kept, as json does)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicates: list[str]) -> None:
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _int(text: str) -> Any:
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:  # beyond every float: a rule or a threshold could not use it
+        return _NonFinite(text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    seen: set[str] = set()
+    duplicates = []
+    for key, _ in pairs:
+        if key in seen and key not in duplicates:
+            duplicates.append(key)
+        seen.add(key)
+    return _Duplicated(pairs, duplicates) if duplicates else dict(pairs)
+
+
+def _field(where: str, key: Any) -> str:
+    return f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+
+
+def _clean(value: Any, where: str, problems: list[str]) -> Any:
+    """`value` with plain dicts, listing each duplicate key and non-finite number (by field) in `problems`."""
+    if isinstance(value, _NonFinite):
+        why = "strict JSON has no NaN or Infinity" if value.text in ("NaN", "Infinity", "-Infinity") else "it overflows"
+        problems.append(f"field '{where}' must be a finite number (got {value.text}): {why}. Fix the value")
+        return None
+    if isinstance(value, dict):
+        for key in getattr(value, "duplicates", ()):
+            problems.append(f"field '{_field(where, key)}' appears more than once (a duplicate key: a reader sees the "
+                            "first value, the parser keeps the last). Keep exactly one")
+        return {key: _clean(item, _field(where, key), problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item, _field(where, i), problems) for i, item in enumerate(value)]
+    return value
+
+
+def read_json_object(path: Path | str, *, display: str | None = None) -> dict:
+    """The JSON object in `path`, strict: no duplicate keys, no NaN/Infinity/overflowing numbers; a UTF-8 BOM is
+    allowed. SealError naming the file (as `display`, default the path) and the position or, a line each, every bad
+    field with its fix."""
     path = Path(path)
+    shown = display or str(path)
+    reseal = f"re-seal with: ladder seal {shown}"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise SealError(f"{path}: cannot read it ({error.strerror or error})") from None
+        raise SealError(f"{shown}: cannot read it ({error.strerror or error})") from None
     except UnicodeDecodeError as error:
-        raise SealError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise SealError(f"{shown}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_float=_float, parse_int=_int, parse_constant=_NonFinite,
+                          object_pairs_hook=_object)
     except json.JSONDecodeError as error:
-        raise SealError(
-            f"{path}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax first."
+        raise JsonContentError(
+            f"{shown}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}. Fix the syntax and "
+            f"{reseal}"
         ) from None
-    except ValueError as error:
-        raise SealError(f"{path}: {error}") from None
+    except ValueError as error:  # an integer literal beyond Python's digit limit
+        raise JsonContentError(f"{shown}: not valid JSON: {error}. Fix the value and {reseal}") from None
     if not isinstance(data, dict):
-        raise SealError(f"{path}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+        raise JsonContentError(f"{shown}: the top level must be a JSON object {{...}}, got {type(data).__name__}")
+    problems: list[str] = []
+    data = _clean(data, "", problems)
+    if problems:
+        raise JsonContentError("\n".join(f"{shown}: {problem} and {reseal}" for problem in problems))
     return data
 
 
@@ -94,10 +164,12 @@ def verify_seal(path: Path | str, *, display: str | None = None) -> SealStatus:
         "seeing data is visible in version history."
     )
     try:
-        data = read_json_object(path)
+        data = read_json_object(path, display=shown)
     except SealError as error:
-        message = str(error).replace(str(path), shown, 1)
-        return SealStatus(False, path, None, "", f"{message} The seal cannot be checked until it parses.")
+        message = str(error)
+        return SealStatus(
+            False, path, None, "", f"{message}\n{shown}: the seal cannot be checked until the file parses."
+        )
     expected = compute_seal(data)
     found = data.get(SEAL_FIELD)
     if found is None:
@@ -148,7 +220,8 @@ def _parse(prog: str, description: str, argv: list[str], schema: bool) -> argpar
 
 
 def seal_main(argv: list[str]) -> int:
-    """`ladder seal PATH...`: write the seal into each file; exit 2 (writing nothing) if any file is not JSON."""
+    """`ladder seal PATH...`: validate every file (strict JSON, then the prereg schema) and write the seals only
+    when all are valid; otherwise list every problem found (file, field, fix), write nothing and exit 2."""
     try:
         args = _parse("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv, schema=False)
     except SystemExit as exit_:
@@ -157,10 +230,17 @@ def seal_main(argv: list[str]) -> int:
         files = prereg_files(args.paths)
         if not files:
             raise SealError(f"no {PREREG_NAME} under {', '.join(args.paths)}")
-        for file in files:  # check every file before writing any
-            read_json_object(file)
     except SealError as error:
         print(f"ladder seal: {error}", file=sys.stderr)
+        return 2
+    from pytest_ladder.prereg import prereg_problems  # imports pytest: only when sealing
+
+    problems = [problem for file in files for problem in prereg_problems(file)]  # check every file before writing
+    if problems:
+        print(f"ladder seal: nothing sealed: {len(problems)} problem{'s' if len(problems) > 1 else ''} to fix first:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     for file in files:
         print(f"{file}  {seal_file(file)}")
@@ -168,7 +248,9 @@ def seal_main(argv: list[str]) -> int:
 
 
 def verify_main(argv: list[str]) -> int:
-    """`ladder verify PATH... [--schema]`: ok/BROKEN/MISSING per file; 0 only if every seal holds, 2 on no files."""
+    """`ladder verify PATH... [--schema]`: ok/MISSING/BROKEN/INVALID per file, every file reported even after a bad
+    one; with --schema also each schema problem and, per prereg folder, requires naming absent rungs or forming a
+    cycle. Exit 0 only if every check holds, 1 otherwise, 2 when no file is given or found."""
     try:
         args = _parse("ladder verify", "Check the seals of prereg tau.json files.", argv, schema=True)
     except SystemExit as exit_:
@@ -182,8 +264,14 @@ def verify_main(argv: list[str]) -> int:
         print(f"ladder verify: no {PREREG_NAME} under {', '.join(args.paths)}", file=sys.stderr)
         return 2
     failures = 0
+    loaded: dict[Path, list[Any]] = {}  # prereg folder -> the preregs of it that passed the schema
     for file in files:
-        status = verify_seal(file)
+        try:
+            status = verify_seal(file)
+        except Exception as error:  # noqa: BLE001 - one file's surprise must not hide the report on the others
+            print(f"{'ERROR':<8}{file}  {file}: cannot be checked ({type(error).__name__}: {error})")
+            failures += 1
+            continue
         if status.ok:
             word = "ok"
         elif status.found is None and status.expected:
@@ -195,11 +283,27 @@ def verify_main(argv: list[str]) -> int:
         print(f"{word:<8}{file}  {status.expected if status.ok else status.message}")
         failures += not status.ok
         if args.schema and status.expected:
-            from pytest_ladder.prereg import PreregError, load_prereg
+            failures += _verify_schema(file, loaded)
+    if args.schema:
+        from pytest_ladder.prereg import requires_problems
 
-            try:
-                load_prereg(file)
-            except PreregError as error:
-                print(f"{'SCHEMA':<8}{file}  {error}")
+        for folder, preregs in sorted(loaded.items()):
+            for problem in requires_problems(preregs, str(folder)):
+                print(f"REQUIRES {folder}  {problem}")
                 failures += 1
     return 0 if failures == 0 else 1
+
+
+def _verify_schema(file: Path, loaded: dict[Path, list[Any]]) -> int:
+    """Print a SCHEMA line per problem of `file`; keep it in `loaded` (by prereg folder) when valid. Problems."""
+    from pytest_ladder.prereg import PreregError, load_prereg, prereg_problems
+
+    try:
+        prereg = load_prereg(file)
+    except PreregError:
+        problems = prereg_problems(file)
+        for problem in problems:
+            print(f"{'SCHEMA':<8}{file}  {problem}")
+        return max(1, len(problems))
+    loaded.setdefault(file.parent.parent, []).append(prereg)
+    return 0

@@ -17,18 +17,21 @@ layer, the Jensen-Shannon divergence between the tasks' expert-usage histograms:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import resource
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 EMBEDDED_FORMAT = 1  # bump when the build procedure changes the weights
 CACHE_ENV = "LADDER_CACHE_DIR"
@@ -116,28 +119,70 @@ def embedded_model_dir(recipe: Recipe = RECIPE, seed: int = 0) -> Path:
 def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = RECIPE,
                           log: Callable[[str], None] | None = None) -> Path:
     """The embedded model's folder, built first if missing (or `force`), under a file lock: concurrent processes
-    (xdist workers) wait for one build. The folder appears atomically (built aside, then renamed)."""
-    from filelock import FileLock, Timeout
-
+    (xdist workers) wait for one build, saying who holds it. The folder appears atomically (built aside, renamed)."""
     folder = embedded_model_dir(recipe, seed)
     if (folder / "build_report.json").is_file() and not force:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder) + ".lock")
-    try:
-        with lock.acquire(timeout=1800):
-            if (folder / "build_report.json").is_file() and not force:
-                return folder
-            staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr)
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-    except Timeout:
-        raise RuntimeError(f"waited 30 minutes for another process building {folder} (lock {lock.lock_file}); "
-                           "if no build is running, delete the lock file and retry") from None
+    with build_lock(folder, log=log or _stderr):
+        if (folder / "build_report.json").is_file() and not force:
+            return folder
+        staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
     return folder
+
+
+LOCK_TIMEOUT_S = 1800.0
+LOCK_NOTICE_S = 60.0  # a waiter says who holds the build lock at least this often
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path, *, log: Callable[[str], None] | None = None, timeout: float = LOCK_TIMEOUT_S,
+               notice_every: float = LOCK_NOTICE_S) -> Iterator[None]:
+    """Hold `<folder>.lock` while building `folder`. The holder writes its pid, host and start time beside the lock
+    (`<folder>.lock.holder`, removed on release); a waiter logs "waiting for the build of <folder> held by pid N on
+    HOST since TIME" when it starts waiting and every `notice_every` seconds. The OS frees the lock of a dead holder."""
+    from filelock import FileLock, Timeout
+
+    log = log or _stderr
+    lock = FileLock(str(folder) + ".lock")
+    holder = Path(str(folder) + ".lock.holder")
+    deadline = time.monotonic() + timeout
+    wait = 0.0
+    while True:
+        try:
+            lock.acquire(timeout=wait)
+            break
+        except Timeout:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(
+                    f"waited {f'{timeout / 60:g} minutes' if timeout >= 60 else f'{timeout:g} seconds'} for the build "
+                    f"of {folder} ({_holder_text(holder)}; lock "
+                    f"{lock.lock_file}); if no build is running, delete the lock file and retry"
+                ) from None
+            log(f"waiting for the build of {folder} {_holder_text(holder)}")
+            wait = min(notice_every, left)
+    try:
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}) + "\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder_text(holder: Path) -> str:
+    """ "held by pid N on HOST since TIME", from the holder's note (or what is known when it cannot be read)."""
+    try:
+        note = json.loads(holder.read_text())
+        return f"held by pid {note['pid']} on {note['host']} since {note['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "held by another process (it has not yet said which)"
 
 
 def _stderr(line: str) -> None:

@@ -1,4 +1,4 @@
-"""The safe expression language: exact values, NaN behaviour, and every refused construct."""
+"""The safe expression language: exact values, finite-or-fail evaluation, bounds, and every refused construct."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pytest_ladder.expr import ExprError, parse_expr
+from pytest_ladder.expr import MAX_DEPTH, MAX_LENGTH, ExprError, NonFiniteError, parse_expr
 
 NAN = math.nan
 
@@ -28,9 +28,8 @@ NAN = math.nan
         ("x > 1 and y > 1", {"x": 0.5, "y": 2}, False),
         ("x == 0", {"x": 0.0}, True),
         ("x != 0", {"x": 0.0}, False),
-        ("1 / x", {"x": 0.0}, math.inf),
-        ("-1 / x", {"x": 0.0}, -math.inf),
-        ("10 ** 400", {}, math.inf),
+        ("x ** 0.5", {"x": 4}, 2.0),
+        ("1e308 * x", {"x": 1.5}, 1.5e308),
         ("1e-3 * 1000", {}, 1.0),
     ],
 )
@@ -40,18 +39,74 @@ def test_exact_values(text, env, expected):
 
 
 @pytest.mark.parametrize(
-    ("text", "env"),
-    [("x < 1", {"x": NAN}), ("x >= 1", {"x": NAN}), ("x != 1", {"x": NAN}), ("x == x", {"x": NAN}),
-     ("0 <= x < 1", {"x": NAN}), ("min(x, 1) < 2", {"x": NAN}), ("max(1, x) > 0", {"x": NAN}),
-     ("abs(x) >= 0", {"x": NAN}), ("0 / x < 1", {"x": 0.0}), ("(-8) ** 0.5 < 1", {})],
+    ("text", "env", "message"),
+    [
+        ("x < 1", {"x": NAN}, "'x < 1': 'x' is nan, not a finite number"),
+        ("x >= 1", {"x": math.inf}, "'x >= 1': 'x' is inf, not a finite number"),
+        ("min(x, 1) < 2", {"x": -math.inf}, "'min(x, 1) < 2': 'x' is -inf, not a finite number"),
+        ("x < 1", {"x": 10**400}, f"'x < 1': 'x' is {10**400!r}, not a finite number"),
+        ("1 / x < 1", {"x": 0.0}, "'1 / x < 1': 1 / 0 is not a finite number"),
+        ("0 / x < 1", {"x": 0}, "'0 / x < 1': 0 / 0 is not a finite number"),
+        ("x ** 0.5 < 1", {"x": -8}, "'x ** 0.5 < 1': -8 ** 0.5 is not a finite number"),
+        ("x ** -1 < 1", {"x": 0}, "'x ** -1 < 1': 0 ** -1 is not a finite number"),
+        ("x * 1e300 * 1e300 > 0", {"x": 1}, "'x * 1e300 * 1e300 > 0': 1e+300 * 1e+300 is not a finite number"),
+        ("value < tau + 0 * x ** 9 ** 9", {"value": 1, "tau": 2, "x": 9},
+         "'value < tau + 0 * x ** 9 ** 9': 9 ** 3.8742e+08 is not a finite number"),
+    ],
 )
-def test_nan_never_satisfies_a_comparison(text, env):
-    assert parse_expr(text).evaluate(env) is False
+def test_non_finite_evaluation_raises_naming_the_step(text, env, message):
+    with pytest.raises(NonFiniteError) as error:
+        parse_expr(text).evaluate(env)
+    assert str(error.value) == message
+    assert isinstance(error.value, ExprError) and isinstance(error.value, ValueError)
 
 
-def test_nan_propagates_through_arithmetic_and_min_max():
-    assert math.isnan(parse_expr("min(x, 1) + max(2, x)").evaluate({"x": NAN}))
-    assert math.isnan(parse_expr("0 / x").evaluate({"x": 0.0}))
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("value < tau * (1 - margin) + 0 * 9**9**9", "'value < tau * (1 - margin) + 0 * 9**9**9': 9 ** 3.8742e+08 is "
+                                                     "not a finite number"),
+        ("x < 1e400", "'x < 1e400': the number at column 5 is not finite (it overflows a float); write a finite value"),
+        ("x < 1 / 0", "'x < 1 / 0': 1 / 0 is not a finite number"),
+        ("x < (-8) ** 0.5", "'x < (-8) ** 0.5': -8 ** 0.5 is not a finite number"),
+    ],
+)
+def test_non_finite_constant_parts_are_refused_when_parsed(text, message):
+    with pytest.raises(ExprError) as error:
+        parse_expr(text)
+    assert str(error.value) == message
+
+
+def test_length_limit_refuses_a_1000_term_chain_and_20000_minus_signs():
+    chain = " + ".join(["x"] * 1000) + " < 1"
+    with pytest.raises(ExprError) as error:
+        parse_expr(chain)
+    assert str(error.value) == (
+        f"{chain[:60]!r}... (4001 characters) is longer than {MAX_LENGTH} characters; a locked rule should read at a "
+        "glance"
+    )
+    minus = "-" * 20_000 + "x < 1"
+    with pytest.raises(ExprError) as error:
+        parse_expr(minus)
+    assert str(error.value) == (
+        f"{'-' * 60!r}... (20005 characters) is longer than {MAX_LENGTH} characters; a locked rule should read at a "
+        "glance"
+    )
+
+
+def test_depth_limit_within_the_length_limit():
+    assert MAX_DEPTH == 32 and MAX_LENGTH == 500
+    parse_expr("-" * 29 + "x < 1")  # Expression body: Compare, 29 UnaryOps, Name = 31 levels
+    deep = "-" * 40 + "x < 1"
+    with pytest.raises(ExprError) as error:
+        parse_expr(deep)
+    assert str(error.value) == f"{deep!r} is nested 42 levels deep, more than the 32 allowed"
+    chain = " + ".join(["x"] * 120) + " < 1"  # 479 characters, a left-deep tree of 119 additions
+    assert len(chain) <= MAX_LENGTH
+    with pytest.raises(ExprError, match=r"is nested 121 levels deep, more than the 32 allowed$"):
+        parse_expr(chain)
+    with pytest.raises(ExprError, match=r"does not parse: too many nested parentheses"):
+        parse_expr("(" * 220 + "x" + ")" * 220)
 
 
 def test_names_text_and_is_comparison():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ladder.expr import ExprError
+from pytest_ladder.expr import ExprError, NonFiniteError
 from pytest_ladder.prereg import Cell, GateSpec, PreregError, load_prereg, validate_against_rung
 
 SHOWN = "prereg/g4/tau.json"
@@ -48,7 +48,9 @@ def test_beats_tau_and_gate_rules(tmp_path, g4, write_prereg):
     prereg = load_prereg(write_prereg(g4))
     assert prereg.beats_tau(0.3, 0.35) is True  # 0.3 < 0.35 * 0.9 = 0.315
     assert prereg.beats_tau(0.315, 0.35) is False
-    assert prereg.beats_tau(math.nan, 0.35) is False
+    with pytest.raises(NonFiniteError) as error:
+        prereg.beats_tau(math.nan, 0.35)  # a non-finite value never decides silently
+    assert str(error.value) == "'error < tau * (1 - margin)': 'error' is nan, not a finite number"
     gate = prereg.gates["activation_error"]
     assert gate.passes(0.2) and not gate.passes(0.2000001) and not gate.passes(math.nan)
     assert gate.describe() == "value <= 0.2"
@@ -144,7 +146,7 @@ BAD = [
     ("cells", [], "cells", "must be a non-empty list of objects"),
     ("cells.0", [3, "text"], "cells[0]", "must be an object"),
     ("cells.0.layer", [1, 2], "cells[0].layer", "must be a scalar"),
-    ("cells.0.layer", float("inf"), "cells[0].layer", "must be finite (got Infinity)"),
+    ("cells.0.layer", float("inf"), "cells[0].layer", "must be a finite number (got Infinity): strict JSON has no"),
     ("cells.0", {}, "cells[0]", "is empty. Give the cell its parameters"),
     ("cells.1", {"layer": 3, "task": "text"}, "cells[1]", "has the same id 'layer=3-task=text' as cells[0]"),
     ("hardest_cell", "layer=9-task=text", "hardest_cell", "names 'layer=9-task=text', which is not among the cells"),
@@ -186,7 +188,11 @@ BAD = [
     ("requires", ["g4"], "requires", "lists the rung itself ('g4'). Remove it"),
     ("requires", "g0", "requires", "must be a list of strings"),
     ("params", [1], "params", "must be an object"),
-    ("params.scope.layers.1", float("nan"), "params.scope.layers[1]", "must be finite (got NaN"),
+    ("params.scope.layers.1", float("nan"), "params.scope.layers[1]", "must be a finite number (got NaN)"),
+    ("requires", ["../../../x"], "requires[0]", 'must be a rung name of lowercase letters, digits and _ only (got '
+     '"../../../x", a string). Use the rung\'s folder name under prereg/'),
+    ("requires", ["g0", "G1"], "requires[1]", 'must be a rung name of lowercase letters, digits and _ only'),
+    ("rung", "../g4", "rung", 'must be a rung name of lowercase letters, digits and _ only (got "../g4", a string)'),
     ("theorems", [""], "theorems[0]", "must be a non-empty string"),
     ("label", 3, "label", "must be a non-empty string"),
     ("rung", "g5", "rung", "is 'g5' but the file lives in folder 'g4'. Make them agree"),
@@ -215,8 +221,8 @@ def test_nan_threshold_message_is_exact(tmp_path, g4, write_prereg):
     with pytest.raises(PreregError) as error:
         load_prereg(path, root=tmp_path)
     assert str(error.value) == (
-        "prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number >= 0 (got NaN). "
-        "Fix the value and re-seal with: ladder seal prereg/g4/tau.json"
+        "prereg/g4/tau.json: field 'gates.activation_error.threshold' must be a finite number (got NaN): strict JSON "
+        "has no NaN or Infinity. Fix the value and re-seal with: ladder seal prereg/g4/tau.json"
     )
 
 

@@ -1,0 +1,45 @@
+"""Hostile preregs in a real session: refused at collection as a usage error naming file and field, no run archived."""
+
+from __future__ import annotations
+
+import numpy  # noqa: F401  (the toy rung imports it: one copy per process, whatever pytester restores)
+import pytest
+
+HOSTILE = [  # (edit of the sealed toy prereg's text, what the user must read)
+    (lambda text: text.replace('{\n  "claim"', '{\n  "tau_margin": 0.5,\n  "claim"', 1),
+     "prereg/toy/tau.json: field 'tau_margin' appears more than once (a duplicate key: a reader sees the first value, "
+     "the parser keeps the last). Keep exactly one and re-seal with: ladder seal prereg/toy/tau.json"),
+    (lambda text: text.replace('"threshold": 0.05', '"threshold": 1e400'),
+     "prereg/toy/tau.json: field 'gates.relative_error.threshold' must be a finite number (got 1e400): it overflows. "
+     "Fix the value and re-seal with: ladder seal prereg/toy/tau.json"),
+    (lambda text: text.replace('"value < tau * (1 - margin)"', '"' + "-" * 20000 + 'value < tau"'),
+     "prereg/toy/tau.json: field 'decision_threshold' is not a valid rule: '" + "-" * 60 + "'... (20011 characters) "
+     "is longer than 500 characters; a locked rule should read at a glance. Fix the value and re-seal with: ladder "
+     "seal prereg/toy/tau.json"),
+]
+IDS = ["duplicate-key", "1e400", "20000-minus"]
+
+
+def hostile_session(toy, edit):
+    toy.rung()
+    path = toy.root / "prereg" / "toy" / "tau.json"
+    path.write_text(edit(path.read_text()))
+    result = toy.pytester.runpytest()
+    return result, "\n".join(result.outlines + result.errlines)
+
+
+@pytest.mark.parametrize(("edit", "says"), HOSTILE, ids=IDS)
+def test_hostile_prereg_stops_the_session_naming_file_and_field(toy, edit, says):
+    result, output = hostile_session(toy, edit)
+    assert result.ret != pytest.ExitCode.OK
+    assert says in output
+    assert "RecursionError" not in output and "MemoryError" not in output
+    assert toy.runs() == []
+
+
+@pytest.mark.xfail(strict=True, reason="the plugin converts PreregError to a UsageError at its boundary (refactor)")
+@pytest.mark.parametrize(("edit", "says"), HOSTILE, ids=IDS)
+def test_hostile_prereg_is_a_usage_error_without_traceback(toy, edit, says):
+    result, output = hostile_session(toy, edit)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert says in output and "Traceback" not in output and "pluggy" not in output
