@@ -47,6 +47,8 @@ class LadderSession:
         self.state = ladder_state(config)
         self.options = ladder_options(config)
         self._previous_handlers: dict[int, Any] = {}
+        self._archiving = False  # a stop signal waits until the rung being archived is written and listed
+        self._deferred: str | None = None
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.state.started = time.time()
@@ -59,6 +61,9 @@ class LadderSession:
     def _stop(self, number: int, frame: Any) -> None:
         name = signal.Signals(number).name
         self.state.aborted = self.state.aborted or f"interrupted by {name}"
+        if self._archiving:
+            self._deferred = name
+            return
         raise KeyboardInterrupt(name)
 
     def _restore_signals(self) -> None:
@@ -120,7 +125,13 @@ class LadderSession:
             return
         if not settled(plan, state.outcomes, state.done, kill_fast=self.options.kill_fast):
             return
-        self._archive(rung, plan)
+        self._archiving = True
+        try:
+            self._archive(rung, plan)
+        finally:
+            self._archiving = False
+        if self._deferred is not None:
+            raise KeyboardInterrupt(self._deferred)
         for other, waiting in list(state.plans.items()):
             if rung in waiting.requires:
                 self._archive_settled(other)

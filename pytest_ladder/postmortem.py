@@ -18,7 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_ladder.records import GateRecord, fmt, killed_by_sentence
+from pytest_ladder.records import GateRecord, TrapRecord, fmt, killed_by_sentence
 
 POSTMORTEM_FILE = "postmortem.md"
 
@@ -31,6 +31,14 @@ def rule_text(op: str | None, threshold: Any) -> str:
 def gate_heading(name: str, cell: str | None) -> str:
     """The heading of a failing gate's section, the anchor `postmortem_lines_for` looks for."""
     return f"### gate {name}" + (f" @ {cell}" if cell else "")
+
+
+def _gates(record: dict) -> list[GateRecord]:
+    return [GateRecord.from_dict(row) for row in record.get("gates") or []]
+
+
+def _traps(record: dict) -> list[TrapRecord]:
+    return [TrapRecord.from_dict(row) for row in record.get("traps") or []]
 
 
 def _failed(row: dict) -> bool:
@@ -88,27 +96,25 @@ def _verdict_section(record: dict) -> list[str]:
 
 def _failing_sections(record: dict) -> list[str]:
     lines: list[str] = []
-    for row in record.get("gates") or []:
-        if not _failed(row):
+    for gate in _gates(record):
+        if not gate.failed:
             continue
-        lines += ["", gate_heading(row["name"], row.get("cell")), ""]
-        lines.append(f"- {row.get('kind', 'gate')} `{row['name']}`" + (f", cell `{row['cell']}`" if row.get("cell")
-                                                                        else "") + f": outcome {row.get('outcome')}")
-        if row.get("value") is not None:
-            rule = rule_text(row.get("op"), row.get("threshold"))
-            lines.append(f"- value {fmt(row['value'])}, locked rule `value {rule}`")
-        tau = row.get("tau")
-        if tau:
-            spread = tau.get("spread") or {}
+        lines += ["", gate_heading(gate.name, gate.cell), ""]
+        lines.append(f"- {gate.kind} `{gate.name}`" + (f", cell `{gate.cell}`" if gate.cell else "")
+                     + f": outcome {gate.outcome}")
+        if gate.value is not None:
+            lines.append(f"- value {fmt(gate.value)}, locked rule `value {rule_text(gate.op, gate.threshold)}`")
+        if gate.tau:
+            tau, spread = gate.tau, gate.tau.get("spread") or {}
             lines.append(
                 f"- τ floor {fmt(tau.get('tau'))} over {len(tau.get('values') or [])} random baselines (spread "
                 f"{fmt(spread.get('min'))}–{fmt(spread.get('max'))}, std {fmt(spread.get('std'))}), margin "
                 f"{fmt(tau.get('margin'))}, rule `{tau.get('rule')}`: beaten {fmt(tau.get('beats'))}"
             )
-        if row.get("message"):
-            lines.append(f"- message: {_first_line(row['message'])}")
-        if row.get("series"):
-            lines.append(f"- series: {', '.join(sorted(row['series']))} (see the plots)")
+        if gate.message:
+            lines.append(f"- message: {_first_line(gate.message)}")
+        if gate.series:
+            lines.append(f"- series: {', '.join(sorted(gate.series))} (see the plots)")
     return lines
 
 
@@ -117,20 +123,16 @@ def _table(rows: list[list[Any]], headers: list[str]) -> list[str]:
 
 
 def _gate_table(record: dict) -> list[str]:
-    rows = [
-        [g.get("kind", "gate"), g["name"], g.get("cell") or "", fmt(g.get("value")),
-         rule_text(g.get("op"), g.get("threshold")), _tau_cell(g.get("tau")), g.get("outcome")]
-        for g in record.get("gates") or []
-    ]
+    rows = [[g.kind, g.name, g.cell or "", fmt(g.value), rule_text(g.op, g.threshold), _tau_cell(g.tau), g.outcome]
+            for g in _gates(record)]
     return _table(rows, ["kind", "gate", "cell", "value", "rule", "τ", "outcome"]) if rows else ["_no gates ran_"]
 
 
 def _trap_table(record: dict) -> list[str]:
     rows = [
-        [t["name"], t.get("cell") or "", t.get("expected") or "", fmt(t.get("observed")),
-         ", ".join(f"{k}={fmt(v)}" for k, v in (t.get("refs") or {}).items()),
-         {True: "yes", False: "FIRED WRONG", None: ""}[t.get("fired_as_declared")], t.get("outcome")]
-        for t in record.get("traps") or []
+        [t.name, t.cell or "", t.expected or "", fmt(t.observed), ", ".join(f"{k}={fmt(v)}" for k, v in t.refs.items()),
+         {True: "yes", False: "FIRED WRONG", None: ""}[t.fired_as_declared], t.outcome]
+        for t in _traps(record)
     ]
     return (_table(rows, ["trap", "cell", "expected", "observed", "refs", "fired as declared", "outcome"])
             if rows else ["_no traps ran_"])
@@ -138,13 +140,12 @@ def _trap_table(record: dict) -> list[str]:
 
 def _tau_table(record: dict) -> list[str]:
     rows = []
-    for g in record.get("gates") or []:
-        tau = g.get("tau")
-        if tau:
-            spread = tau.get("spread") or {}
-            rows.append([g["name"], g.get("cell") or "", fmt(g.get("value")), fmt(tau.get("tau")),
-                         len(tau.get("values") or []), fmt(spread.get("min")), fmt(spread.get("max")),
-                         fmt(spread.get("std")), fmt(tau.get("margin")), tau.get("rule"), fmt(tau.get("beats"))])
+    for g in _gates(record):
+        if g.tau:
+            tau, spread = g.tau, g.tau.get("spread") or {}
+            rows.append([g.name, g.cell or "", fmt(g.value), fmt(tau.get("tau")), len(tau.get("values") or []),
+                         fmt(spread.get("min")), fmt(spread.get("max")), fmt(spread.get("std")),
+                         fmt(tau.get("margin")), tau.get("rule"), fmt(tau.get("beats"))])
     if not rows:
         return []
     return ["", "## τ floor", ""] + _table(

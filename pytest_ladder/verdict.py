@@ -1,7 +1,8 @@
 """One-shot verdicts (protocol §1, §7): from what each ladder test recorded to the rung's decision record.
 
-Pure data in, data out: no pytest, no torch. The plugin gathers, per rung, the plan (which items were selected, in
-kill-fast order) and each item's outcome; `decide` applies the rules below; `build_record` lays out decision.json.
+Pure data in, data out: no pytest, no torch. `build_plan` says which items of a rung were selected (in kill-fast
+order) and whether they cover it; the controller gathers each item's outcome; `decide` applies the rules below;
+`build_record` lays out decision.json.
 
 Rules, first match wins:
 1. the session was interrupted or a worker crashed -> ABORTED (recorded, never a decision);
@@ -11,6 +12,10 @@ Rules, first match wins:
 5. a gate or prefilter failed its locked rule -> KILL, naming the first in kill-fast order;
 6. everything selected passed: PASS if the selection covered every gate, trap and cell of the rung;
    PREFILTER_PASS if it covered exactly the analytical prefilters; PARTIAL otherwise (-k, a node id, -x elsewhere).
+
+Under kill-fast only the items up to the first kill (in plan order) count, so xdist workers that did not hear of a
+kill and ran later items decide nothing different from one process. `settled` says when the verdict is known, so
+the controller can archive the rung at once.
 """
 
 from __future__ import annotations
