@@ -286,7 +286,7 @@ def _verdict_line(record: dict) -> str:
         line += f" by the ladder rule ({killed_by_sentence(killed)})"
     elif killed:
         line += f" at {killed['kind']} {killed_by_sentence(killed)}"
-        if killed.get("tau"):
+        if killed.get("tau") and killed["tau"].get("beats") is not False:  # else the sentence already names τ
             line += f" (tau {fmt(killed['tau']['tau'])}, rule {killed['tau']['rule']})"
     elif invalid:
         line += f" ({invalid['kind']} {invalid['name']}: {(invalid['message'] or '').splitlines()[0][:200]})"

@@ -19,12 +19,15 @@ from typing import Any
 
 import pytest
 
+from pytest_ladder import binding
 from pytest_ladder.binding import bound_prereg, cell_of, ladder_marker
 from pytest_ladder.options import add_options, configure_options, ladder_options
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY, Rung, run_context
 from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, init_state, is_worker, ladder_state
 
-pytest_plugins = ["pytest_ladder.binding", "pytest_ladder.fixtures", "pytest_ladder.rung_fixtures"]
+# binding.py is imported above (its helpers serve these hooks), so its fixtures are registered in pytest_configure:
+# listed here, pytest would warn that an imported module cannot be assertion-rewritten
+pytest_plugins = ["pytest_ladder.fixtures", "pytest_ladder.rung_fixtures"]
 
 MARKERS = {
     "analytical": "cheap analytical prefilter of a rung: no forward pass, no GPU (select in CI with -m analytical)",
@@ -47,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: {text}")
     configure_options(config)
     init_state(config)
+    if not config.pluginmanager.is_registered(binding):
+        config.pluginmanager.register(binding, "pytest_ladder.binding")
     config.pluginmanager.register(LadderSession(config), "ladder-session")
 
 
