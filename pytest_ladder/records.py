@@ -28,8 +28,32 @@ def where(name: str, cell: str | None) -> str:
     return name + (f" @ {cell}" if cell else "")
 
 
+class _Row:
+    """The archive serialisation both records share: `MEASUREMENT` is what a check puts on the test report, `ROW`
+    the row of decision.json; `DICT_FIELD` is the dict field that reads back as {} when missing or null."""
+
+    MEASUREMENT: tuple[str, ...] = ()
+    ROW: tuple[str, ...] = ()
+    DICT_FIELD = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Any:
+        """From a measurement on a report or a row of an archived decision (missing keys take their defaults)."""
+        known = {key: data[key] for key in cls.ROW if key in data}
+        known[cls.DICT_FIELD] = known.get(cls.DICT_FIELD) or {}
+        return cls(**known)
+
+    def measurement(self) -> dict:
+        """What `gate.check` / `trap.check` put on the test report."""
+        return {key: getattr(self, key) for key in self.MEASUREMENT}
+
+    def row(self) -> dict:
+        """The row of decision.json's `gates` or `traps` (and trap_results.json)."""
+        return {key: getattr(self, key) for key in self.ROW}
+
+
 @dataclass
-class GateRecord:
+class GateRecord(_Row):
     """One gate or prefilter check: value against the locked rule `value <op> threshold` (and the τ floor when the
     gate is declared vs_tau), plus how its test ended (outcome, node id, duration, failure message)."""
 
@@ -51,21 +75,7 @@ class GateRecord:
     MEASUREMENT = ("kind", "name", "cell", "value", "op", "threshold", "passed", "tau", "series", "extra")
     ROW = ("name", "cell", "kind", "value", "op", "threshold", "passed", "tau", "series", "extra", "outcome", "nodeid",
            "duration_s", "message")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GateRecord:
-        """From a measurement on a report or a row of an archived decision (missing keys take their defaults)."""
-        known = {key: data[key] for key in cls.ROW if key in data}
-        known["extra"] = known.get("extra") or {}
-        return cls(**known)
-
-    def measurement(self) -> dict:
-        """What `gate.check` puts on the test report."""
-        return {key: getattr(self, key) for key in self.MEASUREMENT}
-
-    def row(self) -> dict:
-        """The row of decision.json's `gates`."""
-        return {key: getattr(self, key) for key in self.ROW}
+    DICT_FIELD = "extra"
 
     @property
     def failed(self) -> bool:
@@ -73,7 +83,7 @@ class GateRecord:
 
 
 @dataclass
-class TrapRecord:
+class TrapRecord(_Row):
     """One trap: the declared expectation, what was observed (with reference values), whether it fired as
     declared, plus how its test ended."""
 
@@ -92,20 +102,7 @@ class TrapRecord:
     MEASUREMENT = ("kind", "name", "cell", "expected", "observed", "refs", "fired_as_declared")
     ROW = ("name", "cell", "expected", "observed", "refs", "fired_as_declared", "outcome", "nodeid", "duration_s",
            "message")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrapRecord:
-        known = {key: data[key] for key in cls.ROW if key in data}
-        known["refs"] = known.get("refs") or {}
-        return cls(**known)
-
-    def measurement(self) -> dict:
-        """What `trap.check` puts on the test report."""
-        return {key: getattr(self, key) for key in self.MEASUREMENT}
-
-    def row(self) -> dict:
-        """The row of decision.json's `traps` (and trap_results.json)."""
-        return {key: getattr(self, key) for key in self.ROW}
+    DICT_FIELD = "refs"
 
     @property
     def failed(self) -> bool:
