@@ -167,26 +167,10 @@ def decide(
     for item, out in rows:
         for record in out.records:
             if record["kind"] == "trap" and not record["fired_as_declared"]:
-                return Verdict(
-                    INVALID,
-                    invalid_because={
-                        "kind": "trap",
-                        "name": item.name,
-                        "cell": item.cell,
-                        "message": out.message or f"trap {item.name} did not fire as declared",
-                    },
-                )
+                return _invalid("trap", item, out.message or f"trap {item.name} did not fire as declared")
     for item, out in rows:
         if out.outcome == "error" or (out.outcome == "failed" and not _failed_records(out)):
-            return Verdict(
-                INVALID,
-                invalid_because={
-                    "kind": "error",
-                    "name": item.name,
-                    "cell": item.cell,
-                    "message": out.message or "the test raised an error (pipeline broken)",
-                },
-            )
+            return _invalid("error", item, out.message or "the test raised an error (pipeline broken)")
     for item, out in rows:
         for record in _failed_records(out):
             if record["kind"] in ("gate", "prefilter"):
@@ -197,6 +181,11 @@ def decide(
         if plan.only_prefilters:
             return Verdict(PREFILTER_PASS)
     return Verdict(PARTIAL)
+
+
+def _invalid(kind: str, item: PlannedItem, message: str) -> Verdict:
+    """INVALID because of `item`: a trap that did not fire as declared ("trap") or a test that errored ("error")."""
+    return Verdict(INVALID, invalid_because={"kind": kind, "name": item.name, "cell": item.cell, "message": message})
 
 
 def _failed_records(out: Outcome) -> list[dict]:
