@@ -211,28 +211,34 @@ def prereg_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _parse(prog: str, description: str, argv: list[str], schema: bool) -> argparse.Namespace:
+def _args_and_files(
+    prog: str, description: str, argv: list[str], schema: bool
+) -> tuple[argparse.Namespace, list[Path]]:
+    """The command's arguments and the prereg files its PATHs name. Exits (SystemExit) like argparse on --help or a
+    bad option, and with 2 after saying why when a PATH is missing or no file is found."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("paths", nargs="+", metavar="PATH", help=f"a {PREREG_NAME} file, or a folder searched for them")
     if schema:
         parser.add_argument("--schema", action="store_true", help="also validate each file against the prereg schema")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        files = prereg_files(args.paths)
+        if not files:
+            raise SealError(f"no {PREREG_NAME} under {', '.join(args.paths)}")
+    except SealError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args, files
 
 
 def seal_main(argv: list[str]) -> int:
     """`ladder seal PATH...`: validate every file (strict JSON, then the prereg schema) and write the seals only
     when all are valid; otherwise list every problem found (file, field, fix), write nothing and exit 2."""
     try:
-        args = _parse("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv, schema=False)
+        _, files = _args_and_files("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv,
+                                   schema=False)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    try:
-        files = prereg_files(args.paths)
-        if not files:
-            raise SealError(f"no {PREREG_NAME} under {', '.join(args.paths)}")
-    except SealError as error:
-        print(f"ladder seal: {error}", file=sys.stderr)
-        return 2
     from pytest_ladder.prereg import prereg_problems  # imports pytest: only when sealing
 
     problems = [problem for file in files for problem in prereg_problems(file)]  # check every file before writing
@@ -252,17 +258,10 @@ def verify_main(argv: list[str]) -> int:
     one; with --schema also each schema problem and, per prereg folder, requires naming absent rungs or forming a
     cycle. Exit 0 only if every check holds, 1 otherwise, 2 when no file is given or found."""
     try:
-        args = _parse("ladder verify", "Check the seals of prereg tau.json files.", argv, schema=True)
+        args, files = _args_and_files("ladder verify", "Check the seals of prereg tau.json files.", argv,
+                                      schema=True)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    try:
-        files = prereg_files(args.paths)
-    except SealError as error:
-        print(f"ladder verify: {error}", file=sys.stderr)
-        return 2
-    if not files:
-        print(f"ladder verify: no {PREREG_NAME} under {', '.join(args.paths)}", file=sys.stderr)
-        return 2
     failures = 0
     loaded: dict[Path, list[Any]] = {}  # prereg folder -> the preregs of it that passed the schema
     for file in files:
