@@ -15,7 +15,8 @@ ladder = rung("g3")
 
 @pytest.fixture
 def energy(rung_cache, ladder_routing, prereg, request):
-    """energy(cell) -> {projection: (weights float64, routes, gates, q, RouteEnergy)} of the cell's layer, once."""
+    """energy(cell) -> {projection: RouteEnergy (its weights, routes, gates, rank q and per-token energy)} of the
+    cell's layer, once."""
     from pytest_ladder.probes import routes
 
     def compute(cell):
@@ -26,11 +27,10 @@ def energy(rung_cache, ladder_routing, prereg, request):
             found = {}
             for p in prereg.params["projections"]:
                 q = resolve_size(prereg.params["q_fraction"], min(stacks[p].shape[-2:]))
-                found[p] = (stacks[p], index, gates, q,
-                            routes.route_energy(stacks[p], index, gates, q, max_bytes=workspace(ladder_routing)))
+                found[p] = routes.route_energy(stacks[p], index, gates, q, max_bytes=workspace(ladder_routing))
             rung_cache[cell.id] = found
             g3 = run_context(request.config).get("cells", {}).get("g3", {})
-            q = {p: v[3] for p, v in found.items()}
+            q = {p: v.rank for p, v in found.items()}
             record_cell(request.config, "g3", {**g3, cell.id: {"layer": layer, "q": q}})
         return rung_cache[cell.id]
 
@@ -43,7 +43,7 @@ def workspace(study):
 
 
 def worst(found):
-    return min(found, key=lambda p: float(found[p][4].energy.mean()))
+    return min(found, key=lambda p: float(found[p].energy.mean()))
 
 
 @ladder.trap("trivial_pass")
@@ -53,7 +53,8 @@ def test_trivial_pass(trap, energy, prereg, ladder_routing):
     from pytest_ladder.probes.routes import full_rank_residual
 
     found = energy(prereg.hardest_cell)
-    w, index, gates, _, _ = found[worst(found)]
+    hardest = found[worst(found)]
+    w, index, gates = hardest.weights, hardest.index, hardest.gates
     off, deviation = full_rank_residual(w, index, gates, max_bytes=workspace(ladder_routing))
     head = slice(0, 64)  # W' = W rebuilt through the same effective-weight code, on the first 64 tokens
     rebuilt = float(frobenius_relative_error(effective_weights(w, index[head], gates[head]),
@@ -65,9 +66,9 @@ def test_trivial_pass(trap, energy, prereg, ladder_routing):
 def test_energy_at_q(cell, gate, energy):
     found = energy(cell)
     p = worst(found)
-    gate.check(float(found[p][4].energy.mean()), projection=p, q=found[p][3],
-               per_projection={k: v[4].summary() for k, v in found.items()},
-               series={f"energy_{k}": sorted(v[4].energy.tolist())[::max(1, v[4].energy.numel() // 64)]
+    gate.check(float(found[p].energy.mean()), projection=p, q=found[p].rank,
+               per_projection={k: v.summary() for k, v in found.items()},
+               series={f"energy_{k}": sorted(v.energy.tolist())[::max(1, v.energy.numel() // 64)]
                        for k, v in found.items()})
 
 
@@ -76,6 +77,7 @@ def test_random_basis(trap, energy, prereg, ladder_seeds):
     from pytest_ladder.probes.routes import random_subspace_energy
 
     found = energy(prereg.hardest_cell)
-    w, index, gates, q, method = found[worst(found)]
-    best = max(float(random_subspace_energy(w, index, gates, q, seed).mean()) for seed in ladder_seeds)
+    method = found[worst(found)]
+    best = max(float(random_subspace_energy(method.weights, method.index, method.gates, method.rank, seed).mean())
+               for seed in ladder_seeds)
     trap.check(best, method=float(method.energy.mean()))
