@@ -6,6 +6,7 @@ the verdict read them. The standard library and expr.py only.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ GATE_KEYS = ("op", "threshold", "note", "vs_tau")
 TRAP_KEYS = ("expect", "note")
 RULE_NAMES = frozenset({"value", "error", "tau", "margin"})  # `error` is an alias of `value`
 TRAP_OBSERVED = "observed"
+RUNG_NAME = re.compile(r"[a-z0-9_]+")  # rung names become folder names: nothing that can leave a folder
 
 
 class PreregError(Exception):
