@@ -29,9 +29,15 @@ def cell_of(item: Any) -> Any:
 
 def bound_prereg(config: pytest.Config, bound: Rung) -> Any:
     """Load and validate the prereg a rung module is bound to (a UsageError naming file and field on bad content)."""
-    from pytest_ladder.prereg import PreregError, load_prereg, validate_against_rung
+    from pytest_ladder.prereg import PreregError, check_requires_of, load_prereg, validate_against_rung
+
+    from pytest_ladder.prereg_types import RUNG_NAME
 
     state = ladder_state(config)
+    if not RUNG_NAME.fullmatch(bound.name):
+        raise pytest.UsageError(
+            f"rung({bound.name!r}): a rung name is letters, digits and underscores ([a-z0-9_]+), the name of its "
+            f"folder under {flag(PREREG_DIR)}; rename it in the rung module")
     if bound.name not in state.preregs:
         path = Path(bound.prereg) if bound.prereg else ladder_options(config).prereg_dir / bound.name / "tau.json"
         if not path.is_absolute():
@@ -45,6 +51,8 @@ def bound_prereg(config: pytest.Config, bound: Rung) -> Any:
         try:
             prereg = load_prereg(path, root=config.rootpath)
             validate_against_rung(prereg, bound.gates, bound.traps, bound.prefilters)
+            if not bound.prereg:
+                check_requires_of(prereg, ladder_options(config).prereg_dir, root=config.rootpath)
         except PreregError as error:
             raise pytest.UsageError(str(error)) from None
         state.preregs[bound.name] = prereg

@@ -62,7 +62,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = ladder_marker(metafunc.definition)
     if marker is None:
         return
-    prereg = bound_prereg(metafunc.config, marker.kwargs["rung"])
+    bound = marker.kwargs["rung"]
+    try:
+        prereg = bound_prereg(metafunc.config, bound)
+    except pytest.UsageError as error:  # raised here it would be one collection error with pytest's traceback:
+        ladder_state(metafunc.config).binding_errors.setdefault(bound.name, str(error))  # refused once collected
+        return
     if "cell" in metafunc.fixturenames:
         hardest = prereg.hardest_cell.id
         metafunc.parametrize(
@@ -89,8 +94,13 @@ def _item_info(config: pytest.Config, item: pytest.Item) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Kill-fast order, before -m/-k deselection so every worker sorts the same full list."""
+    """Kill-fast order, before -m/-k deselection so every worker sorts the same full list. A prereg that could not
+    bind (bad content, a bad rung name, a broken ladder graph) ends the session here as one usage error."""
     from pytest_ladder.ordering import reorder
+
+    errors = ladder_state(config).binding_errors
+    if errors:
+        raise pytest.UsageError("\n".join(errors[name] for name in sorted(errors)))
 
     reorder(items, [_item_info(config, item) for item in items])
 

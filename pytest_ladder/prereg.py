@@ -191,6 +191,24 @@ def check_requires(prereg_dir: Path | str, *, root: Path | None = None) -> dict[
     return {prereg.rung: prereg for prereg in preregs}
 
 
+def check_requires_of(prereg: Prereg, prereg_dir: Path | str, *, root: Path | None = None) -> None:
+    """The ladder graph reachable from `prereg` through `requires` in `prereg_dir`: PreregError naming each required
+    rung without a prereg there and each cycle (see requires_problems); unrelated preregs are not read."""
+    folder = Path(prereg_dir)
+    found = {prereg.rung: prereg}
+    todo = list(prereg.requires)
+    while todo:
+        name = todo.pop()
+        path = folder / name / PREREG_FILE
+        if name in found or not path.is_file():
+            continue
+        found[name] = load_prereg(path, root=root)
+        todo.extend(found[name].requires)
+    problems = requires_problems(list(found.values()), display_path(folder, root))
+    if problems:
+        raise _every(display_path(folder, root), problems)
+
+
 def validate_against_rung(prereg: Prereg, gates: set[str], traps: set[str], prefilters: set[str]) -> None:
     """The prereg and the rung module must declare the same gates, traps and prefilters (PreregError otherwise)."""
     shown = prereg.display_path

@@ -37,9 +37,34 @@ def test_hostile_prereg_stops_the_session_naming_file_and_field(toy, edit, says)
     assert toy.runs() == []
 
 
-@pytest.mark.xfail(strict=True, reason="the plugin converts PreregError to a UsageError at its boundary (refactor)")
 @pytest.mark.parametrize(("edit", "says"), HOSTILE, ids=IDS)
 def test_hostile_prereg_is_a_usage_error_without_traceback(toy, edit, says):
     result, output = hostile_session(toy, edit)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert says in output and "Traceback" not in output and "pluggy" not in output
+    assert f"ERROR: {says}" in output
+    assert "Traceback" not in output and "site-packages" not in output and "pluggy/" not in output
+
+
+def test_a_rung_name_that_leaves_its_folder_is_a_usage_error(toy):
+    toy.rung()
+    module = toy.root / "test_toy.py"
+    module.write_text(module.read_text().replace('rung("toy")', 'rung("../../x")'))
+    result = toy.pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("ERROR: rung('../../x'): a rung name is letters, digits and underscores ([a-z0-9_]+)"
+            in "\n".join(result.outlines + result.errlines))
+    assert toy.runs() == []
+
+
+@pytest.mark.parametrize("requires", [["gmissing"], ["other"]], ids=["missing-rung", "cycle"])
+def test_a_broken_ladder_graph_is_a_usage_error(toy, requires):
+    toy.prereg("other", requires=["toy"])  # only read through toy's requires: a cycle toy -> other -> toy
+    toy.rung(requires=requires)
+    result = toy.pytester.runpytest()
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    if requires == ["gmissing"]:
+        assert "field 'requires[0]' names rung 'gmissing', which has no prereg in prereg" in output
+    else:
+        assert "the requires form a cycle: other -> toy -> other" in output
+    assert toy.runs() == []
