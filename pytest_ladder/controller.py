@@ -189,13 +189,16 @@ class LadderSession:
                          kill_fast=fast)
         outcomes = dict(state.outcomes)
         kill = first_kill(plan, outcomes) if fast and aborted is None else None
-        if kill is not None:  # kill-fast skips what has not run yet
+        if kill is not None:  # kill-fast skips the cells that have not run yet (never the traps)
             for item in plan.items[kill + 1:]:
-                if item.nodeid not in state.done:
+                if item.nodeid not in state.done and item.kind != "trap":
                     outcomes[item.nodeid] = Outcome(
                         "skipped", message=f"kill-fast: {name} is already KILLED in this session; its remaining "
-                                           "tests do not run")
-        ran = sum(1 for item in plan.items if item.nodeid in state.outcomes)
+                                           "cells do not run")
+        ran = sum(1 for item in plan.items if outcomes.get(item.nodeid, Outcome()).outcome not in ("skipped",
+                                                                                                     "not run"))
+        skipped = {item.nodeid: outcomes[item.nodeid].message or "skipped" for item in plan.items
+                   if outcomes.get(item.nodeid, Outcome()).outcome == "skipped"}
         run_id = new_run_id()
         model = state.context.get("model") or {"name": rung_model(self.options.model, loaded)}
         ended = time.time()
@@ -217,8 +220,11 @@ class LadderSession:
                 "exitfirst": config.option.maxfail == 1,
                 "maxfail": config.option.maxfail,
                 "xdist_workers": self.options.xdist_workers,
+                "kill_fast": fast,
                 "selected": len(plan.items),
                 "ran": ran,
+                "skipped": len(skipped),
+                "skip_reasons": sorted(set(skipped.values()), key=str),
                 "complete": plan.complete,
                 "aborted": aborted,
             },

@@ -156,8 +156,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"refused: {guard.refused}", pytrace=False)
     item.user_properties.append((GUARD_KEY, {"requires": guard.requires, "replication_of": guard.replication_of}))
     killed = bound.name in state.killed_in_session or guard.decided_in_session == "KILL"
-    if ladder_options(item.config).kill_fast and killed:
-        pytest.skip(f"kill-fast: {bound.name} is already KILLED in this session; its remaining tests do not run")
+    if ladder_options(item.config).kill_fast and killed and marker.kwargs["kind"] != "trap":
+        pytest.skip(f"kill-fast: {bound.name} is already KILLED in this session; its remaining cells do not run")
     if guard.requires_killed:
         required, where = next(iter(guard.requires_killed.items()))
         item.user_properties.append((REQUIRES_KEY, guard.requires_killed))

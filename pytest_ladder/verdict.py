@@ -13,7 +13,7 @@ Rules, first match wins:
 6. everything selected passed: PASS if the selection covered every gate, trap and cell of the rung;
    PREFILTER_PASS if it covered exactly the analytical prefilters; PARTIAL otherwise (-k, a node id, -x elsewhere).
 
-Under kill-fast only the items up to the first kill (in plan order) count, so xdist workers that did not hear of a
+Under kill-fast only the items up to the first kill (in plan order) and the rung's traps count, so xdist workers that did not hear of a
 kill and ran later items decide nothing different from one process. `settled` says when the verdict is known, so
 the controller can archive the rung at once.
 """
@@ -118,14 +118,21 @@ def first_kill(plan: Plan, outcomes: dict[str, Outcome]) -> int | None:
     return None
 
 
+def after_kill(plan: Plan, kill: int) -> list[PlannedItem]:
+    """What still counts after the kill at plan position `kill`: every item up to it and every trap after it.
+    Kill-fast skips the remaining cells, never the traps that validate a kill, so a kill-fast run reaches the
+    verdict a full run reaches (KILL, or INVALID when a trap fires wrong)."""
+    return plan.items[: kill + 1] + [item for item in plan.items[kill + 1:] if item.kind == "trap"]
+
+
 def settled(plan: Plan, outcomes: dict[str, Outcome], done: set[str], *, kill_fast: bool) -> bool:
     """Is the rung's verdict known? Yes once every planned item has finished (`done`: node ids whose last report
-    arrived); with kill-fast also once a gate killed it and every item before the kill (in plan order) finished,
+    arrived); with kill-fast also once a gate killed it and every item that still counts (`after_kill`) finished,
     since kill-fast skips the rest."""
     if all(item.nodeid in done for item in plan.items):
         return True
     kill = first_kill(plan, outcomes) if kill_fast else None
-    return kill is not None and all(item.nodeid in done for item in plan.items[:kill])
+    return kill is not None and all(item.nodeid in done for item in after_kill(plan, kill))
 
 
 def decide(
@@ -138,9 +145,9 @@ def decide(
 ) -> Verdict:
     """Apply the locked rules (module docstring) to one rung's outcomes.
 
-    With `kill_fast` only the items up to the first kill (in plan order) count: kill-fast skips the rest, so the
-    verdict is the same whether they were skipped in one process or ran on another xdist worker that had not heard
-    of the kill.
+    With `kill_fast` only the items up to the first kill (in plan order) and the traps count (`after_kill`):
+    kill-fast skips the other cells, so the verdict is the same whether they were skipped in one process or ran on
+    another xdist worker that had not heard of the kill, and the same as a full run's.
     """
     if aborted:
         return Verdict(ABORTED)
@@ -162,7 +169,7 @@ def decide(
     items = plan.items
     kill = first_kill(plan, outcomes) if kill_fast else None
     if kill is not None:
-        items = items[: kill + 1]
+        items = after_kill(plan, kill)
     rows = [(item, outcomes.get(item.nodeid, Outcome())) for item in items]
     for item, out in rows:
         for record in out.records:

@@ -136,8 +136,9 @@ def test_reformatted_prereg_keeps_its_seal(toy):
 def test_bad_prereg_content_is_a_usage_error_naming_file_and_field(toy):
     toy.rung(hardest_cell="layer=9-true_rank=8")
     result = toy.pytester.runpytest()
-    assert result.ret != 0
-    result.stdout.fnmatch_lines(["*prereg/toy/tau.json*hardest_cell*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("ERROR: prereg/toy/tau.json: field 'hardest_cell' names 'layer=9-true_rank=8', which is not among the "
+            "cells" in "\n".join(result.outlines + result.errlines))
     assert toy.runs() == []
 
 
@@ -249,9 +250,17 @@ def test_kill_fast_skips_the_rest_of_a_killed_rung_and_goes_on(toy):
     toy.rung("a")
     toy.rung("b")
     result = toy.pytester.runpytest("--ladder-kill-fast")
-    # each rung: trivial pass, bytes prefilter, then the hardest cell kills; its other three tests are skipped
-    result.assert_outcomes(passed=4, failed=2, skipped=6)
+    # each rung: trivial pass, bytes prefilter, then the hardest cell kills; its random-basis trap still runs (it
+    # validates the kill), its two other cells are skipped
+    result.assert_outcomes(passed=6, failed=2, skipped=4)
     for name in ("a", "b"):
         record = toy.record(toy.runs(name)[0])
         assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer=3-true_rank=8"
         assert [g["outcome"] for g in record["gates"]] == ["passed", "failed", "skipped", "skipped"]
+        assert [(t["name"], t["outcome"]) for t in record["traps"]] == [("trivial_pass", "passed"),
+                                                                         ("random_basis", "passed")]
+        selection = record["selection"]
+        assert (selection["kill_fast"], selection["selected"], selection["ran"], selection["skipped"]) == (
+            True, 6, 4, 2)
+        assert selection["skip_reasons"] == [f"kill-fast: {name} is already KILLED in this session; its remaining "
+                                             "cells do not run"]
