@@ -17,7 +17,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,17 +98,29 @@ def _encode(name: str, content: str | bytes | dict | list) -> bytes:
     raise ArchiveError(f"{name}: cannot archive a {type(content).__name__}; give str, bytes or a dict")
 
 
-def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | bytes | dict]) -> Path:
-    """Atomically create `<archive_dir>/<rung>/<run_id>/` holding `files` (dicts as JSON); return the folder."""
+def write_run(archive_dir: Path, rung: str, run_id: str, files: dict[str, str | bytes | dict], *,
+              one_decision: tuple[str, str] | None = None,
+              decided: Callable[[ArchivedRun], dict[str, str | bytes | dict]] | None = None) -> Path:
+    """Atomically create `<archive_dir>/<rung>/<run_id>/` holding `files` (dicts as JSON); return the folder.
+
+    The one-decision rule is enforced here, under the rung's lock: with `one_decision` = (seal, model), files
+    holding a decision (decision.json of kind "decision") are replaced by `decided(existing)` when that prereg
+    already has a decision on that model — whoever reached the write first decided, another session's run becomes
+    a replication or a refused run, never a second decision."""
     _check_name("rung", rung)
     _check_name("run id", run_id)
-    for name in files:
-        _check_name("file name", name)
-    payload = {name: _encode(name, content) for name, content in files.items()}
     rung_dir = Path(archive_dir) / rung
     rung_dir.mkdir(parents=True, exist_ok=True)
     final = rung_dir / run_id
     with FileLock(str(rung_dir / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+        record = files.get(DECISION_FILE)
+        if one_decision is not None and isinstance(record, dict) and record.get("kind") == "decision":
+            existing = find_decision(archive_dir, rung, *one_decision)
+            if existing is not None:
+                files = decided(existing)
+        for name in files:
+            _check_name("file name", name)
+        payload = {name: _encode(name, content) for name, content in files.items()}
         for leftover in rung_dir.glob(f"{TMP_PREFIX}*"):  # a writer that died mid-write; we hold the lock
             shutil.rmtree(leftover, ignore_errors=True)
         if final.exists():

@@ -234,14 +234,36 @@ class LadderSession:
             context={k: v for k, v in state.context.items() if k not in ("model", "data")},
         )
         plots = render_plots(record)
-        files: dict[str, Any] = {DECISION_FILE if verdict.is_decision else RUN_FILE: record}
-        if record["traps"]:
-            files["trap_results.json"] = {"rung": name, "run_id": run_id, "verdict": verdict.verdict,
-                                          "traps": record["traps"]}
-        files["postmortem.md"] = render_postmortem(record, sorted(plots))
-        files.update(plots)
+
+        def laid_out(record: dict) -> dict[str, Any]:
+            files: dict[str, Any] = {DECISION_FILE if record["kind"] in ("decision", "replication") else RUN_FILE:
+                                     record}
+            if record["traps"]:
+                files["trap_results.json"] = {"rung": name, "run_id": run_id, "verdict": record["verdict"],
+                                              "traps": record["traps"]}
+            files["postmortem.md"] = render_postmortem(record, sorted(plots))
+            files.update(plots)
+            return files
+
+        def decided_first(existing: Any) -> dict[str, Any]:
+            """Another session archived this prereg's decision on this model while this one ran: this run is a
+            replication of it (with --ladder-replicate) or a refused run saying which decision won."""
+            won = existing.record.get("run_id")
+            if self.options.replicate:
+                record.update(kind="replication", decision=False, replication_of=won)
+            else:
+                record.update(kind="refused", decision=False, refused_because=(
+                    f"{won} decided this prereg on this model first (another session, archived while this one ran); "
+                    "a sealed prereg gets one decision: run with --ladder-replicate to archive a replication"))
+                state.refused_at_write[name] = record["refused_because"]
+            return laid_out(record)
+
+        files = laid_out(record)
+        one_decision = (loaded.seal or "", record["model"].get("name")) if verdict.is_decision else None
+        folder = write_run(self.options.archive_dir, name, run_id, files, one_decision=one_decision,
+                           decided=decided_first)
         state.decided[name] = verdict.verdict
-        state.written.append((name, record, write_run(self.options.archive_dir, name, run_id, files)))
+        state.written.append((name, record, folder))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         state = self.state
@@ -298,6 +320,8 @@ def _verdict_line(record: dict) -> str:
         line += f" ({invalid['kind']} {invalid['name']}: {(invalid['message'] or '').splitlines()[0][:200]})"
     if record["kind"] == "replication":
         line += f", replication of {record['replication_of']}"
+    elif record["kind"] == "refused":
+        line += f", not a decision: {record['refused_because']}"
     return line
 
 

@@ -37,6 +37,7 @@ class LadderState:
     decided: dict[str, str] = field(default_factory=dict)  # rung -> verdict, for rungs archived in this session
     aborted: str | None = None
     written: list[tuple[str, dict, Path]] = field(default_factory=list)
+    refused_at_write: dict[str, str] = field(default_factory=dict)  # rung -> which decision won (archive.write_run)
     binding_errors: dict[str, str] = field(default_factory=dict)  # rung -> why its prereg cannot bind (collection)
 
 

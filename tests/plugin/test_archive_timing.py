@@ -84,3 +84,32 @@ def test_kill_fast_archives_exactly_one_decision_per_rung(toy, workers):
     assert sorted(line for line in result.outlines if line.startswith("archived: ")) == [
         f"archived: archive/{name}/{toy.runs(name)[0].name}" for name in ("a", "b")]
     assert not [line for line in result.outlines if "refused" in line]
+
+
+# both sessions pass the launch guard (nothing decided yet), then meet here before either can decide
+BARRIER = ("import os, pathlib, time\n    pathlib.Path(f'started-{os.getpid()}').touch()\n"
+           "    for _ in range(1200):\n"
+           "        if len(list(pathlib.Path('.').glob('started-*'))) >= 2: break\n"
+           "        time.sleep(0.05)")
+
+
+@pytest.mark.parametrize("replicate", [False, True], ids=["plain", "replicate"])
+def test_two_sessions_started_together_archive_one_decision(toy, replicate):
+    toy.rung(hook=BARRIER)
+    extra = ["--ladder-replicate"] if replicate else []
+    sessions = [_spawn(toy.root, *extra) for _ in range(2)]
+    outputs = [session.communicate(timeout=300)[0] for session in sessions]
+    records = [toy.record(run) for run in toy.runs()]
+    assert len(records) == 2, outputs
+    kinds = sorted(r["kind"] for r in records)
+    decision = next(r for r in records if r["kind"] == "decision")
+    other = next(r for r in records if r["kind"] != "decision")
+    assert kinds == (["decision", "replication"] if replicate else ["decision", "refused"])
+    assert other["decision"] is False and other["verdict"] == decision["verdict"] == "KILL"
+    if replicate:
+        assert other["replication_of"] == decision["run_id"]
+        assert (toy.root / "archive" / "toy" / other["run_id"] / "decision.json").is_file()
+    else:
+        assert other["refused_because"].startswith(f"{decision['run_id']} decided this prereg on this model first")
+        assert (toy.root / "archive" / "toy" / other["run_id"] / "run.json").is_file()
+        assert any("not a decision: " in output for output in outputs)
