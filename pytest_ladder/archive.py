@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -155,27 +156,96 @@ def read_record(file: Path) -> dict:
     return record
 
 
+SCHEMA_VERSION = 1
+# what every archived record holds, with its JSON type (the schema `ladder archive check` and the readers enforce)
+RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "rung": str, "run_id": str, "kind": str, "verdict": str, "decision": bool, "gates": list, "traps": list,
+    "prereg": dict, "model": dict, "selection": dict,
+}
+
+
+@dataclass(frozen=True)
+class DamagedRun:
+    """A run folder whose record does not parse or does not match the archive schema: its file and why."""
+
+    path: Path
+    reason: str
+
+
+def record_problems(record: dict) -> list[str]:
+    """How `record` (a parsed decision.json / run.json) departs from the archive schema; [] when it matches."""
+    problems = []
+    schema = record.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        problems.append(f"schema {schema!r}: this version of pytest-ladder reads schema {SCHEMA_VERSION}")
+    for name, kind in RECORD_FIELDS.items():
+        if name not in record:
+            problems.append(f"field {name!r} is missing")
+        elif not isinstance(record[name], kind) or (kind is not bool and isinstance(record[name], bool)):
+            problems.append(f"field {name!r} must be a {getattr(kind, '__name__', kind)}, got "
+                            f"{type(record[name]).__name__}")
+    for table in ("gates", "traps"):
+        rows = record.get(table)
+        if isinstance(rows, list) and not all(isinstance(row, dict) and isinstance(row.get("name"), str)
+                                              for row in rows):
+            problems.append(f"field {table!r} must list objects with a 'name'")
+    return problems
+
+
 def _visible(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".")
 
 
-def _runs_of(rung_dir: Path) -> Iterator[ArchivedRun]:
+def _scan(rung_dir: Path) -> Iterator[ArchivedRun | DamagedRun]:
     if not _visible(rung_dir):
         return
     for run_dir in sorted(filter(_visible, rung_dir.iterdir())):
-        if (run_dir / DECISION_FILE).is_file():
-            yield ArchivedRun(run_dir, read_record(run_dir / DECISION_FILE), True)
-        elif (run_dir / RUN_FILE).is_file():
-            yield ArchivedRun(run_dir, read_record(run_dir / RUN_FILE), False)
+        for name, is_decision in ((DECISION_FILE, True), (RUN_FILE, False)):
+            file = run_dir / name
+            if file.is_file():
+                try:
+                    record = read_record(file)
+                except ArchiveError as error:
+                    yield DamagedRun(file, str(error))
+                    break
+                problems = record_problems(record)
+                yield (DamagedRun(file, f"{file}: " + "; ".join(problems)) if problems
+                       else ArchivedRun(run_dir, record, is_decision))
+                break
+
+
+def _runs_of(rung_dir: Path) -> Iterator[ArchivedRun]:
+    """The readable runs of one rung (damaged records are left out: see damaged_runs)."""
+    for run in _scan(rung_dir):
+        if isinstance(run, ArchivedRun):
+            yield run
 
 
 def iter_runs(archive_dir: Path) -> Iterator[ArchivedRun]:
-    """Every archived run, sorted by (rung, run id); `.tmp-*` and other hidden folders are skipped."""
-    archive_dir = Path(archive_dir)
-    if not archive_dir.is_dir():
-        return
-    for rung_dir in sorted(filter(_visible, archive_dir.iterdir())):
+    """Every readable archived run, sorted by (rung, run id); `.tmp-*` and other hidden folders are skipped, and so
+    are damaged records (reported by damaged_runs)."""
+    for rung_dir in _rung_dirs(archive_dir):
         yield from _runs_of(rung_dir)
+
+
+def damaged_runs(archive_dir: Path, rung: str | None = None) -> list[DamagedRun]:
+    """Every archived record (of `rung`, or of all rungs) that does not parse or does not match the schema."""
+    dirs = [Path(archive_dir) / rung] if rung else _rung_dirs(archive_dir)
+    return [run for rung_dir in dirs for run in _scan(rung_dir) if isinstance(run, DamagedRun)]
+
+
+def _rung_dirs(archive_dir: Path) -> list[Path]:
+    archive_dir = Path(archive_dir)
+    return sorted(filter(_visible, archive_dir.iterdir())) if archive_dir.is_dir() else []
+
+
+def _refuse_damaged(archive_dir: Path, rung: str) -> None:
+    damaged = damaged_runs(archive_dir, rung)
+    if damaged:
+        raise ArchiveError(
+            "; ".join(d.reason for d in damaged) + f". A damaged record of {rung} blocks a new decision for it (it "
+            "may hold the decision): archives are append-only, restore the file from version history "
+            "(`ladder archive check` lists every damaged record)")
 
 
 def _model_name(record: dict) -> str | None:
@@ -183,7 +253,9 @@ def _model_name(record: dict) -> str | None:
 
 
 def find_decision(archive_dir: Path, rung: str, seal: str, model: str) -> ArchivedRun | None:
-    """The original decision (kind "decision") of the prereg with this seal on this model, or None."""
+    """The original decision (kind "decision") of the prereg with this seal on this model, or None. ArchiveError
+    when a record of the rung is damaged (it may be that decision: nothing may decide over it)."""
+    _refuse_damaged(archive_dir, rung)
     for run in _runs_of(Path(archive_dir) / rung):
         record = run.record
         if (
@@ -197,10 +269,33 @@ def find_decision(archive_dir: Path, rung: str, seal: str, model: str) -> Archiv
 
 
 def latest_decision(archive_dir: Path, rung: str, model: str | None = None) -> ArchivedRun | None:
-    """The newest decision (kind "decision") of `rung`, on `model` when given: what the ladder rule reads."""
+    """The newest decision (kind "decision") of `rung`, on `model` when given: what the ladder rule reads
+    (ArchiveError when a record of the rung is damaged)."""
+    _refuse_damaged(archive_dir, rung)
     found = None
     for run in _runs_of(Path(archive_dir) / rung):
         wanted = model is None or _model_name(run.record) == model
         if run.is_decision and run.record.get("kind") == "decision" and wanted:
             found = run
     return found
+
+
+def check_main(argv: list[str]) -> int:
+    """`ladder archive check [DIR]`: every record parses and matches the schema; exit 1 naming each damaged one."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ladder archive check",
+                                     description="check every archived record against the archive schema")
+    parser.add_argument("what", choices=["check"], help="check: validate every decision.json and run.json")
+    parser.add_argument("archive", nargs="?", default="archive", help="the archive folder (default: archive)")
+    args = parser.parse_args(argv)
+    folder = Path(args.archive)
+    if not folder.is_dir():
+        print(f"ladder archive check: no archive folder at {folder}", file=sys.stderr)
+        return 2
+    damaged = damaged_runs(folder)
+    good = sum(1 for _ in iter_runs(folder))
+    for run in damaged:
+        print(f"DAMAGED {run.reason}")
+    print(f"{good} records match schema {SCHEMA_VERSION}, {len(damaged)} damaged")
+    return 1 if damaged else 0

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "scoreboard": ("pytest_ladder.scoreboard", "main", "print the ladder table from an archive (markdown or JSON)"),
     "model": ("pytest_ladder.models.embedded", "main", "build or locate the embedded default model (ladder model build)"),
     "theorems": ("pytest_ladder.theorems", "main", "status grid of the Lean kill theorems"),
+    "archive": ("pytest_ladder.archive", "check_main", "ladder archive check [DIR]: every record matches the schema"),
 }
 
 

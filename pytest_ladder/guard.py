@@ -60,7 +60,7 @@ def launch_guard(
 
 def rung_guard(config: pytest.Config, bound: Any) -> Guard:
     """The launch guard of rung module `bound` (rung.Rung), looked up once per process."""
-    from pytest_ladder.archive import find_decision, latest_decision, run_time
+    from pytest_ladder.archive import ArchiveError, find_decision, latest_decision, run_time
     from pytest_ladder.binding import bound_prereg
     from pytest_ladder.files import display_path
     from pytest_ladder.model_choice import rung_model
@@ -81,7 +81,15 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
 
     decided = requires = None
     in_session = None
+    damaged = None
     if status.ok:
+        try:
+            find_decision(options.archive_dir, bound.name, status.expected, model)
+            for required in loaded.requires:
+                latest_decision(options.archive_dir, required, model)
+        except ArchiveError as error:  # a damaged record may hold the decision: refuse, never decide over it
+            damaged = str(error)
+    if status.ok and damaged is None:
         found = find_decision(options.archive_dir, bound.name, status.expected, model)
         written = None if found is None else run_time(found.run_id)
         if written is not None and written >= datetime.fromtimestamp(state.started, tz=timezone.utc):
@@ -103,5 +111,7 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
                          seal=status.expected or "", model=model, decided=decided, replicate=options.replicate,
                          requires=requires or {})
     guard.decided_in_session = in_session
+    if damaged is not None and guard.refused is None:
+        guard.refused = damaged
     state.guards[bound.name] = guard
     return guard

@@ -46,11 +46,38 @@ def replay_requested(file_path: Path, config: pytest.Config) -> bool:
     return False
 
 
-def _load(collector: pytest.File) -> dict:
+def _load(collector: pytest.File) -> dict | None:
+    """The record, or None when it is damaged (collect then yields one failing DamagedRecord item for it, so the
+    rest of the archive still replays)."""
+    from pytest_ladder.archive import record_problems
+
     try:
-        return read_record(collector.path)
+        record = read_record(collector.path)
     except ArchiveError as error:
-        raise collector.CollectError(str(error)) from None
+        collector.damage = str(error)
+        return None
+    problems = record_problems(record)
+    if problems:
+        collector.damage = f"{collector.path}: " + "; ".join(problems)
+        return None
+    return record
+
+
+class DamagedRecord(pytest.Item):
+    """An archived record that does not parse or does not match the archive schema: fails, naming file and why."""
+
+    def __init__(self, *, reason: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def runtest(self) -> None:
+        raise ReplayFailure(f"damaged record: {self.reason}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return str(excinfo.value)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"damaged record {self.path.name}"
 
 
 class DecisionFile(pytest.File):
@@ -58,6 +85,9 @@ class DecisionFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         record = _load(self)
+        if record is None:
+            yield DamagedRecord.from_parent(self, name="damaged", reason=self.damage)
+            return
         for row in record.get("gates") or []:
             kind = row.get("kind", "gate")
             name = f"{kind}:{row['name']}" + (f"[{row['cell']}]" if row.get("cell") else "")
@@ -80,6 +110,9 @@ class RunFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         record = _load(self)
+        if record is None:
+            yield DamagedRecord.from_parent(self, name="damaged", reason=self.damage)
+            return
         item = ArchivedRunItem.from_parent(self, name=f"run:{record.get('verdict')}", record=record, row={})
         item.skip_if_not_run()
         yield item

@@ -17,7 +17,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_ladder.archive import ArchivedRun, ArchiveError, iter_runs
+from pytest_ladder.archive import ArchivedRun, ArchiveError, damaged_runs, iter_runs
 from pytest_ladder.ordering import natural_key
 from pytest_ladder.postmortem import seed_agreement
 from pytest_ladder.records import killed_by_sentence, where
@@ -112,6 +112,10 @@ def scoreboard_rows(archive_dir: Path, *, model: str | None = None, lean_dir: Pa
         else:
             shown, replications = runs[-1], 0
         rows.append(_row(shown, replications, statuses))
+    for damaged in damaged_runs(Path(archive_dir)):  # a row each, so a damaged record is seen, never skipped silently
+        rows.append({"rung": damaged.path.parent.parent.name, "claim": None, "status": "damaged", "verdict": None,
+                     "killed_by": damaged.reason, "seeds": "", "model": None, "date": "",
+                     "run_id": damaged.path.parent.name, "replications": 0, "theorems": []})
     return sorted(rows, key=lambda row: (natural_key(row["rung"]), row["model"] or ""))
 
 

@@ -13,6 +13,7 @@ import pytest
 from pytest_ladder import archive
 from pytest_ladder.archive import (
     ArchiveError,
+    damaged_runs,
     find_decision,
     iter_runs,
     latest_decision,
@@ -104,7 +105,7 @@ def test_leftover_temp_dir_is_ignored_then_cleaned(tmp_path, record):
     (debris / "postmortem.md").write_text("half")
     assert list(iter_runs(tmp_path)) == []
     assert find_decision(tmp_path, "g4", "5" * 64, "allenai/OLMoE-1B-7B-0924") is None
-    write_run(tmp_path, "g4", "r2", {"run.json": {"verdict": "ABORTED"}})
+    write_run(tmp_path, "g4", "r2", {"run.json": record("g4", "ABORTED", kind="aborted", run_id="r2")})
     assert not debris.exists()
     assert [run.run_id for run in iter_runs(tmp_path)] == ["r2"]
 
@@ -142,12 +143,15 @@ def test_iter_runs_sorted_with_decision_flags(tmp_path, record, archived):
     assert list(iter_runs(tmp_path / "nowhere")) == []
 
 
-def test_unreadable_record_is_named(tmp_path):
+def test_unreadable_record_is_named_skipped_by_readers_and_blocks_a_decision(tmp_path):
     run = write_run(tmp_path, "g4", "r1", {"decision.json": "{ truncated"})
+    assert list(iter_runs(tmp_path)) == []
+    (damaged,) = damaged_runs(tmp_path)
+    assert damaged.reason.startswith(f"{run / 'decision.json'}: not valid JSON (Expecting property name")
+    assert "restore the file from version history" in damaged.reason
     with pytest.raises(ArchiveError) as error:
-        list(iter_runs(tmp_path))
-    assert str(error.value).startswith(f"{run / 'decision.json'}: not valid JSON (Expecting property name")
-    assert "restore the file from version history" in str(error.value)
+        find_decision(tmp_path, "g4", "5" * 64, "allenai/OLMoE-1B-7B-0924")
+    assert "A damaged record of g4 blocks a new decision for it" in str(error.value)
 
 
 def test_find_decision_by_seal_and_model(tmp_path, record, archived):
