@@ -106,3 +106,43 @@ def rung_seeds(prereg: Any) -> list[int]:
 def ladder_seeds(request: pytest.FixtureRequest) -> list[int]:
     """The rung's random-baseline seeds: the prereg's explicit list, or B seeds derived from its seal."""
     return rung_seeds(_bound(request, "ladder_seeds")[2])
+
+
+def trap_check_keywords(function: Any) -> set[str] | None:
+    """The keyword names every `trap.check(...)` call in a trap test passes, read from its source (None when the
+    source cannot be read or a call spreads `**refs`, whose names are known only at run time)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "check"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "trap"):
+            for keyword in node.keywords:
+                if keyword.arg is None:
+                    return None
+                names.add(keyword.arg)
+    return names
+
+
+def check_trap_references(prereg: Any, name: str, function: Any, where: str) -> None:
+    """At collection: the names a trap's declared expectation reads (besides `observed`) must be keywords its test
+    passes to trap.check, else the run would only find out after spending its measurements."""
+    from pytest_ladder.prereg_types import TRAP_OBSERVED
+
+    spec = prereg.traps.get(name)
+    passed = trap_check_keywords(function)
+    if spec is None or passed is None:
+        return
+    missing = sorted(spec.expect.names - {TRAP_OBSERVED} - passed)
+    if missing:
+        raise pytest.UsageError(
+            f"{where}: the trap {name!r} of {prereg.display_path} expects `{spec.expect}`, which reads "
+            f"{', '.join(repr(m) for m in missing)}, but the test's trap.check(...) passes only "
+            f"{sorted(passed) or 'no keyword'}: pass {', '.join(f'{m}=...' for m in missing)} to trap.check, or fix the "
+            "expectation in a new prereg")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_ladder import binding
-from pytest_ladder.binding import bound_prereg, cell_of, ladder_marker
+from pytest_ladder.binding import bound_prereg, cell_of, check_trap_references, ladder_marker
 from pytest_ladder.options import add_options, configure_options, ladder_options
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY, Rung, run_context
 from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, init_state, is_worker, ladder_state
@@ -65,6 +65,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     bound = marker.kwargs["rung"]
     try:
         prereg = bound_prereg(metafunc.config, bound)
+        if marker.kwargs["kind"] == "trap":
+            check_trap_references(prereg, marker.kwargs["name"], metafunc.function, metafunc.definition.nodeid)
     except pytest.UsageError as error:  # raised here it would be one collection error with pytest's traceback:
         ladder_state(metafunc.config).binding_errors.setdefault(bound.name, str(error))  # refused once collected
         return

@@ -68,3 +68,14 @@ def test_a_broken_ladder_graph_is_a_usage_error(toy, requires):
     else:
         assert "the requires form a cycle: other -> toy -> other" in output
     assert toy.runs() == []
+
+
+def test_a_trap_expectation_reading_a_name_its_test_does_not_pass_is_refused_at_collection(toy):
+    toy.rung(traps={"trivial_pass": "observed == 0", "random_basis": "observed > method * worst"})
+    result = toy.pytester.runpytest()
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("ERROR: test_toy.py::test_random_basis: the trap 'random_basis' of prereg/toy/tau.json expects "
+            "`observed > method * worst`, which reads 'worst', but the test's trap.check(...) passes only "
+            "['method']: pass worst=... to trap.check, or fix the expectation in a new prereg") in output
+    assert toy.runs() == []
