@@ -72,6 +72,28 @@ def rung_cache() -> Any:
 
 
 @pytest.fixture
+def attention_study(rung_cache: dict, request: pytest.FixtureRequest, ladder_model: Any, ladder_corpora: Any,
+                    prereg: Any, ladder_seeds: list[int]) -> Any:
+    """G10-scan's and G10.5's AttentionStudy (pytest_ladder.probes.attention) from the prereg's params, once per rung:
+    the cells' layers resolved against the model (rung_cache["layers"]), the sparse parts when the prereg names
+    `top_k_keys` (k random keys per query for each τ seed); what it resolved is recorded in decision.json."""
+    from pytest_ladder.probes.attention import AttentionStudy, SparseSpec
+    from pytest_ladder.rung import record_cell
+
+    if "study" not in rung_cache:
+        p = prereg.params
+        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
+        sparse = SparseSpec(p["top_k_keys"], tuple(ladder_seeds)) if "top_k_keys" in p else None
+        rung_cache["study"] = study = AttentionStudy(
+            ladder_model, ladder_corpora, rung_cache["layers"].values(), n_points=prereg.data_points,
+            decays=p["decays"], ridges=p["ridges"], calibration_tokens_per_feature=p["calibration_tokens_per_feature"],
+            sparse=sparse)
+        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"], "n_features": study.n_features,
+                                                  "calibration_tokens": study.calibration_tokens})
+    return rung_cache["study"]
+
+
+@pytest.fixture
 def ladder_routing(ladder_model: Any, ladder_corpora: Any, prereg: Any) -> Any:
     """The session's routing captures (pytest_ladder.probes.routes.RoutingStudy) at the rung's held-out size: rungs
     that agree on the model, corpora and N share one capture pass."""

@@ -7,26 +7,14 @@ the top-k keys under a static rule (Jaccard). Heavy lifting: pytest_ladder.probe
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import cell_layers
 
 ladder = rung("g10_5")
 
 
 @pytest.fixture
-def study(rung_cache, request, ladder_model, ladder_corpora, prereg, ladder_seeds):
-    from pytest_ladder.probes.attention import AttentionStudy, SparseSpec
-
-    if "study" not in rung_cache:
-        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
-        p = prereg.params
-        rung_cache["study"] = study = AttentionStudy(
-            ladder_model, ladder_corpora, rung_cache["layers"].values(), n_points=prereg.data_points,
-            decays=p["decays"], ridges=p["ridges"], calibration_tokens_per_feature=p["calibration_tokens_per_feature"],
-            sparse=SparseSpec(p["top_k_keys"], tuple(ladder_seeds)))
-        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"], "n_features": study.n_features,
-                                                  "calibration_tokens": study.calibration_tokens})
-    return rung_cache["study"]
+def study(attention_study):
+    """The shared AttentionStudy of G10-scan and G10.5 (rung_fixtures.attention_study)."""
+    return attention_study
 
 
 def hybrid(study, rung_cache: dict, cell):

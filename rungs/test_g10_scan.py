@@ -7,25 +7,14 @@ of the attention output). Heavy lifting: pytest_ladder.probes.attention.
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import cell_layers
 
 ladder = rung("g10_scan")
 
 
 @pytest.fixture
-def study(rung_cache, request, ladder_model, ladder_corpora, prereg):
-    from pytest_ladder.probes.attention import AttentionStudy
-
-    if "study" not in rung_cache:
-        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
-        p = prereg.params
-        rung_cache["study"] = study = AttentionStudy(
-            ladder_model, ladder_corpora, rung_cache["layers"].values(), n_points=prereg.data_points,
-            decays=p["decays"], ridges=p["ridges"], calibration_tokens_per_feature=p["calibration_tokens_per_feature"])
-        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"], "n_features": study.n_features,
-                                                  "calibration_tokens": study.calibration_tokens})
-    return rung_cache["study"]
+def study(attention_study):
+    """The shared AttentionStudy of G10-scan and G10.5 (rung_fixtures.attention_study)."""
+    return attention_study
 
 
 def layer_of(rung_cache: dict, cell) -> int:
