@@ -42,7 +42,9 @@ def test_hostile_prereg_is_a_usage_error_without_traceback(toy, edit, says):
     result, output = hostile_session(toy, edit)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"ERROR: {says}" in output
-    assert "Traceback" not in output and "site-packages" not in output and "pluggy/" not in output
+    # no traceback frames (an in-process inner session may still list pytest's own rewrite warnings with paths)
+    assert "Traceback" not in output and not any(line.lstrip().startswith('File "') for line in output.splitlines())
+    assert "pluggy/_" not in output and "_pytest/python.py" not in output
 
 
 def test_a_rung_name_that_leaves_its_folder_is_a_usage_error(toy):
