@@ -94,12 +94,16 @@ def attention_study(rung_cache: dict, request: pytest.FixtureRequest, ladder_mod
 
 
 @pytest.fixture
-def ladder_routing(ladder_model: Any, ladder_corpora: Any, prereg: Any) -> Any:
+def ladder_routing(request: pytest.FixtureRequest, ladder_model: Any, ladder_corpora: Any, prereg: Any) -> Any:
     """The session's routing captures (pytest_ladder.probes.routes.RoutingStudy) at the rung's held-out size: rungs
-    that agree on the model, corpora and N share one capture pass."""
-    from pytest_ladder.probes import routes
+    that agree on N share one capture pass (the model and corpora are the session's; kept in the session's stash)."""
+    from pytest_ladder.probes.routes import RoutingStudy
 
-    return routes.study(ladder_model, ladder_corpora, n_points=prereg.data_points)
+    cache = _cache(request.config)
+    key = ("routing", prereg.data_points)
+    if key not in cache:
+        cache[key] = RoutingStudy(ladder_model, ladder_corpora, n_points=prereg.data_points)
+    return cache[key]
 
 
 def _cache(config: pytest.Config) -> dict:

@@ -187,7 +187,8 @@ def routed_grams(inputs: torch.Tensor, topk_index: torch.Tensor, n_experts: int,
 
 
 class RoutingStudy:
-    """The routing data G3, G4, G6 and G7 read, captured once per loaded model, corpora and size (see `study`).
+    """The routing data G3, G4, G6 and G7 read, captured once per loaded model, corpora and size (the session keeps
+    one per size: rung_fixtures.ladder_routing).
 
     Per task: the held-out capture (every MoE layer: top-k indices and weights, router inputs) over the first
     `n_points` held-out tokens; the calibration capture (every MoE layer: the router-input Gram Σ x xᵀ and the token
@@ -278,17 +279,6 @@ class RoutingStudy:
     def route(self, logits: torch.Tensor, layer: int) -> torch.Tensor:
         """Expert indices (T, k) from router logits by the architecture's rule."""
         return self.adapter.route(logits, layer)[0]
-
-
-_STUDIES: dict[tuple, tuple[Any, Any, RoutingStudy]] = {}
-
-
-def study(loaded: Any, corpora: Mapping[str, Any], *, n_points: int) -> RoutingStudy:
-    """The session's RoutingStudy of this loaded model, corpora and held-out size: rungs that agree share captures."""
-    key = (id(loaded), id(corpora), n_points)
-    if key not in _STUDIES or _STUDIES[key][0] is not loaded or _STUDIES[key][1] is not corpora:
-        _STUDIES[key] = (loaded, corpora, RoutingStudy(loaded, corpora, n_points=n_points))
-    return _STUDIES[key][2]
 
 
 _ROUTER = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp\.gate\.weight$")
