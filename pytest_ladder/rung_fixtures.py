@@ -72,8 +72,15 @@ def rung_cache() -> Any:
 
 
 @pytest.fixture
+def ladder_layers(ladder_weights: Any) -> int:
+    """The model's number of decoder layers, from its checkpoint's config: the one source every rung resolves its
+    cells' relative layers ("3/16") against."""
+    return ladder_weights.n_layers
+
+
+@pytest.fixture
 def attention_study(rung_cache: dict, request: pytest.FixtureRequest, ladder_model: Any, ladder_corpora: Any,
-                    prereg: Any, ladder_seeds: list[int]) -> Any:
+                    prereg: Any, ladder_seeds: list[int], ladder_layers: int) -> Any:
     """G10-scan's and G10.5's AttentionStudy (pytest_ladder.probes.attention) from the prereg's params, once per rung:
     the cells' layers resolved against the model (rung_cache["layers"]), the sparse parts when the prereg names
     `top_k_keys` (k random keys per query for each τ seed); what it resolved is recorded in decision.json."""
@@ -82,7 +89,7 @@ def attention_study(rung_cache: dict, request: pytest.FixtureRequest, ladder_mod
 
     if "study" not in rung_cache:
         p = prereg.params
-        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         sparse = SparseSpec(p["top_k_keys"], tuple(ladder_seeds)) if "top_k_keys" in p else None
         rung_cache["study"] = study = AttentionStudy(
             ladder_model, ladder_corpora, rung_cache["layers"].values(), n_points=prereg.data_points,

@@ -14,14 +14,14 @@ ladder = rung("g3")
 
 
 @pytest.fixture
-def energy(rung_cache, ladder_routing, prereg, request):
+def energy(rung_cache, ladder_routing, ladder_layers, prereg, request):
     """energy(cell) -> {projection: RouteEnergy (its weights, routes, gates, rank q and per-token energy)} of the
     cell's layer, once."""
     from pytest_ladder.probes import routes
 
     def compute(cell):
         if cell.id not in rung_cache:
-            layer = resolve_layer(cell.params["layer"], ladder_routing.n_layers)
+            layer = resolve_layer(cell.params["layer"], ladder_layers)
             held, stacks = ladder_routing.heldout(cell.params["task"], layer), ladder_routing.stacks(layer)
             index, gates = held.topk_index.to(ladder_routing.device), held.topk_weight.to(ladder_routing.device)
             found = {}

@@ -14,12 +14,12 @@ ladder = rung("g4")
 
 
 @pytest.fixture
-def study(rung_cache, ladder_routing, prereg, request):
+def study(rung_cache, ladder_routing, ladder_layers, prereg, request):
     from pytest_ladder.probes import lowrank
 
     if "study" not in rung_cache:
         rank = resolve_size(prereg.params["rank_fraction"], ladder_routing.adapter.hidden_size)
-        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         rung_cache["study"] = lowrank.LowRankStudy(ladder_routing, rank, prereg.tasks,
                                                    calibration_points=prereg.params["calibration_points"])
         record_cell(request.config, "g4", {"rank": rank, "layers": rung_cache["layers"]})

@@ -15,12 +15,12 @@ ladder = rung("g5")
 
 
 @pytest.fixture
-def residual(rung_cache, ladder_model, ladder_routing, prereg, request):
+def residual(rung_cache, ladder_model, ladder_routing, ladder_layers, prereg, request):
     """residual(cell) -> (the residual stream's held-out Gram at the cell's layer, directions to deflate)."""
     from pytest_ladder.probes import deflation
 
     if "layers" not in rung_cache:
-        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         rung_cache["deflate"] = resolve_size(prereg.params["deflate_fraction"], ladder_model.adapter.hidden_size)
         record_cell(request.config, "g5", {k: rung_cache[k] for k in ("deflate", "layers")})
 

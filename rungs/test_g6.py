@@ -15,9 +15,9 @@ ladder = rung("g6")
 
 
 @pytest.fixture
-def routing(rung_cache, ladder_routing, ladder_model, prereg, request):
+def routing(rung_cache, ladder_routing, ladder_model, ladder_layers, prereg, request):
     if "layers" not in rung_cache:
-        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         n_experts = ladder_model.adapter.n_experts
         rung_cache["rank"] = resolve_size(prereg.params["rank_fraction"], n_experts)
         rung_cache["curve"] = sorted({resolve_size(f, n_experts) for f in prereg.params["curve_rank_fractions"]})

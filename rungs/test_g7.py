@@ -15,9 +15,9 @@ ladder = rung("g7")
 
 
 @pytest.fixture
-def routing(rung_cache, ladder_routing, ladder_model, prereg, request):
+def routing(rung_cache, ladder_routing, ladder_model, ladder_layers, prereg, request):
     if "layers" not in rung_cache:
-        rung_cache["layers"] = cell_layers(prereg, ladder_model.model.config.num_hidden_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         n_experts = ladder_model.adapter.n_experts
         rung_cache["pairs"] = n_experts * (n_experts - 1) // 2
         rung_cache["size"] = resolve_size(prereg.params["cache_fraction"], rung_cache["pairs"])

@@ -13,14 +13,14 @@ ladder = rung("r1")
 
 
 @pytest.fixture
-def study(rung_cache, request, ladder_routing, prereg):
+def study(rung_cache, request, ladder_routing, ladder_layers, prereg):
     import torch
 
     from pytest_ladder.probes.rotorquant import RotorQuant, RotorQuantStudy
 
     if "study" not in rung_cache:
         p = prereg.params
-        rung_cache["layers"] = cell_layers(prereg, ladder_routing.n_layers)
+        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         quantizer = RotorQuant(p["bits"], p["srht_seed"], getattr(torch, p["scale_dtype"]))
         rung_cache["study"] = RotorQuantStudy(ladder_routing, quantizer=quantizer)
         record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"]})
