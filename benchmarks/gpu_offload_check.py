@@ -1,4 +1,4 @@
-"""Offload behind a real GPU, once (issue 3, item 9): the embedded model and an OLMoE-1B-7B-shaped bf16 model.
+"""Offload behind a real GPU, once: the embedded model and an OLMoE-1B-7B-shaped bf16 model.
 
     python benchmarks/gpu_offload_check.py --out $OUT [--work /tmp/ladder-gpu] [--skip-big]
 

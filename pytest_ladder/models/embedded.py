@@ -1,4 +1,4 @@
-"""The embedded default model (issue 3, item 7): a tiny OLMoE trained here, on the calibration splits only.
+"""The embedded default model: a tiny OLMoE trained here, on the calibration splits only.
 
 `ladder model build [--force] [--seed N]` (and `ensure_embedded_model()` on first use, under a file lock so
 concurrent xdist workers build once) trains, deterministically from the seed:

@@ -1,4 +1,4 @@
-"""Model loading (issue 3, item 1): the embedded model, a local folder or a hub id, through transformers
+"""Model loading: the embedded model, a local folder or a hub id, through transformers
 `from_pretrained` and accelerate (device_map / max_memory / offload_folder), with the identity the archive records.
 
 Placement: no --ladder-max-memory -> the whole model on `device` (plain CPU load, or device_map {"": "cuda:N"});
