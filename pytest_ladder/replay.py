@@ -80,14 +80,24 @@ class DamagedRecord(pytest.Item):
         return self.path, 0, f"damaged record {self.path.name}"
 
 
-class DecisionFile(pytest.File):
-    """One archived decision.json: an item per gate row and per trap row."""
+class _RecordFile(pytest.File):
+    """An archived record file: its items, or one failing DamagedRecord item when it is damaged."""
 
     def collect(self) -> Iterator[pytest.Item]:
         record = _load(self)
         if record is None:
             yield DamagedRecord.from_parent(self, name="damaged", reason=self.damage)
             return
+        yield from self.items(record)
+
+    def items(self, record: dict) -> Iterator[pytest.Item]:
+        raise NotImplementedError
+
+
+class DecisionFile(_RecordFile):
+    """One archived decision.json: an item per gate row and per trap row."""
+
+    def items(self, record: dict) -> Iterator[pytest.Item]:
         for row in record.get("gates") or []:
             kind = row.get("kind", "gate")
             name = f"{kind}:{row['name']}" + (f"[{row['cell']}]" if row.get("cell") else "")
@@ -105,14 +115,10 @@ class DecisionFile(pytest.File):
             yield item
 
 
-class RunFile(pytest.File):
+class RunFile(_RecordFile):
     """One archived run.json (not a decision): a single skipped item saying what the run was."""
 
-    def collect(self) -> Iterator[pytest.Item]:
-        record = _load(self)
-        if record is None:
-            yield DamagedRecord.from_parent(self, name="damaged", reason=self.damage)
-            return
+    def items(self, record: dict) -> Iterator[pytest.Item]:
         item = ArchivedRunItem.from_parent(self, name=f"run:{record.get('verdict')}", record=record, row={})
         item.skip_if_not_run()
         yield item
