@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
+from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
 from pytest_ladder.measure.routing import (
     effective_weight_effective_ranks,
@@ -34,23 +34,6 @@ from pytest_ladder.measure.spectra import effective_rank, energy_at_rank
 
 OLMOE = {"experts": 64, "intermediate": 1024, "hidden": 2048, "top_k": 8, "tokens": 1000}
 SMALL = {"experts": 16, "intermediate": 256, "hidden": 512, "top_k": 4, "tokens": 200}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, repeat: int):
-    """The result of fn and its fastest wall time over `repeat` runs (robust to a busy machine)."""
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def random_layer(experts: int, intermediate: int, hidden: int, decay: float, generator: torch.Generator,
@@ -120,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         for projection, w in stacks.items():
             q = max(1, math.ceil(args.q_fraction * min(w.shape[-2:]) - 1e-9))  # as the rung resolves q
             budget = args.max_bytes
-            spectra, t_old = _timed(lambda: effective_weight_spectra(w, index[:reference], gates[:reference]),
+            spectra, t_old = timed(lambda: effective_weight_spectra(w, index[:reference], gates[:reference]),
                                     device, args.repeat)
-            energy, t_energy = _timed(lambda: effective_weight_energy(w, index, gates, q, max_bytes=budget),
+            energy, t_energy = timed(lambda: effective_weight_energy(w, index, gates, q, max_bytes=budget),
                                       device, args.repeat)
-            reff, t_reff = _timed(lambda: effective_weight_effective_ranks(w, index, gates, max_bytes=budget),
+            reff, t_reff = timed(lambda: effective_weight_effective_ranks(w, index, gates, max_bytes=budget),
                                   device, args.repeat)
             d_energy = float((energy[:reference] - energy_at_rank(spectra, q)).abs().max())
             d_reff = float((reff[:reference] - effective_rank(spectra)).abs().max())

@@ -13,33 +13,16 @@ ranks both spectra give.
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import torch
+from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 from tqdm.auto import tqdm
 
 from pytest_ladder.measure.spectra import effective_rank, singular_values
 
 FULL = {"layers": 16, "experts": 64, "out": 1024, "inp": 2048}
 REDUCED = {"layers": 2, "experts": 8, "out": 256, "inp": 512}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, repeat: int):
-    """The result of fn and its fastest wall time over `repeat` runs (robust to a busy machine)."""
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         count = min(args.chunk, experts - start)
         weights = (0.02 * torch.randn(count, out_features, in_features, generator=generator)).to(torch.bfloat16)
         weights = weights.to(device)
-        by_svd, seconds = _timed(partial(singular_values, weights, method="svd"), device, args.repeat)
+        by_svd, seconds = timed(partial(singular_values, weights, method="svd"), device, args.repeat)
         t_svd += seconds
-        by_gram, seconds = _timed(partial(singular_values, weights, method="gram"), device, args.repeat)
+        by_gram, seconds = timed(partial(singular_values, weights, method="gram"), device, args.repeat)
         t_gram += seconds
         difference = (by_svd - by_gram).abs()
         worst_elementwise = max(worst_elementwise, float((difference / by_svd.clamp_min(1e-300)).max()))
