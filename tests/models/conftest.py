@@ -17,12 +17,8 @@ DISK_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy CI box two threads per xdist worker stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every model test runs torch on one thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from pytest_ladder.measure.routing import effective_weight_spectra
 from pytest_ladder.measure.spectra import effective_rank, energy_at_rank
@@ -14,15 +13,7 @@ from pytest_ladder.probes import routes
 from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 
 PREREG = Path(__file__).resolve().parents[2] / "prereg" / "g3" / "tau.json"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small matrices gain nothing from intra-op threads, and two threads per xdist worker stall a busy CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,17 @@
+"""Fixtures shared by the test folders."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and small matrices gain nothing from intra-op threads, and on a busy CI box two threads per xdist
+    worker stall: torch runs on one thread for the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
