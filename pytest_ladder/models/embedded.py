@@ -8,7 +8,9 @@ concurrent xdist workers build once) trains, deterministically from the seed:
   (420 steps), with OLMoE's load-balancing loss so the experts are used;
 and saves both with save_pretrained into <cache>/models/olmoe-tiny-<key> (cache: $LADDER_CACHE_DIR, default
 ~/.cache/pytest-ladder), key = sha256 of the recipe, the seed and the corpus files' SHA-256. Determinism: fixed seed,
-torch.use_deterministic_algorithms, a fixed thread count, a seeded data order.
+torch.use_deterministic_algorithms, a fixed thread count, a seeded data order. Every CHECKPOINT_EVERY steps the
+training state goes to `.<folder>.checkpoint`; a build interrupted (killed, Ctrl-C) resumes from there with the
+same final weights.
 
 The build prints (and stores in build_report.json) the held-out NLL per task against a unigram baseline and, per
 layer, the Jensen-Shannon divergence between the tasks' expert-usage histograms: the routing has task structure.
@@ -117,9 +119,11 @@ def embedded_model_dir(recipe: Recipe = RECIPE, seed: int = 0) -> Path:
 
 
 def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = RECIPE,
-                          log: Callable[[str], None] | None = None) -> Path:
+                          log: Callable[[str], None] | None = None, checkpoint_every: int | None = None) -> Path:
     """The embedded model's folder, built first if missing (or `force`), under a file lock: concurrent processes
-    (xdist workers) wait for one build, saying who holds it. The folder appears atomically (built aside, renamed)."""
+    (xdist workers) wait for one build, saying who holds it. The folder appears atomically (built aside, renamed).
+    An interrupted build resumes from its last checkpoint (every `checkpoint_every` steps, default
+    CHECKPOINT_EVERY); `force` starts from step 0."""
     folder = embedded_model_dir(recipe, seed)
     if (folder / "build_report.json").is_file() and not force:
         return folder
@@ -129,11 +133,21 @@ def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = R
             return folder
         staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr)
+        checkpoint = checkpoint_path(folder)
+        if force:
+            checkpoint.unlink(missing_ok=True)
+        build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every or CHECKPOINT_EVERY)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
+        checkpoint.unlink(missing_ok=True)
     return folder
+
+
+def checkpoint_path(folder: Path) -> Path:
+    """Where an interrupted build of `folder` left its training state: `.<name>.checkpoint` beside it."""
+    return folder.parent / f".{folder.name}.checkpoint"
 
 
 LOCK_TIMEOUT_S = 1800.0
@@ -258,9 +272,18 @@ def js_divergence_bits(p: Any, q: Any) -> float:
     return float(0.5 * kl(p) + 0.5 * kl(q))
 
 
+CHECKPOINT_EVERY = 60  # training steps between checkpoints (a resumed build repeats at most this many)
+
+
 def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
-                         log: Callable[[str], None] = print) -> BuildReport:
-    """Train tokenizer and model into `out_dir` (save_pretrained) and write build_report.json; see module doc."""
+                         log: Callable[[str], None] = print, checkpoint: Path | None = None,
+                         checkpoint_every: int = CHECKPOINT_EVERY) -> BuildReport:
+    """Train tokenizer and model into `out_dir` (save_pretrained) and write build_report.json; see module doc.
+
+    With `checkpoint`, the training state (weights, optimizer, data order, step) is saved there every
+    `checkpoint_every` steps, and a build that finds a checkpoint of the same model key there resumes from it:
+    the resumed build's weights are bit-identical to an uninterrupted one's (the tokenizer is retrained, which is
+    deterministic). The caller removes the checkpoint once the model is in place."""
     import torch
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
@@ -296,8 +319,10 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
         from tqdm.auto import tqdm
 
         train_started = time.perf_counter()
-        losses = []
-        bar = tqdm(range(recipe.steps), desc="train embedded OLMoE", disable=None, leave=False)
+        losses: list[float] = []
+        first = _resume(checkpoint, report.key, model, optimizer, generator, streams, losses, log)
+        bar = tqdm(range(first, recipe.steps), desc="train embedded OLMoE", disable=None, leave=False,
+                   initial=first, total=recipe.steps)
         for step in bar:
             batch = torch.cat([streams[task].take(recipe.rows_per_task) for task in recipe.tasks])
             for group in optimizer.param_groups:
@@ -309,6 +334,10 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(out.loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            done = step + 1
+            if checkpoint is not None and done % checkpoint_every == 0 and done < recipe.steps:
+                _save_checkpoint(checkpoint, report.key, done, model, optimizer, generator, streams, losses)
+                log(f"checkpoint: step {done} of {recipe.steps} saved to {checkpoint}")
         report.seconds["train"] = round(time.perf_counter() - train_started, 2)
         report.train_tokens = recipe.steps * len(recipe.tasks) * recipe.rows_per_task * recipe.seq_len
         report.final_train_loss = sum(losses[-10:]) / len(losses[-10:])
@@ -332,6 +361,47 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
     for line in format_report(report).splitlines():
         log(line)
     return report
+
+
+def _save_checkpoint(path: Path, key: str, step: int, model: Any, optimizer: Any, generator: Any,
+                     streams: dict, losses: list[float]) -> None:
+    """The training state after `step` steps, written aside and renamed (a kill leaves the previous one whole)."""
+    import torch
+
+    state = {"key": key, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "losses": list(losses),
+             "streams": {task: {"order": stream.order, "position": stream.position}
+                         for task, stream in streams.items()}}
+    partial = path.with_name(path.name + f".partial-{os.getpid()}")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _resume(path: Path | None, key: str, model: Any, optimizer: Any, generator: Any, streams: dict,
+            losses: list[float], log: Callable[[str], None]) -> int:
+    """Restore the training state from `path` if it holds one of this model key; the step to continue from."""
+    import torch
+
+    if path is None or not path.is_file():
+        return 0
+    try:  # read and check everything before changing anything: a bad checkpoint costs a rebuild, never a wrong model
+        state = torch.load(path, weights_only=True)
+        if state.get("key") != key:
+            log(f"checkpoint {path} belongs to another build (key {state.get('key')}); starting from step 0")
+            return 0
+        if set(state["model"]) != set(model.state_dict()) or set(state["streams"]) != set(streams):
+            raise ValueError("its parameters or tasks differ from this build's")
+    except Exception as error:
+        log(f"checkpoint {path} could not be read ({type(error).__name__}: {error}); starting from step 0")
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    for task, stream in streams.items():
+        stream.order, stream.position = list(state["streams"][task]["order"]), state["streams"][task]["position"]
+    losses[:] = state["losses"]
+    log(f"resuming the build from its checkpoint at step {state['step']} ({path})")
+    return int(state["step"])
 
 
 def _evaluate(model: Any, tokenizer: Any, corpora: dict, encoded: dict, recipe: Recipe, report: BuildReport,
