@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     cached = (folder / "build_report.json").is_file() and not args.force
     folder = ensure_embedded_model(seed=args.seed, force=args.force, log=print)
     if cached:
-        print(f"cached (built earlier); report of that build:")
+        print("cached (built earlier); report of that build:")
         print(format_report(read_report(folder)))
     print(folder)
     return 0
