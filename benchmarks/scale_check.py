@@ -1,7 +1,8 @@
 """The seed ladder at OLMoE-1B-7B scale on one GPU: in GPU memory, and offloaded under a weight cap, side by side.
 
     python benchmarks/scale_check.py --out OUT [--model DIR] [--phase memory|offload|both] [--cap 8GiB]
-                                     [--workspace 4GiB] [--offload-workspace 2GiB] [--rungs g4,g6] [-- PYTEST ARGS]
+                                     [--workspace 4GiB] [--offload-workspace 2GiB] [--rungs g4,g6] [--deadline S]
+                                     [-- PYTEST ARGS]
 
 Makes the OLMoE-1B-7B-shaped bf16 model with benchmarks/make_olmoe_shaped.py when `--model` does not exist yet,
 then runs every rung kill-fast in one pytest session per phase (`pytest rungs/ --ladder-kill-fast --ladder-device
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,13 +78,26 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
     print(f"[{phase}] {' '.join(command)}", flush=True)
     start = time.perf_counter()
     with open(args.out / f"log_{phase}.txt", "w") as log:
-        completed = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        session = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            session.wait(timeout=args.deadline)
+        except subprocess.TimeoutExpired:  # the ladder's own SIGTERM handling: decided rungs kept, ABORTED in flight
+            print(f"[{phase}] deadline {args.deadline} s: SIGTERM", flush=True)
+            session.send_signal(signal.SIGTERM)
+            try:
+                session.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                session.kill()
+                session.wait()
+    completed = session
     wall = time.perf_counter() - start
     rows = json.loads(probe.read_text()) if probe.is_file() else []
     found = verdicts(archive)
     for row in rows:
         row["rung"] = Path(row["module"]).stem.removeprefix("test_")
         row["verdict"] = found.get(row["rung"], "(nothing archived)")
+        print(f"[{phase}] {row['rung']}: {row['wall_s']} s, {row.get('allocated_gib')} / {row.get('reserved_gib')} GiB, "
+              f"{row['verdict']}", flush=True)
     summary = {"phase": phase, "session_wall_s": round(wall, 1), "exit": completed.returncode, "rows": rows}
     (args.out / f"scale_{phase}.json").write_text(json.dumps(summary, indent=1))
     print(f"[{phase}] session {wall:.1f} s, pytest exit {completed.returncode}", flush=True)
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offload-dir", default=None)
     parser.add_argument("--workspace", default="4GiB", help="--ladder-gpu-workspace in memory")
     parser.add_argument("--offload-workspace", default="2GiB", help="--ladder-gpu-workspace offloaded")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds after which a phase's session gets SIGTERM (what it decided is kept)")
     parser.add_argument("--rungs", default="", help="comma-separated rung names (default: every rung)")
     args = parser.parse_args(argv)
     args.rungs = [f"rungs/test_{r}.py" for r in args.rungs.split(",") if r] or ["rungs/"]

@@ -2,8 +2,10 @@
 
 Loaded with `-p scale_probe` (benchmarks/ on PYTHONPATH) and `SCALE_PROBE_OUT=<file.json>`. A rung starts at the
 setup of its module's first item and ends at the next module's first setup (or the session's end); for each it
-records wall seconds, torch.cuda.max_memory_allocated / max_memory_reserved (peak stats reset at every rung start)
-and the largest nvidia-smi memory.used seen by a 0.1 s sampling thread during the rung.
+records wall seconds, torch.cuda.max_memory_allocated / max_memory_reserved (peak stats reset at every item, the
+rung's peak is the largest of its items') and the largest nvidia-smi memory.used seen by a 0.1 s sampling thread
+during the rung; per item, its wall seconds and peaks. The file is rewritten after every rung (a session stopped by a
+deadline keeps the rungs it finished) and a line per rung goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ class ScaleProbe:
         self.module: str | None = None
         self.started = 0.0
         self.sampler: _Sampler | None = None
+        self.items: list[dict] = []
+        self.item_started = 0.0
 
     def _close(self) -> None:
         if self.module is None:
@@ -50,14 +55,26 @@ class ScaleProbe:
         row = {"module": self.module, "wall_s": round(time.perf_counter() - self.started, 2)}
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-            row["allocated_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-            row["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
+            row["allocated_gib"] = max([torch.cuda.max_memory_allocated() / 1024**3] +
+                                       [i["allocated_gib"] for i in self.items])
+            row["reserved_gib"] = max([torch.cuda.max_memory_reserved() / 1024**3] +
+                                      [i["reserved_gib"] for i in self.items])
+            row["allocated_gib"], row["reserved_gib"] = round(row["allocated_gib"], 2), round(row["reserved_gib"], 2)
+        row["items"] = self.items
+        self.items = []
         if self.sampler is not None:
             self.sampler.stop.set()
             self.sampler.join()
             row["nvidia_smi_mib"] = self.sampler.peak
         self.rows.append(row)
         self.module = None
+        if os.environ.get("SCALE_PROBE_OUT"):
+            Path(os.environ["SCALE_PROBE_OUT"]).write_text(json.dumps(self.rows, indent=1))
+        slow = sorted(row["items"], key=lambda i: -i["wall_s"])[:3]
+        print(f"[scale_probe] {row['module']}: {row['wall_s']} s, peak {row.get('allocated_gib')} / "
+              f"{row.get('reserved_gib')} GiB, nvidia-smi {row.get('nvidia_smi_mib')} MiB; slowest: " +
+              ", ".join(f"{i['item']} {i['wall_s']} s {i.get('allocated_gib')} GiB" for i in slow),
+              file=sys.__stderr__, flush=True)
 
     def _open(self, module: str) -> None:
         import torch
@@ -74,6 +91,22 @@ class ScaleProbe:
         if module != self.module:
             self._close()
             self._open(module)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            entry = {"item": item.nodeid.split("::")[-1], "wall_s": round(time.perf_counter() - started, 2)}
+            if torch.cuda.is_available():
+                entry["allocated_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+                entry["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
+            self.items.append(entry)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

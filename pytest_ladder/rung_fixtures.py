@@ -137,3 +137,14 @@ def ladder_weights(request: pytest.FixtureRequest) -> Any:
             pytest.fail(str(error), pytrace=False)
         cache[("weights", name)] = Checkpoint(folder, device=process_device(request.config))
     return cache[("weights", name)]
+
+
+@pytest.fixture
+def ladder_workspace(request: pytest.FixtureRequest) -> Any:
+    """Where this process's probes compute and how many bytes of that device they may hold at once beyond the
+    weights (pytest_ladder.measure.workspace.Workspace: the process's device, --ladder-gpu-workspace)."""
+    from pytest_ladder.fixtures import process_device
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.options import ladder_options
+
+    return Workspace.on(process_device(request.config), ladder_options(request.config).model.gpu_workspace)

@@ -13,9 +13,10 @@ ladder = rung("g2")
 
 
 @pytest.fixture
-def g2(rung_cache, ladder_weights, prereg, ladder_seeds):
+def g2(rung_cache, ladder_weights, ladder_workspace, prereg, ladder_seeds):
     """The rung's tensors and fits per weight type, kept in rung_cache (the float64 expert tensor of OLMoE-1B-7B is
-    17 GB: one weight type at a time, and nothing left once the rung ends)."""
+    17 GB: it stays on the CPU as read, the float64 work runs in pieces that fit the GPU workspace; one weight type
+    at a time, and nothing left once the rung ends)."""
     from pytest_ladder.measure.tau import tau_floor
     from pytest_ladder.probes import spectral
 
@@ -26,9 +27,10 @@ def g2(rung_cache, ladder_weights, prereg, ladder_seeds):
             found = rung_cache.setdefault("tensor", {})
             if projection not in found:
                 found.clear()
+                read = ladder_weights.on(ladder_workspace.home)
                 found[projection] = spectral.expert_tensor(
-                    [ladder_weights.experts(layer, projection) for layer in range(ladder_weights.n_layers)],
-                    projection)
+                    [read.experts(layer, projection) for layer in range(ladder_weights.n_layers)],
+                    projection, ladder_workspace)
             return found[projection]
 
         def floor(self, projection):

@@ -6,10 +6,15 @@ the mode's singular values and leading factor U_k (n_k, r_k). The core is T ×_1
 reconstruction core ×_1 U_1 … ×_N U_N. Because each U_k has orthonormal columns, the reconstruction is an orthogonal
 projection of T, so the relative residual energy is ‖T − T̂‖² / ‖T‖² = 1 − ‖core‖² / ‖T‖² (checked against the
 explicit reconstruction in the tests); `tucker_residual` uses it and never materializes T̂.
+
+`StackedTensor` does the same work on a tensor too large for the device (G2's float64 expert tensor of OLMoE-1B-7B is
+17 GB): T (L, d1, d2, d3) stays on the CPU as L slices in the dtype it was read in, and the mode Grams and projection
+residuals are computed in float64 on the workspace's device in pieces that fit the workspace (see its docstring).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +22,7 @@ import torch
 
 from pytest_ladder.measure.spectra import effective_rank, singular_values_from_gram
 from pytest_ladder.measure.storage import Artifact, DtypeLike, tucker_artifact
+from pytest_ladder.measure.workspace import Workspace
 
 F64 = torch.float64
 
@@ -114,3 +120,140 @@ def multilinear_rank(t: torch.Tensor, rtol: float = 1e-6) -> tuple[int, ...]:
     σ comes from a float64 Gram eigendecomposition, accurate to about 1e-8 · σ_max, hence the default rtol.
     """
     return tuple(int((sv > rtol * sv[0]).sum()) if sv[0] > 0 else 0 for sv in mode_spectra(t))
+
+
+class StackedTensor:
+    """T (L, d1, d2, d3) as L slices (d1, d2, d3) kept where `workspace` stores results (the CPU when its budget is
+    bounded) in the dtype they were read in (exact in float64), with float64 work on `workspace.device` in pieces:
+
+    - mode Grams: those of modes 2 and 3 summed over (layer, d1-chunk) pieces; those of modes 0 and 1 are partial
+      traces of the (L·d1)² Gram K of the slices' rows, summed over column chunks;
+    - projection onto factors U_0..U_3: per layer Z = U_2ᵀ S U_3 over d1-chunks, Y_l = U_1ᵀ Z, then
+      ‖core‖² = Σ over column chunks c of Y (L, r1·r2·r3) of ‖U_0ᵀ Y_c‖², and ‖T‖² = Σ_c ‖T_c‖² over the same chunks
+      of T (L, d1·d2·d3); residual = 1 − ‖core‖²/‖T‖² (an orthogonal projection, module docstring). With identity
+      factors Y = T bit for bit and both sums run the same chunks in the same order: the residual is exactly 0.
+
+    Chunking reorders sums only: values agree with the unchunked float64 computation to rounding.
+    """
+
+    def __init__(self, slices: Sequence[torch.Tensor], workspace: Workspace | None = None) -> None:
+        if not slices or any(s.dim() != 3 or s.shape != slices[0].shape for s in slices):
+            raise ValueError("StackedTensor: needs one or more slices of one 3-D shape")
+        self.workspace = workspace or Workspace.on(slices[0].device, None)
+        self.slices = [self.workspace.store(s.contiguous()) for s in slices]
+        self.shape = (len(self.slices), *self.slices[0].shape)
+        self._grams: list[torch.Tensor] | None = None
+        self._norm_sq: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, t: "torch.Tensor | StackedTensor", workspace: Workspace | None = None) -> "StackedTensor":
+        """A 4-D tensor as a StackedTensor (its layer slices); a StackedTensor as is."""
+        if isinstance(t, StackedTensor):
+            return t
+        if t.dim() != 4:
+            raise ValueError(f"StackedTensor.of: expected a 4-D tensor, got shape {tuple(t.shape)}")
+        return cls(list(t.unbind(0)), workspace or Workspace.on(t.device, None))
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.workspace.device
+
+    def _on(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=self.device, dtype=F64)
+
+    def _home(self, numel: int) -> torch.device:
+        """Where a float64 result of `numel` values is kept: the device if it fits a quarter of the workspace, else
+        where the workspace stores results."""
+        fits = not self.workspace.bounded or numel * 8 <= self.workspace.limit // 4
+        return self.device if fits else self.workspace.home
+
+    def _rows(self, d1_bytes: int) -> list[slice]:
+        return self.workspace.spans(self.shape[1], d1_bytes)
+
+    def mode_grams(self) -> list[torch.Tensor]:
+        """T_(k) T_(k)ᵀ of every mode (float64, on the device), computed once."""
+        if self._grams is None:
+            n_layers, d1, d2, d3 = self.shape
+            g2 = torch.zeros(d2, d2, dtype=F64, device=self.device)
+            g3 = torch.zeros(d3, d3, dtype=F64, device=self.device)
+            for piece in self.slices:
+                for rows in self._rows(3 * d2 * d3 * 8):
+                    s = self._on(piece[rows])
+                    flat = s.reshape(-1, d3)
+                    g3 += flat.mT @ flat
+                    by_row = s.transpose(0, 1).reshape(d2, -1)
+                    g2 += by_row @ by_row.mT
+            k = torch.zeros(n_layers * d1, n_layers * d1, dtype=F64, device=self.device)
+            flat_slices = [piece.reshape(d1, -1) for piece in self.slices]
+            for columns in self.workspace.spans(d2 * d3, 2 * n_layers * d1 * 8):
+                block = self._on(torch.cat([f[:, columns] for f in flat_slices]))
+                k += block @ block.mT
+            k = k.view(n_layers, d1, n_layers, d1)
+            g0 = k.diagonal(dim1=1, dim2=3).sum(-1)
+            g1 = k.diagonal(dim1=0, dim2=2).sum(-1)
+            self._grams = [g0, g1, g2, g3]
+        return self._grams
+
+    def mode_spectra(self) -> list[torch.Tensor]:
+        """Singular values of every mode unfolding (float64, descending)."""
+        return [singular_values_from_gram(g) for g in self.mode_grams()]
+
+    def _chunked_norm_sq(self, rows: Sequence[torch.Tensor], u0: torch.Tensor | None) -> torch.Tensor:
+        """Σ over column chunks c of ‖U_0ᵀ X_c‖² (‖X_c‖² without U_0), X the (L, m) matrix whose rows are `rows`."""
+        m = rows[0].numel()
+        total = torch.zeros((), dtype=F64, device=self.device)
+        for columns in self.workspace.spans(m, 3 * len(rows) * 8):
+            block = self._on(torch.stack([row.reshape(-1)[columns] for row in rows]))
+            if u0 is not None:
+                block = u0.mT @ block
+            total += block.square().sum()
+        return total
+
+    def norm_sq(self) -> torch.Tensor:
+        """‖T‖² (float64 0-d tensor on the device), chunked as `projection_residual` chunks ‖core‖²."""
+        if self._norm_sq is None:
+            self._norm_sq = self._chunked_norm_sq(self.slices, None)
+        return self._norm_sq
+
+    def projection_residual(self, factors: Sequence[torch.Tensor]) -> float:
+        """‖T − T ×_k U_k U_kᵀ‖² / ‖T‖² for factors U_k (d_k, r_k) with orthonormal columns (any rank 0: T̂ = 0)."""
+        if len(factors) != 4:
+            raise ValueError(f"projection_residual: a 4-mode tensor needs 4 factors, got {len(factors)}")
+        u0, u1, u2, u3 = (self._on(u) for u in factors)
+        for mode, u in enumerate((u0, u1, u2, u3)):
+            if u.shape[0] != self.shape[mode]:
+                raise ValueError(f"projection_residual: factor {mode} has {u.shape[0]} rows, mode {mode} has "
+                                 f"{self.shape[mode]}")
+        norm_sq = self.norm_sq()
+        if not float(norm_sq) > 0:
+            raise ValueError("projection_residual: the tensor is zero")
+        if min(u.shape[1] for u in (u0, u1, u2, u3)) == 0:
+            return 1.0
+        _, d1, d2, d3 = self.shape
+        r1, r2, r3 = u1.shape[1], u2.shape[1], u3.shape[1]
+        z_home, y_home = self._home(d1 * r2 * r3), self._home(r1 * r2 * r3)
+        projected = []
+        for piece in self.slices:
+            z = torch.cat([(u2.mT @ self._on(piece[rows]) @ u3).to(z_home)
+                           for rows in self._rows((d2 * d3 + d2 * r3 + r2 * r3) * 8)]).reshape(d1, r2 * r3)
+            projected.append(torch.cat([(u1.mT @ self._on(z[:, columns])).to(y_home)
+                                        for columns in self.workspace.spans(r2 * r3, (d1 + r1) * 8)], dim=1))
+            del z
+        core_sq = self._chunked_norm_sq(projected, u0)
+        return max(1.0 - float(core_sq / norm_sq), 0.0)
+
+    def hosvd_factors(self, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The truncated HOSVD's factors: top-r_k eigenvectors of each mode Gram (a zero rank: empty factors)."""
+        if len(ranks) != 4:
+            raise ValueError(f"hosvd_factors: a 4-mode tensor needs 4 ranks, got {list(ranks)}")
+        if min(ranks) == 0:
+            return tuple(torch.zeros(d, r, dtype=F64, device=self.device) for d, r in zip(self.shape, ranks))
+        factors = []
+        for mode, (gram, rank) in enumerate(zip(self.mode_grams(), ranks)):
+            if not 0 < rank <= self.shape[mode]:
+                raise ValueError(f"hosvd_factors: rank {rank} of mode {mode} must lie in 1..{self.shape[mode]}")
+            factors.append(torch.linalg.eigh(gram)[1].flip(-1)[:, :rank])
+        return tuple(factors)

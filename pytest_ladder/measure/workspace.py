@@ -40,6 +40,11 @@ class Workspace:
             return max(1, n_items)
         return max(1, min(n_items, math.floor(self.limit * share / max(1, item_bytes))))
 
+    @property
+    def home(self) -> torch.device:
+        """Where `store` keeps results: the CPU when the budget is bounded, else the device."""
+        return torch.device("cpu") if self.bounded else self.device
+
     def store(self, tensor: torch.Tensor) -> torch.Tensor:
         """Where a kept result lives: on the CPU when the budget is bounded (it is moved in chunks when used),
         else where it was computed."""

@@ -8,6 +8,7 @@ layout of transformers 5.x modules (`model.layers.L.mlp.experts.gate_up_proj`, (
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -53,6 +54,12 @@ class Checkpoint:
                 with safe_open(file, "pt") as handle:
                     self._files.update({name: file for name in handle.keys()})
         self._prefix = "model." if any(n.startswith("model.layers.") for n in self._files) else ""
+
+    def on(self, device: str | torch.device) -> "Checkpoint":
+        """The same view delivering tensors on `device` (e.g. the CPU, for tensors too large for the GPU)."""
+        view = copy.copy(self)
+        view.device = torch.device(device)
+        return view
 
     @cached_property
     def config(self) -> dict:

@@ -14,7 +14,8 @@ G2. The experts of one weight type form a tensor T (layer, expert, intermediate,
 Eckart–Young its residual is at least the tail energy of that unfolding past r_k; the analytical floor is the least
 max_k tail_k(r_k) over every rank tuple within the parameter budget (exact search over the tails). The executed
 pipeline projects T on factor matrices U_k (HOSVD, Haar-random, or identity for the trivial pass) and measures
-‖T − T ×_k U_k U_kᵀ‖² / ‖T‖² explicitly.
+‖T − T ×_k U_k U_kᵀ‖² / ‖T‖² = 1 − ‖core‖² / ‖T‖², in float64 pieces that fit the GPU workspace (T of OLMoE-1B-7B is
+17 GB in float64; it stays on the CPU as read).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pytest_ladder.measure.lowrank import input_basis, project_inputs
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.rng import Seed, cpu_generator
 from pytest_ladder.measure.spectra import effective_rank, residual_energy, singular_values, singular_values_from_gram
-from pytest_ladder.measure.tucker import Tucker, hosvd, mode_effective_ranks, mode_product, mode_spectra
+from pytest_ladder.measure.tucker import StackedTensor
+from pytest_ladder.measure.workspace import Workspace
 
 F64 = torch.float64
 KINDS = ("gate", "up", "down", "layer")  # the matrices G0 reads per layer; "layer" is the stacked layer matrix
@@ -158,13 +160,13 @@ def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------------- G2 --------
 
 
-def expert_tensor(per_layer: Sequence[torch.Tensor], projection: str) -> torch.Tensor:
-    """T (layer, expert, intermediate, hidden) float64 from each layer's stacked experts of `projection`
-    (gate/up (E, I, H) as stored, down (E, H, I) transposed)."""
+def expert_tensor(per_layer: Sequence[torch.Tensor], projection: str,
+                  workspace: Workspace | None = None) -> StackedTensor:
+    """T (layer, expert, intermediate, hidden) from each layer's stacked experts of `projection` (gate/up (E, I, H) as
+    stored, down (E, H, I) transposed), kept as read (on the CPU under a bounded `workspace`) and used in float64."""
     if projection not in ("gate", "up", "down"):
         raise ValueError(f"expert_tensor: projection must be gate, up or down, got {projection!r}")
-    layers = [w.to(F64) for w in per_layer]
-    return torch.stack([w.mT if projection == "down" else w for w in layers])
+    return StackedTensor([w.mT if projection == "down" else w for w in per_layer], workspace)
 
 
 def tucker_params(dims: Sequence[int], ranks: Sequence[int]) -> int:
@@ -172,10 +174,10 @@ def tucker_params(dims: Sequence[int], ranks: Sequence[int]) -> int:
     return math.prod(ranks) + sum(d * r for d, r in zip(dims, ranks))
 
 
-def mode_tails(t: torch.Tensor) -> list[torch.Tensor]:
+def mode_tails(t: torch.Tensor | StackedTensor) -> list[torch.Tensor]:
     """tail_k(r) = Σ_{i>r} σ_i² / Σ σ_i² of every mode unfolding, for r = 0..d_k (float64)."""
     return [torch.tensor([float(residual_energy(sv, r)) for r in range(sv.shape[-1] + 1)], dtype=F64, device=sv.device)
-            for sv in mode_spectra(t)]
+            for sv in StackedTensor.of(t).mode_spectra()]
 
 
 @dataclass(frozen=True)
@@ -189,16 +191,17 @@ class TuckerFloor:
     mode_effective_ranks: tuple[float, ...]
 
 
-def tucker_floor(t: torch.Tensor, budget_params: int) -> TuckerFloor:
+def tucker_floor(t: torch.Tensor | StackedTensor, budget_params: int) -> TuckerFloor:
     """min over r with Π r_k + Σ d_k r_k ≤ budget of max_k tail_k(r_k): a lower bound on every Tucker model's residual.
 
     Exact: for a level ℓ each mode needs r_k(ℓ) = min{r : tail_k(r) ≤ ℓ}; the parameter count of r(ℓ) falls as ℓ
     rises, so a bisection over the sorted tail values finds the least feasible level. If not even ranks (1, …, 1)
     fit, every Tucker model stores nothing and the floor is 1.
     """
+    t = StackedTensor.of(t)
     dims = tuple(t.shape)
     tails = mode_tails(t)
-    reff = tuple(mode_effective_ranks(t))
+    reff = tuple(float(effective_rank(sv)) for sv in t.mode_spectra())
 
     def ranks_at(level: float) -> tuple[int, ...]:
         return tuple(max(1, int((tail > level).sum())) for tail in tails)  # tails fall with r: count those above
@@ -219,24 +222,17 @@ def tucker_floor(t: torch.Tensor, budget_params: int) -> TuckerFloor:
     return TuckerFloor(residual, ranks, budget_params, tucker_params(dims, ranks), reff)
 
 
-def projection_residual(t: torch.Tensor, factors: Sequence[torch.Tensor]) -> float:
-    """‖T − T̂‖² / ‖T‖² with T̂ = T ×_k U_k U_kᵀ, computed on the explicit reconstruction (float64, on T's device: the
-    factors are moved there, wherever they were made)."""
-    t = t.to(F64)
-    factors = tuple(u.to(device=t.device, dtype=F64) for u in factors)
-    core = t
-    for mode, u in enumerate(factors):
-        core = mode_product(core, u.mT, mode)
-    approx = Tucker(core=core, factors=factors, norm_sq=float(t.square().sum()))
-    return float((t - approx.reconstruct()).square().sum()) / approx.norm_sq
+def projection_residual(t: torch.Tensor | StackedTensor, factors: Sequence[torch.Tensor]) -> float:
+    """‖T − T̂‖² / ‖T‖² with T̂ = T ×_k U_k U_kᵀ = 1 − ‖core‖² / ‖T‖² (orthonormal factors; measure.tucker.StackedTensor:
+    float64 on the tensor's device in pieces, the factors moved there wherever they were made; identity factors give
+    exactly 0)."""
+    return StackedTensor.of(t).projection_residual(factors)
 
 
-def hosvd_factors(t: torch.Tensor, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
+def hosvd_factors(t: torch.Tensor | StackedTensor, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
     """The truncated HOSVD's factor matrices at `ranks` (top eigenvectors of each mode Gram); a zero rank anywhere
     (nothing fits the budget) gives empty factors, i.e. T̂ = 0."""
-    if min(ranks) == 0:
-        return tuple(torch.zeros(d, r, dtype=F64, device=t.device) for d, r in zip(t.shape, ranks))
-    return hosvd(t, ranks).factors
+    return StackedTensor.of(t).hosvd_factors(ranks)
 
 
 def random_factors(dims: Sequence[int], ranks: Sequence[int], seed: Seed, *,
@@ -252,10 +248,10 @@ def identity_factors(dims: Sequence[int], *, device: torch.device | str | None =
     return tuple(torch.eye(d, dtype=F64, device=device) for d in dims)
 
 
-def mode_energy_curves(t: torch.Tensor, points: int = 32) -> dict[str, list[float]]:
+def mode_energy_curves(t: torch.Tensor | StackedTensor, points: int = 32) -> dict[str, list[float]]:
     """Cumulative energy of each mode unfolding at up to `points` evenly spaced ranks, for the postmortem plots."""
     curves = {}
-    for mode, sv in enumerate(mode_spectra(t)):
+    for mode, sv in enumerate(StackedTensor.of(t).mode_spectra()):
         d = sv.shape[-1]
         ranks = sorted({max(1, round(d * (k + 1) / points)) for k in range(min(points, d))})
         curves[f"mode{mode}_energy"] = [1.0 - float(residual_energy(sv, r)) for r in ranks]
