@@ -152,7 +152,8 @@ class _Reader:
         )
 
     def unknown_key(self, where: str, key: str, kind: str, allowed: tuple[str, ...]) -> None:
-        raise self.error(f"{where}.{key}", f"is not a {kind} field{_key_hint(key, allowed)}; allowed: {', '.join(allowed)}",
+        hint = _key_hint(key, allowed)
+        raise self.error(f"{where}.{key}", f"is not a {kind} field{hint}; allowed: {', '.join(allowed)}",
                          "Remove or rename it")
 
     def top_level(self) -> None:
@@ -272,7 +273,8 @@ class _Reader:
         where = f"cells[{i}]"
         raw = self.obj(where, raw)
         errors_before = len(self.errors)
-        params = {key: self.attempt(self.cell_value, f"{where}.{key}", item) for key, item in raw.items() if key != "id"}
+        params = {key: self.attempt(self.cell_value, f"{where}.{key}", item)
+                  for key, item in raw.items() if key != "id"}
         cell_id = self.attempt(self.text, f"{where}.id", raw["id"]) if "id" in raw else None
         self.settle(where, errors_before)
         if cell_id is None:
