@@ -79,3 +79,57 @@ def test_wheel_ships_py_typed_license_and_metadata(tmp_path):
     assert {"Framework :: Pytest", "Topic :: Scientific/Engineering :: Artificial Intelligence",
             "Typing :: Typed"} <= set(classifiers)
     assert {url.split(",")[0] for url in metadata.get_all("Project-URL")} >= {"Homepage", "Changelog", "Protocol"}
+
+
+# ------------------------------------------------------------------------------------------- the protocol text ----
+
+PROTOCOL = REPO / "docs" / "protocol.md"
+WRITTEN_ELSEWHERE = {REPO / "docs" / "gate-audit.md"}  # linked from the protocol, written alongside it
+
+
+def sections(text: str) -> dict[str, str]:
+    """'6' -> the body of '## 6. ...'."""
+    parts = re.split(r"^## (\d+)\. .*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lowercase, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_protocol_section_cited_exists():
+    numbered = sections(PROTOCOL.read_text(encoding="utf-8"))
+    assert list(numbered) == [str(n) for n in range(1, 11)]
+    files = [REPO / "README.md", REPO / "lean" / "README.md", *sorted((REPO / "pytest_ladder").rglob("*.py"))]
+    cited = set()
+    for file in files:
+        for group in re.findall(r"protocol(?:\.md)?\]?\(?[^)\s]*\)?\s*((?:§[\d.]+(?:,\s*)?)+)", file.read_text()):
+            cited |= {(file.name, number.rstrip(".")) for number in re.findall(r"§([\d.]+)", group)}
+    assert {number for _, number in cited} >= {"6", "7", "10", "6.1", "6.4"}
+    for where, number in sorted(cited):
+        section, _, item = number.partition(".")
+        assert section in numbered, f"{where} cites protocol §{number}"
+        if item:
+            assert re.search(rf"^{item}\. \*\*", numbered[section], flags=re.M), f"{where} cites protocol §{number}"
+
+
+def test_links_between_the_documents_resolve():
+    for document in (REPO / "README.md", REPO / "lean" / "README.md", REPO / "CHANGELOG.md", PROTOCOL):
+        for target in re.findall(r"\]\(([^)#\s]*)(#[^)\s]*)?\)", document.read_text(encoding="utf-8")):
+            path, anchor = target
+            if path.startswith("http") or (not path and not anchor):
+                continue
+            file = (document.parent / path).resolve() if path else document
+            if file in WRITTEN_ELSEWHERE:
+                continue
+            assert file.exists(), f"{document.name} links to {path}"
+            if anchor:
+                headings = re.findall(r"^#+ (.*)$", file.read_text(encoding="utf-8"), flags=re.M)
+                assert anchor[1:] in map(slug, headings), f"{document.name} links to {path}{anchor}"
+
+
+def test_the_protocol_states_the_gate_and_trap_rule():
+    text = PROTOCOL.read_text(encoding="utf-8")
+    assert "a gate tests a condition written in the claim; a trap tests the pipeline, not the claim" in text.lower()
+    assert "](gate-audit.md)" in text
