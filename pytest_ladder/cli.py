@@ -1,4 +1,5 @@
-"""The `ladder` console script: a thin dispatcher; each subcommand lives with the module that owns it."""
+"""The `ladder` console script (also `python -m pytest_ladder`): a thin dispatcher; each subcommand lives with the
+module that owns it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import sys
 
 # subcommand -> (module, function, help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "seal": ("pytest_ladder.seal", "seal_main", "write the SHA-256 seal into prereg tau.json files"),
-    "verify": ("pytest_ladder.seal", "verify_main", "exit 0 only when every given tau.json seal holds"),
+    "seal": ("pytest_ladder.seal", "seal_main", "validate prereg tau.json files, then write their SHA-256 seals"),
+    "verify": ("pytest_ladder.seal", "verify_main", "exit 0 only when every tau.json holds its seal and the schema"),
     "scoreboard": ("pytest_ladder.scoreboard", "main", "print the ladder table from an archive (markdown or JSON)"),
     "model": ("pytest_ladder.models.embedded", "main", "build or locate the embedded default model (ladder model build)"),
     "theorems": ("pytest_ladder.theorems", "main", "status grid of the Lean kill theorems"),
@@ -18,16 +19,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: ladder COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: ladder [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "Run `ladder COMMAND --help` for a command's options."]
+    lines += ["", "Run `ladder COMMAND --help` for a command's options; `python -m pytest_ladder` is the same command."]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """`pytest-ladder X.Y.Z` with the version of the package imported (pytest_ladder.__version__)."""
+    from pytest_ladder import __version__
+
+    return f"pytest-ladder {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

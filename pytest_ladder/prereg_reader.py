@@ -37,8 +37,25 @@ def _kind(value: Any) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
+class _Reported(PreregError):
+    """A part (a gate, a trap, a cell) whose problems are already recorded one by one: nothing more to record."""
+
+
+def _op_hint(op: Any) -> str:
+    """' (did you mean '<='?)' for an operator written backwards or as a symbol ("=<", "≤"); '' otherwise."""
+    if not isinstance(op, str):
+        return ""
+    meant = op.strip()[::-1] if op.strip()[::-1] in GATE_OPS else {"≤": "<=", "≥": ">=", "=": "<="}.get(op.strip())
+    return f" (did you mean '{meant}'?)" if meant else ""
+
+
+def _key_hint(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 class _Reader:
-    """Validates one prereg's JSON, raising PreregError with the file, field and fix."""
+    """Validates one prereg's JSON, recording every problem as a PreregError with the file, field and fix."""
 
     def __init__(self, display: str, data: dict) -> None:
         self.display = display
@@ -49,10 +66,17 @@ class _Reader:
         """`check(*args)`, or None after recording its PreregError: one bad field must not hide the others."""
         try:
             return check(*args)
+        except _Reported:
+            return None
         except PreregError as error:
             if str(error) not in map(str, self.errors):
                 self.errors.append(error)
             return None
+
+    def settle(self, where: str, errors_before: int) -> None:
+        """Raise _Reported when problems were recorded since `errors_before` (the part at `where` is unusable)."""
+        if len(self.errors) > errors_before:
+            raise _Reported(where)
 
     def name(self, where: str, value: Any) -> str:
         """A rung name: lowercase letters, digits and underscores only (it becomes a folder name)."""
@@ -120,11 +144,17 @@ class _Reader:
     # ---------------------------------------------------------------------------------------------- fields ----
 
     def unknown(self, key: str) -> None:
-        close = difflib.get_close_matches(key, ALLOWED, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = _key_hint(key, ALLOWED)
+        if not hint and difflib.get_close_matches(key, ("threshold", "thresholds"), n=1):
+            hint = " (thresholds belong to each gate: \"gates\": {\"name\": {\"op\": \"<=\", \"threshold\": ...}})"
         raise self.error(
             key, f"is not a prereg field{hint}; allowed fields: {', '.join(ALLOWED)}", "Remove or rename it"
         )
+
+    def unknown_key(self, where: str, key: str, kind: str, allowed: tuple[str, ...]) -> None:
+        hint = _key_hint(key, allowed)
+        raise self.error(f"{where}.{key}", f"is not a {kind} field{hint}; allowed: {', '.join(allowed)}",
+                         "Remove or rename it")
 
     def top_level(self) -> None:
         for key in self.data:
@@ -184,7 +214,6 @@ class _Reader:
     def optional_text(self, name: str) -> str | None:
         return None if self.data.get(name) is None else self.text(name, self.data[name])
 
-
     def required_text(self, name: str) -> str:
         return self.text(name, self.required(name))
 
@@ -230,32 +259,40 @@ class _Reader:
         value = self.required("cells")
         if not isinstance(value, list) or not value:
             raise self.error("cells", f"must be a non-empty list of objects (got {_got(value)})")
-        cells: list[Cell] = []
-        for i, raw in enumerate(value):
-            where = f"cells[{i}]"
-            raw = self.obj(where, raw)
-            params = {}
-            for key, item in raw.items():
-                if key == "id":
-                    continue
-                if isinstance(item, (dict, list)) or item is None:
-                    raise self.error(f"{where}.{key}", f"must be a scalar: string, number or boolean "
-                                                       f"(got {_got(item)})")
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise self.error(f"{where}.{key}", f"must be finite (got {_shown(item)})")
-                params[key] = item
-            if "id" in raw:
-                cell_id = self.text(f"{where}.id", raw["id"])
-            elif params:
-                cell_id = "-".join(f"{k}={v}" for k, v in params.items())
-            else:
-                raise self.error(where, "is empty", "Give the cell its parameters (or an \"id\")")
-            for j, other in enumerate(cells):
-                if other.id == cell_id:
-                    raise self.error(where, f"has the same id {cell_id!r} as cells[{j}]",
-                                     "Make the cells distinct or give each an explicit \"id\"")
-            cells.append(Cell(cell_id, params))
+        errors_before = len(self.errors)
+        cells: list[Cell | None] = [self.attempt(self.cell, i, raw) for i, raw in enumerate(value)]
+        for i, cell in enumerate(cells):
+            for j, other in enumerate(cells[:i]):
+                if cell is not None and other is not None and other.id == cell.id:
+                    self.attempt(self.same_id, i, j, cell.id)
+                    break
+        self.settle("cells", errors_before)
         return tuple(cells), value
+
+    def cell(self, i: int, raw: Any) -> Cell:
+        where = f"cells[{i}]"
+        raw = self.obj(where, raw)
+        errors_before = len(self.errors)
+        params = {key: self.attempt(self.cell_value, f"{where}.{key}", item)
+                  for key, item in raw.items() if key != "id"}
+        cell_id = self.attempt(self.text, f"{where}.id", raw["id"]) if "id" in raw else None
+        self.settle(where, errors_before)
+        if cell_id is None:
+            if not params:
+                raise self.error(where, "is empty", "Give the cell its parameters (or an \"id\")")
+            cell_id = "-".join(f"{k}={v}" for k, v in params.items())
+        return Cell(cell_id, params)
+
+    def cell_value(self, where: str, item: Any) -> Any:
+        if isinstance(item, (dict, list)) or item is None:
+            raise self.error(where, f"must be a scalar: string, number or boolean (got {_got(item)})")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise self.error(where, f"must be finite (got {_shown(item)})")
+        return item
+
+    def same_id(self, i: int, j: int, cell_id: str) -> None:
+        raise self.error(f"cells[{i}]", f"has the same id {cell_id!r} as cells[{j}]",
+                         "Make the cells distinct or give each an explicit \"id\"")
 
     def hardest(self, cells: tuple[Cell, ...], raw_cells: list[dict]) -> Cell:
         value = self.required("hardest_cell")
@@ -284,58 +321,80 @@ class _Reader:
             if threshold < 0:
                 raise self.error(where, f"must be {what} (got {_shown(spec)})")
             return GateSpec(name, "<=", threshold, False, None)
+        errors_before = len(self.errors)
         for key in spec:
             if key not in GATE_KEYS:
-                raise self.error(f"{where}.{key}", f"is not a gate field; allowed: {', '.join(GATE_KEYS)}",
-                                 "Remove or rename it")
-        op = spec.get("op", "<=")
-        if op not in GATE_OPS:
-            raise self.error(f"{where}.op", f"must be one of {', '.join(GATE_OPS)} (got {_got(op)})")
-        if "threshold" not in spec:
-            raise self.error(f"{where}.threshold", "is missing (required)", "Add it")
-        threshold = self.number(f"{where}.threshold", spec["threshold"], "a finite number >= 0")
-        if threshold < 0:
-            raise self.error(f"{where}.threshold", f"must be a finite number >= 0 (got {_shown(spec['threshold'])})")
+                self.attempt(self.unknown_key, where, key, "gate", GATE_KEYS)
+        op = self.attempt(self.op, f"{where}.op", spec.get("op", "<="))
+        threshold = self.attempt(self.threshold, f"{where}.threshold", spec)
         vs_tau = spec.get("vs_tau", False)
         if not isinstance(vs_tau, bool):
-            raise self.error(f"{where}.vs_tau", f"must be true or false (got {_got(vs_tau)})")
+            self.attempt(self.error_of, f"{where}.vs_tau", f"must be true or false (got {_got(vs_tau)})")
         note = spec.get("note")
         if note is not None:
-            self.text(f"{where}.note", note)
+            self.attempt(self.text, f"{where}.note", note)
+        self.settle(where, errors_before)
         return GateSpec(name, op, threshold, vs_tau, note)
+
+    def error_of(self, where: str, problem: str, fix: str = "Fix the value") -> None:
+        raise self.error(where, problem, fix)
+
+    def op(self, where: str, op: Any) -> str:
+        if op not in GATE_OPS:
+            raise self.error(where, f"must be one of {', '.join(GATE_OPS)} (got {_got(op)}){_op_hint(op)}")
+        return op
+
+    def threshold(self, where: str, spec: dict) -> float:
+        if "threshold" not in spec:
+            raise self.error(where, "is missing (required)", "Add it")
+        threshold = self.number(where, spec["threshold"], "a finite number >= 0")
+        if threshold < 0:
+            raise self.error(where, f"must be a finite number >= 0 (got {_shown(spec['threshold'])})")
+        return threshold
 
     def gates(self, field_name: str, value: Any, non_empty: bool) -> dict[str, GateSpec]:
         value = self.obj(field_name, value, non_empty=non_empty)
-        return {name: self.gate(field_name, name, spec) for name, spec in value.items()}
+        errors_before = len(self.errors)
+        gates = {name: self.attempt(self.gate, field_name, name, spec) for name, spec in value.items()}
+        self.settle(field_name, errors_before)
+        return gates
 
     def traps(self) -> dict[str, TrapSpec]:
         value = self.obj("traps", self.required("traps"))
-        traps = {}
-        for name, spec in value.items():
-            where = f"traps.{name}"
-            if not name.strip():
-                raise self.error("traps", "has a trap with an empty name", "Name the trap")
-            note = None
-            if isinstance(spec, dict):
-                for key in spec:
-                    if key not in TRAP_KEYS:
-                        raise self.error(f"{where}.{key}", f"is not a trap field; allowed: {', '.join(TRAP_KEYS)}",
-                                         "Remove or rename it")
-                if "expect" not in spec:
-                    raise self.error(f"{where}.expect", "is missing (required)", "Add the declared outcome")
-                note = spec.get("note")
-                if note is not None:
-                    self.text(f"{where}.note", note)
-                where, spec = f"{where}.expect", spec["expect"]
-            if not isinstance(spec, str):
-                raise self.error(where, f"must be an expectation such as \"observed == 0\" "
-                                        f"(got {_got(spec)})")
-            try:
-                expect = parse_expr(spec)
-            except ExprError as error:
-                raise self.error(where, f"is not a valid expectation: {error}") from None
-            if not expect.is_comparison or TRAP_OBSERVED not in expect.names:
-                raise self.error(where, f"must be a comparison over '{TRAP_OBSERVED}' such as \"observed == 0\" or "
-                                        f"\"observed > method\" (got {spec!r})")
-            traps[name] = TrapSpec(name, expect, note)
+        errors_before = len(self.errors)
+        traps = {name: self.attempt(self.trap, name, spec) for name, spec in value.items()}
+        self.settle("traps", errors_before)
         return traps
+
+    def trap(self, name: str, spec: Any) -> TrapSpec:
+        where = f"traps.{name}"
+        if not name.strip():
+            raise self.error("traps", "has a trap with an empty name", "Name the trap")
+        if not isinstance(spec, dict):
+            return TrapSpec(name, self.expectation(where, spec), None)
+        errors_before = len(self.errors)
+        for key in spec:
+            if key not in TRAP_KEYS:
+                self.attempt(self.unknown_key, where, key, "trap", TRAP_KEYS)
+        if "expect" in spec:
+            expect = self.attempt(self.expectation, f"{where}.expect", spec["expect"])
+        else:
+            self.attempt(self.error_of, f"{where}.expect", "is missing (required)", "Add the declared outcome")
+        note = spec.get("note")
+        if note is not None:
+            self.attempt(self.text, f"{where}.note", note)
+        self.settle(where, errors_before)
+        return TrapSpec(name, expect, note)
+
+    def expectation(self, where: str, spec: Any) -> Expr:
+        """A trap's declared outcome: a comparison over `observed`, e.g. "observed == 0"."""
+        if not isinstance(spec, str):
+            raise self.error(where, f"must be an expectation such as \"observed == 0\" (got {_got(spec)})")
+        try:
+            expect = parse_expr(spec)
+        except ExprError as error:
+            raise self.error(where, f"is not a valid expectation: {error}") from None
+        if not expect.is_comparison or TRAP_OBSERVED not in expect.names:
+            raise self.error(where, f"must be a comparison over '{TRAP_OBSERVED}' such as \"observed == 0\" or "
+                                    f"\"observed > method\" (got {spec!r})")
+        return expect

@@ -4,6 +4,11 @@ Canonical form: `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=
 so re-indenting or reordering keys keeps the seal and any change of a value breaks it. The seal is tamper-evident,
 not tamper-proof: re-sealing is always possible and shows in version history. Random-baseline seeds derive from the
 seal, so nobody picks seeds after seeing results. CLI: `ladder seal PATH...`, `ladder verify PATH...`.
+
+The seal hashes the parsed content, never the file's bytes: a UTF-8 byte-order mark (some Windows editors write one),
+indentation, key order and line endings are not part of it. A prereg saved with a BOM therefore keeps the seal it had
+without one; seal, verify and the pytest plugin all read it (`read_json_object`), and `ladder seal` writes the file
+back as UTF-8 without a BOM.
 """
 
 from __future__ import annotations
@@ -219,7 +224,8 @@ def _args_and_files(
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("paths", nargs="+", metavar="PATH", help=f"a {PREREG_NAME} file, or a folder searched for them")
     if schema:
-        parser.add_argument("--schema", action="store_true", help="also validate each file against the prereg schema")
+        parser.add_argument("--schema", action="store_true",
+                            help="accepted for old commands: the schema is always checked")
     args = parser.parse_args(argv)
     try:
         files = prereg_files(args.paths)
@@ -235,8 +241,8 @@ def seal_main(argv: list[str]) -> int:
     """`ladder seal PATH...`: validate every file (strict JSON, then the prereg schema) and write the seals only
     when all are valid; otherwise list every problem found (file, field, fix), write nothing and exit 2."""
     try:
-        _, files = _args_and_files("ladder seal", "Write the SHA-256 seal into prereg tau.json files.", argv,
-                                   schema=False)
+        _, files = _args_and_files("ladder seal", "Validate prereg tau.json files and write their SHA-256 seals "
+                                   "(nothing is written unless every file is valid).", argv, schema=False)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     from pytest_ladder.prereg import prereg_problems  # imports pytest: only when sealing
@@ -254,12 +260,13 @@ def seal_main(argv: list[str]) -> int:
 
 
 def verify_main(argv: list[str]) -> int:
-    """`ladder verify PATH... [--schema]`: ok/MISSING/BROKEN/INVALID per file, every file reported even after a bad
-    one; with --schema also each schema problem and, per prereg folder, requires naming absent rungs or forming a
-    cycle. Exit 0 only if every check holds, 1 otherwise, 2 when no file is given or found."""
+    """`ladder verify PATH...`: per file its seal (ok/MISSING/BROKEN/INVALID) and each schema problem (SCHEMA), every
+    file reported even after a bad one; then, per prereg folder, each `requires` naming an absent rung or forming a
+    cycle (REQUIRES). `ok` means seal and schema both hold. Exit 0 only if every check holds, 1 otherwise, 2 when no
+    file is given or found. `--schema` is accepted and changes nothing (the schema is always checked)."""
     try:
-        args, files = _args_and_files("ladder verify", "Check the seals of prereg tau.json files.", argv,
-                                      schema=True)
+        _, files = _args_and_files("ladder verify", "Check the seal and the schema of prereg tau.json files.",
+                                   argv, schema=True)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     failures = 0
@@ -267,42 +274,69 @@ def verify_main(argv: list[str]) -> int:
     for file in files:
         try:
             status = verify_seal(file)
+            problems = _schema_problems(file, loaded) if status.expected else []
         except Exception as error:  # noqa: BLE001 - one file's surprise must not hide the report on the others
             print(f"{'ERROR':<8}{file}  {file}: cannot be checked ({type(error).__name__}: {error})")
             failures += 1
             continue
-        if status.ok:
-            word = "ok"
-        elif status.found is None and status.expected:
-            word = "MISSING"
-        elif status.expected:
-            word = "BROKEN"
-        else:
-            word = "INVALID"
-        print(f"{word:<8}{file}  {status.expected if status.ok else status.message}")
-        failures += not status.ok
-        if args.schema and status.expected:
-            failures += _verify_schema(file, loaded)
-    if args.schema:
-        from pytest_ladder.prereg import requires_problems
-
-        for folder, preregs in sorted(loaded.items()):
-            for problem in requires_problems(preregs, str(folder)):
-                print(f"REQUIRES {folder}  {problem}")
-                failures += 1
+        if status.ok and not problems:
+            print(f"{'ok':<8}{file}  {status.expected}")
+            continue
+        if not status.ok:
+            word = "MISSING" if status.found is None and status.expected else "BROKEN" if status.expected else "INVALID"
+            print(f"{word:<8}{file}  {status.message}")
+        for problem in problems:
+            print(f"{'SCHEMA':<8}{file}  {problem}")
+        failures += (not status.ok) + len(problems)
+    for folder, problem in _ladder_problems(loaded):
+        print(f"REQUIRES {folder}  {problem}")
+        failures += 1
     return 0 if failures == 0 else 1
 
 
-def _verify_schema(file: Path, loaded: dict[Path, list[Any]]) -> int:
-    """Print a SCHEMA line per problem of `file`; keep it in `loaded` (by prereg folder) when valid. Problems."""
-    from pytest_ladder.prereg import PreregError, load_prereg, prereg_problems
+def _schema_problems(file: Path, loaded: dict[Path, list[Any]]) -> list[str]:
+    """Every schema problem of `file` (file, field, fix); when there is none, keep its Prereg in `loaded` under its
+    prereg folder for the ladder check."""
+    from pytest_ladder.prereg import PreregError, load_prereg, prereg_problems  # imports pytest: only when verifying
 
     try:
         prereg = load_prereg(file)
     except PreregError:
-        problems = prereg_problems(file)
-        for problem in problems:
-            print(f"{'SCHEMA':<8}{file}  {problem}")
-        return max(1, len(problems))
+        return prereg_problems(file) or [f"{file}: does not load as a prereg. Fix it and re-seal with: ladder seal "
+                                         f"{file}"]
     loaded.setdefault(file.parent.parent, []).append(prereg)
-    return 0
+    return []
+
+
+@dataclass(frozen=True)
+class _Present:
+    """A required rung whose prereg file exists but does not load: present for the ladder check, its own problems
+    reported when it is verified itself."""
+
+    rung: str
+    display_path: str
+    requires: tuple[str, ...] = ()
+
+
+def _ladder_problems(loaded: dict[Path, list[Any]]) -> list[tuple[Path, str]]:
+    """(folder, problem) for each `requires` of the verified preregs naming a rung without a prereg file in their
+    folder, and each cycle; the required preregs are read from disk, so verifying one file checks its whole chain."""
+    from pytest_ladder.prereg import PreregError, load_prereg, requires_problems
+
+    problems = []
+    for folder, preregs in sorted(loaded.items()):
+        found: dict[str, Any] = {prereg.rung: prereg for prereg in preregs}
+        todo = [required for prereg in preregs for required in prereg.requires]
+        while todo:
+            name = todo.pop()
+            path = folder / name / PREREG_NAME
+            if name in found or not path.is_file():
+                continue
+            try:
+                found[name] = load_prereg(path)
+            except PreregError:
+                found[name] = _Present(name, str(path))
+                continue
+            todo.extend(found[name].requires)
+        problems += [(folder, problem) for problem in requires_problems(list(found.values()), str(folder))]
+    return problems

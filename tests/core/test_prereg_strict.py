@@ -124,8 +124,8 @@ def test_1000_term_chain_is_refused_naming_file_and_field(tmp_path, g4, write_pr
     )
     assert load_error(path, tmp_path) == message
     monkeypatch.chdir(tmp_path)
-    assert ladder(["verify", SHOWN, "--schema"]) == 1
-    assert capsys.readouterr().out.splitlines()[1] == f"SCHEMA  {SHOWN}  {message}"
+    assert ladder(["verify", SHOWN]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"SCHEMA  {SHOWN}  {message}"]  # the seal holds, the content not
 
 
 def test_20000_unary_minus_signs_are_refused_naming_file_and_field(tmp_path, g4, write_prereg):
@@ -190,6 +190,51 @@ def test_seal_lists_every_problem_and_seals_nothing(tmp_path, g4, write_prereg, 
     assert prereg_problems(good) == []
 
 
+def test_seal_lists_every_problem_inside_gates_traps_and_cells_and_seals_nothing(
+    tmp_path, g4, write_prereg, capsys, monkeypatch
+):
+    g4["gates"] = {"activation_error": {"op": "=<", "treshold": 0.2, "vs_tau": "yes"}, "route_flip_rate": -1}
+    g4["traps"] = {"trivial_pass": {"expect": "observed", "nte": "x"}, "random_basis": 3}
+    g4["cells"][0]["layer"] = [3]
+    g4["cells"][1]["task"] = None
+    path = write_prereg({**g4, "tresholds": {"activation_error": 0.2}}, seal=False)
+    before = path.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert ladder(["seal", SHOWN]) == 2
+    fix = f"and {RESEAL}"
+    gate = "gates.activation_error"
+    assert capsys.readouterr().err.splitlines() == [
+        "ladder seal: nothing sealed: 11 problems to fix first:",
+        f"  {SHOWN}: field 'tresholds' is not a prereg field (thresholds belong to each gate: \"gates\": {{\"name\": "
+        "{\"op\": \"<=\", \"threshold\": ...}}); allowed fields: claim, metric, data_points, random_seeds, "
+        "decision_threshold, tau_margin, model, tasks, cells, hardest_cell, gates, traps, rung, prefilters, requires, "
+        f"params, theorems, label, notes, seal. Remove or rename it {fix}",
+        f"  {SHOWN}: field 'cells[0].layer' must be a scalar: string, number or boolean (got [3], a list). "
+        f"Fix the value {fix}",
+        f"  {SHOWN}: field 'cells[1].task' must be a scalar: string, number or boolean (got null, null). "
+        f"Fix the value {fix}",
+        f"  {SHOWN}: field '{gate}.treshold' is not a gate field (did you mean 'threshold'?); allowed: op, threshold, "
+        f"note, vs_tau. Remove or rename it {fix}",
+        f"  {SHOWN}: field '{gate}.op' must be one of <, <=, >, >= (got \"=<\", a string) (did you mean '<='?). "
+        f"Fix the value {fix}",
+        f"  {SHOWN}: field '{gate}.threshold' is missing (required). Add it {fix}",
+        f"  {SHOWN}: field '{gate}.vs_tau' must be true or false (got \"yes\", a string). Fix the value {fix}",
+        f"  {SHOWN}: field 'gates.route_flip_rate' must be a finite number >= 0 (the threshold) or an object "
+        f"{{\"op\": ..., \"threshold\": ...}} (got -1). Fix the value {fix}",
+        f"  {SHOWN}: field 'traps.trivial_pass.nte' is not a trap field (did you mean 'note'?); allowed: expect, note. "
+        f"Remove or rename it {fix}",
+        f"  {SHOWN}: field 'traps.trivial_pass.expect' must be a comparison over 'observed' such as \"observed == 0\" "
+        f"or \"observed > method\" (got 'observed'). Fix the value {fix}",
+        f"  {SHOWN}: field 'traps.random_basis' must be an expectation such as \"observed == 0\" (got 3). "
+        f"Fix the value {fix}",
+    ]
+    assert path.read_bytes() == before
+    assert ladder(["verify", SHOWN]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"MISSING {SHOWN}  {SHOWN}: no seal") and len(out) == 12
+    assert all(line.startswith(f"SCHEMA  {SHOWN}  {SHOWN}: field '") for line in out[1:])
+
+
 def test_load_reports_every_problem_in_one_error(tmp_path, g4, write_prereg):
     path = write_prereg({**g4, "model": "", "hardest_cell": "nowhere", "traps": {"trivial_pass": "observed"}})
     assert load_error(path, tmp_path).splitlines() == [
@@ -232,6 +277,20 @@ def test_bom_is_read_and_keeps_the_seal(tmp_path, g4, write_prereg, capsys, monk
     assert capsys.readouterr().out == f"ok      {SHOWN}  {prereg.seal}\n"
     assert ladder(["seal", SHOWN]) == 0
     assert capsys.readouterr().out == f"{SHOWN}  {prereg.seal}\n"
+
+
+def test_bom_prereg_seals_to_the_seal_of_its_content_and_verifies(tmp_path, g4, write_prereg, capsys, monkeypatch):
+    g4["requires"] = []
+    path = write_prereg(g4, seal=False)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))  # as a Windows editor saves it
+    monkeypatch.chdir(tmp_path)
+    assert ladder(["seal", SHOWN]) == 0
+    assert capsys.readouterr().out == f"{SHOWN}  {compute_seal(g4)}\n"  # the BOM is not part of what is hashed
+    assert path.read_bytes() == sealed_text(g4).encode()  # written back as UTF-8 without a BOM
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert ladder(["verify", SHOWN]) == 0
+    assert capsys.readouterr().out == f"ok      {SHOWN}  {compute_seal(g4)}\n"
+    assert load_prereg(path).seal == compute_seal(g4)
 
 
 # ----------------------------------------------------------------------------------------- names and requires ----
@@ -289,26 +348,47 @@ def test_traversal_in_requires_is_refused_before_any_file_is_read(tmp_path, g4, 
     )
 
 
-def test_verify_schema_reports_missing_rungs_and_cycles(tmp_path, g4, write_prereg, capsys, monkeypatch):
+def test_verify_reports_missing_rungs_and_cycles(tmp_path, g4, write_prereg, capsys, monkeypatch):
     write_prereg({**g4, "requires": ["g0", "g99"]})
     write_prereg({**g4, "requires": ["g4"]}, rung="g0")
     monkeypatch.chdir(tmp_path)
-    assert ladder(["verify", "prereg"]) == 0  # seals only
-    capsys.readouterr()
-    assert ladder(["verify", "prereg", "--schema"]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[2:] == [
+    requires = [
         "REQUIRES prereg  prereg/g4/tau.json: field 'requires[1]' names rung 'g99', which has no prereg in prereg (no "
         "prereg/g99/tau.json). Fix the name or write and seal that rung's prereg, then re-seal with: ladder seal "
         "prereg/g4/tau.json",
         "REQUIRES prereg  prereg: the requires form a cycle: g0 -> g4 -> g0 (prereg/g0/tau.json, prereg/g4/tau.json). "
         "A rung requires lower rungs only: remove one of these requires and re-seal that file",
     ]
+    for argv in (["verify", "prereg"], ["verify", "prereg", "--schema"]):  # --schema: accepted, the default anyway
+        assert ladder(argv) == 1
+        assert capsys.readouterr().out.splitlines()[2:] == requires
 
 
-def test_repository_preregs_verify_with_schema_and_requires(capsys, monkeypatch):
+def test_verifying_one_file_reads_its_required_rungs_from_its_folder(tmp_path, g4, write_prereg, capsys,
+                                                                     monkeypatch):
+    write_prereg({**g4, "requires": ["g0"]})
+    write_prereg({**g4, "requires": []}, rung="g0")
+    monkeypatch.chdir(tmp_path)
+    assert ladder(["verify", SHOWN]) == 0
+    assert capsys.readouterr().out == f"ok      {SHOWN}  {compute_seal({**g4, 'requires': ['g0']})}\n"
+    write_prereg({**g4, "requires": ["g4"]}, rung="g0")
+    assert ladder(["verify", SHOWN]) == 1
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "REQUIRES prereg  prereg: the requires form a cycle: g0 -> g4 -> g0 (prereg/g0/tau.json, prereg/g4/tau.json). "
+        "A rung requires lower rungs only: remove one of these requires and re-seal that file"
+    )
+    write_prereg({**g4, "tau_margin": 2}, rung="g0")  # present but invalid: its own problem, not a missing rung
+    assert ladder(["verify", SHOWN]) == 0
+    capsys.readouterr()
+
+
+EACH_FILE = sorted(str(path.relative_to(REPO)) for path in (REPO / "prereg").glob("*/tau.json"))
+
+
+@pytest.mark.parametrize("argv", [["prereg/"], ["prereg", "--schema"], EACH_FILE], ids=["folder", "schema", "files"])
+def test_repository_preregs_verify_with_schema_and_requires(capsys, monkeypatch, argv):
     monkeypatch.chdir(REPO)
-    assert ladder(["verify", "prereg", "--schema"]) == 0
+    assert ladder(["verify", *argv]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 13 and all(line.startswith("ok      prereg/") for line in lines)
     assert len(check_requires(REPO / "prereg")) == 13

@@ -161,6 +161,7 @@ def test_derive_seeds_is_stable_and_31_bit():
 
 
 def test_seal_and_verify_cli(tmp_path, g4, capsys):
+    g4["requires"] = []  # these folders hold no g0
     folder = tmp_path / "prereg"
     for rung in ("g4", "g10"):
         (folder / rung).mkdir(parents=True)
@@ -206,21 +207,22 @@ def test_seal_refuses_invalid_json_and_writes_nothing(tmp_path, g4, capsys):
     assert capsys.readouterr().out.startswith(f"INVALID {bad}")
 
 
-def test_verify_schema_option(tmp_path, g4, capsys):
+def test_verify_checks_the_schema_of_a_sealed_file(tmp_path, g4, capsys):
     path = tmp_path / "prereg" / "g4" / "tau.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({**g4, "tau_margin": 1.5}))
+    path.write_text(json.dumps({**g4, "tau_margin": 1.5, "requires": []}))
     assert seal_main([str(path)]) == 2  # the CLI refuses to seal it; the library function does not judge content
     seal_file(path)
     capsys.readouterr()
-    assert verify_main([str(path)]) == 0
-    assert verify_main([str(path), "--schema"]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith(f"SCHEMA  {path}  ")
-    assert "field 'tau_margin' must be a number with 0 <= margin < 1" in out[-1]
+    problem = (f"{path}: field 'tau_margin' must be a number with 0 <= margin < 1 (got 1.5). Fix the value and "
+               f"re-seal with: ladder seal {path}")
+    for argv in ([str(path)], [str(path), "--schema"]):  # --schema is accepted: old commands keep working
+        assert verify_main(argv) == 1
+        assert capsys.readouterr().out.splitlines() == [f"SCHEMA  {path}  {problem}"]
 
 
 def test_ladder_console_dispatch(tmp_path, g4, capsys):
+    g4["requires"] = []
     path = tmp_path / "tau.json"
     path.write_text(json.dumps(g4))
     assert ladder(["seal", str(path)]) == 0

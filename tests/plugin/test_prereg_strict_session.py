@@ -1,6 +1,9 @@
-"""Hostile preregs in a real session: refused at collection as a usage error naming file and field, no run archived."""
+"""Hostile preregs in a real session: refused at collection as a usage error naming file and field, no run archived.
+A prereg saved with a UTF-8 BOM is read and keeps its seal."""
 
 from __future__ import annotations
+
+import json
 
 import numpy  # noqa: F401  (the toy rung imports it: one copy per process, whatever pytester restores)
 import pytest
@@ -81,3 +84,15 @@ def test_a_trap_expectation_reading_a_name_its_test_does_not_pass_is_refused_at_
             "`observed > method * worst`, which reads 'worst', but the test's trap.check(...) passes only "
             "['method']: pass worst=... to trap.check, or fix the expectation in a new prereg") in output
     assert toy.runs() == []
+
+
+def test_a_sealed_prereg_saved_with_a_bom_runs(toy):
+    path = toy.prereg()
+    toy.module()
+    seal = json.loads(path.read_text())["seal"]
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = toy.pytester.runpytest("-m", "analytical")
+    result.assert_outcomes(passed=1)
+    (run,) = toy.runs()
+    record = toy.record(run)
+    assert (record["verdict"], record["prereg"]["seal"]) == ("PREFILTER_PASS", seal)
