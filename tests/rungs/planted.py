@@ -91,3 +91,32 @@ def run_rungs(tmp: Path, model: Path, rungs: list[str], *extra: str, changes: di
 def gate_values(record: dict) -> dict[tuple[str, str | None], float | None]:
     """{(gate name, cell): value} of every gate and prefilter of a decision."""
     return {(g["name"], g["cell"]): g["value"] for g in record["gates"]}
+
+
+def tokenizer_for_tests():
+    """A 384-token byte-level BPE trained on the first calibration documents of every task (seconds)."""
+    from pytest_ladder.models.corpora import load_corpora
+    from pytest_ladder.models.embedded import train_tokenizer
+
+    corpora = load_corpora()
+    return train_tokenizer([d.text for c in corpora.values() for d in c.calibration[:60]], 384, 128)
+
+
+def save_input_rank_model(folder: Path, tokenizer, *, rank: int, hidden: int = 64, layers: int = 4) -> Path:
+    """A tiny OLMoE (4 experts, top-2, I = 32) whose experts read only hidden channels 0..rank−1: every gate and up
+    matrix is exactly rank `rank` in one shared input subspace (float32 zeros elsewhere); down scaled by 10 so that
+    the experts matter to the NLL. Saved with `tokenizer`."""
+    from transformers import OlmoeForCausalLM
+
+    torch.manual_seed(0)
+    config = olmoe_config(layers=layers, experts=4, hidden=hidden, intermediate=32, vocab=len(tokenizer),
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.bos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    model = OlmoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.experts.gate_up_proj[..., rank:] = 0.0
+            layer.mlp.experts.down_proj.mul_(10.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
