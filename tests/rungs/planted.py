@@ -120,3 +120,30 @@ def save_input_rank_model(folder: Path, tokenizer, *, rank: int, hidden: int = 6
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_forward_model(tokenizer, *, layers: int = 2, hidden: int = 64, seed: int = 0):
+    """A randomly initialised tiny OLMoE (4 experts, top-2, I = H) for probe-level tests, in eval mode."""
+    from transformers import OlmoeForCausalLM
+
+    torch.manual_seed(seed)
+    config = olmoe_config(layers=layers, experts=4, hidden=hidden, intermediate=hidden, vocab=len(tokenizer),
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.bos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    return OlmoeForCausalLM(config).eval()
+
+
+def loaded_model(model, tokenizer, adapter=None):
+    """models.loading.LoadedModel around an in-memory model (the probes' input), with the default ModelSpec."""
+    from pytest_ladder.models.adapters import adapter_for
+    from pytest_ladder.models.loading import LoadedModel, ModelSpec
+
+    return LoadedModel(model, tokenizer, adapter or adapter_for(model), {}, ModelSpec())
+
+
+def gate_spec(rung: str, gate: str):
+    """The sealed prereg's GateSpec of `gate` (its locked op and threshold), read from the repository's prereg."""
+    from pytest_ladder.prereg import load_prereg
+
+    found = load_prereg(ROOT / "prereg" / rung / "tau.json")
+    return {**found.prefilters, **found.gates}[gate]
