@@ -1,7 +1,9 @@
 """G0: a free orthogonal regauge exposes compressible structure. Weights only, no forward pass (probes.spectral).
 
-Killed analytically when, on some layer, even the layer's most compressible matrix leaves more than the locked
-share of its energy outside the budget rank: singular values are invariant under orthogonal maps (Eckart–Young).
+Which claim each gate tests: residual_at_budget and regauge_error test g0's claim as worded (half the energy in the
+budget rank after the best regauge, which beats random ones). effective_rank (r_eff / r <= 1) tests a condition g0's
+sealed claim text does not contain: it is the seeds' criterion, stated in the claim of g0_seeds; g0_worded is g0's
+claim judged on its own words. g0's archived decision (KILL at effective_rank) is a decision on g0_seeds' claim.
 """
 
 import pytest
@@ -13,32 +15,12 @@ from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
 ladder = rung("g0")
 
 
-def read(weights, layer):
-    return [weights.experts(layer, p) for p in ("gate", "up", "down")]
-
-
 @pytest.fixture
 def held(rung_cache, ladder_weights):
-    """held.matrices(layer): one layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB; the previous layer's go
-    before the next's load); held.spectra(layer): each layer's spectra, kept for the rung. Both go when it ends."""
-    from pytest_ladder.probes import spectral
+    """The rung's layer matrices and spectra (probes.spectral.HeldLayers), gone when the rung ends."""
+    from pytest_ladder.probes.spectral import HeldLayers
 
-
-    class Held:
-        def matrices(self, layer):
-            found = rung_cache.setdefault("matrices", {})
-            if layer not in found:
-                found.clear()
-                found[layer] = spectral.layer_matrices(*read(ladder_weights, layer))
-            return found[layer]
-
-        def spectra(self, layer):
-            found = rung_cache.setdefault("spectra", {})
-            if layer not in found:
-                found[layer] = spectral.layer_spectra(*read(ladder_weights, layer))
-            return found[layer]
-
-    return Held()
+    return HeldLayers(ladder_weights, rung_cache)
 
 
 @pytest.fixture
@@ -53,51 +35,31 @@ def layer(cell, prereg, ladder_weights, held, request):
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, prereg, ladder_weights, held):
-    from pytest_ladder.probes import spectral
-
-    index = resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers)
-    mats, svs = held.matrices(index), held.spectra(index)
-    error = spectral.regauge_error(mats, {k: spectral.identity_regauge(w) for k, w in mats.items()}).value
-    floor = spectral.regauge_floor(svs, {k: s.shape[-1] for k, s in svs.items()}).residual
-    drift = max(spectral.singular_value_drift(w, spectral.identity_regauge(w)) for w in mats.values())
-    trap.check(max(error, floor, drift), error=error, floor_residual=floor, sigma_drift=drift)
+    found = held.trivial_pass(resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
+    trap.check(max(found.values()), **found)
 
 
 @ladder.prefilter("residual_at_budget")
 def test_residual_at_budget(cell, gate, held, layer):
-    from pytest_ladder.probes import spectral
-
-    floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
+    floor = held.floor(*layer)
     series = {"layer_spectrum": [float(s) for s in held.spectra(layer[0])["layer"][0, :64]]}
     gate.check(floor.residual, at=floor.residual_at, per_kind=floor.per_kind, series=series)
 
 
 @ladder.prefilter("effective_rank")
 def test_effective_rank(cell, gate, held, layer):
-    from pytest_ladder.probes import spectral
-
-    floor = spectral.regauge_floor(held.spectra(layer[0]), layer[1])
+    """Not a condition of g0's claim text (the seeds' r_eff criterion; g0_seeds states it in its claim)."""
+    floor = held.floor(*layer)
     gate.check(floor.effective_rank_ratio, at=floor.effective_rank_at, per_kind=floor.per_kind)
 
 
 @ladder.gate("regauge_error")
 def test_regauge_error(cell, gate, held, ladder_seeds, layer):
-    from pytest_ladder.measure.tau import tau_floor
-    from pytest_ladder.probes import spectral
-
-    mats, ranks = held.matrices(layer[0]), layer[1]
-    best = spectral.regauge_error(mats, {k: spectral.best_regauge(w, ranks[k]) for k, w in mats.items()})
-    tau = tau_floor(lambda seed: {k: spectral.random_regauge(w, ranks[k], seed) for k, w in mats.items()},
-                    lambda regauges: spectral.regauge_error(mats, regauges).value, ladder_seeds)
+    best, tau = held.best_and_tau(*layer, ladder_seeds)
     gate.check(best.value, tau=tau, at=best.at, per_kind=best.per_kind)
 
 
 @ladder.trap("random_basis")
 def test_random_basis(trap, prereg, ladder_weights, ladder_seeds, held):
-    from pytest_ladder.measure.orthogonal import random_orthogonal
-    from pytest_ladder.probes import spectral
-
-    mats = held.matrices(resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers))
-    drift = max(spectral.singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), ladder_seeds[0]))
-                for w in mats.values())
-    trap.check(drift)
+    trap.check(held.random_drift(resolve_layer(prereg.hardest_cell.params["layer"], ladder_weights.n_layers),
+                                 ladder_seeds[0]))

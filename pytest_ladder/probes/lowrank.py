@@ -100,18 +100,52 @@ def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Ten
         raise ValueError("fit_input_basis: no calibration tokens were routed to this layer's experts; capture more "
                          "calibration tokens (params.calibration_points)")
     s, s_pinv = gram_sqrt_pinv(gram.to(device))
-    if workspace is None:
-        w = weights.to(F64)
-        m = torch.einsum("e,eoi,eoj->ij", n, w, w)
-    else:
-        m = torch.zeros(hidden, hidden, dtype=F64, device=device)
-        for span in workspace.spans(weights.shape[0], nbytes(tuple(weights.shape[1:]))):
-            w = weights[span].to(device=device, dtype=F64)
-            m += torch.einsum("e,eoi,eoj->ij", n[span], w, w)
-            del w
+    m = token_weighted_gram(weights, n, workspace=workspace)
     _, eigenvectors = torch.linalg.eigh(s @ m @ s)
     v = eigenvectors.flip(-1)[:, :rank]
     return InputBasis(s @ v, v.mT @ s_pinv)
+
+
+def token_weighted_gram(weights: torch.Tensor, counts: torch.Tensor, *, workspace: Workspace | None = None
+                        ) -> torch.Tensor:
+    """M = Σ_e n_e W_eᵀ W_e (H, H) float64 from expert input maps W (E, out, H) and token counts n (E,); with a
+    bounded `workspace`, summed over chunks of experts on its device."""
+    device = weights.device if workspace is None else workspace.device
+    n = counts.to(device=device, dtype=F64)
+    if workspace is None:
+        w = weights.to(F64)
+        return torch.einsum("e,eoi,eoj->ij", n, w, w)
+    hidden = weights.shape[-1]
+    m = torch.zeros(hidden, hidden, dtype=F64, device=device)
+    for span in workspace.spans(weights.shape[0], nbytes(tuple(weights.shape[1:]))):
+        w = weights[span].to(device=device, dtype=F64)
+        m += torch.einsum("e,eoi,eoj->ij", n[span], w, w)
+        del w
+    return m
+
+
+def fit_energy_split(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Tensor, basis: InputBasis, *,
+                     workspace: Workspace | None = None) -> tuple[float, float]:
+    """(kept, off): the shares of the fit's own objective energy Σ_e n_e ‖W_e X‖² (X the calibration tokens,
+    G = X Xᵀ) that the experts reach through `basis.apply` (W_e P X) and through `basis.off` (W_e (I − P) X), i.e.
+    tr(M P G Pᵀ) / tr(M G) and tr(M (I − P) G (I − P)ᵀ) / tr(M G) with M = Σ_e n_e W_eᵀ W_e.
+
+    The maps are applied to A = M^{1/2} (H, H), a stand-in with the stacked experts' Gram, so `apply` and `off` are
+    the very maps the deploy installs. For P = S V Vᵀ S⁺ (what `fit_input_basis` builds, S = G^{1/2}, V orthonormal in
+    the data's span) (I − P) G Pᵀ = 0, so kept + off = 1 whatever V is: a check of the pipeline, not of the basis.
+    `off` is the fit's objective (its squared error): the fitted V minimises it over every rank-r input map
+    (Eckart–Young on M^{1/2} S), so no other rank-r basis has a smaller `off` on the data it was fit on.
+    """
+    device = gram.device if workspace is None else workspace.device
+    s = gram_sqrt_pinv(gram.to(device))[0]
+    a = gram_sqrt_pinv(token_weighted_gram(weights, counts, workspace=workspace).to(device))[0]
+    total = float((a @ s).square().sum())
+    if not total > 0:
+        raise ValueError("fit_energy_split: the experts see no calibration energy (M G = 0); capture more "
+                         "calibration tokens (params.calibration_points)")
+    kept = float((basis.apply(a).to(device) @ s).square().sum()) / total
+    off = float((basis.off(a).to(device) @ s).square().sum()) / total
+    return kept, off
 
 
 def stacked_inputs(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -232,16 +266,30 @@ class LowRankStudy:
         workspace = self.routing.workspace
         return workspace if workspace.bounded else None
 
+    def calibration(self, fit_on: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, n): the routed-input Gram and the per-expert token counts of one task's calibration tokens, or of all
+        of them ("universal"): what a basis of `fit_on` is fit on."""
+        tasks = self.tasks if fit_on == "universal" else (fit_on,)
+        captured = [self.routing.calibration(task, layer, self.calibration_points) for task in tasks]
+        return sum(c.input_gram for c in captured), sum(c.expert_tokens.to(F64) for c in captured)
+
     def basis(self, fit_on: str, layer: int) -> InputBasis:
         """The layer's rank-r basis fit on one task's calibration tokens, or on all of them ("universal")."""
         if (fit_on, layer) not in self._bases:
-            tasks = self.tasks if fit_on == "universal" else (fit_on,)
-            captured = [self.routing.calibration(task, layer, self.calibration_points) for task in tasks]
-            gram = sum(c.input_gram for c in captured)
-            counts = sum(c.expert_tokens.to(F64) for c in captured)
+            gram, counts = self.calibration(fit_on, layer)
             self._bases[fit_on, layer] = fit_input_basis(self.weights(layer), gram, counts, self.rank,
                                                          workspace=self.workspace)
         return self._bases[fit_on, layer]
+
+    def fit_split(self, fit_on: str, layer: int, basis: InputBasis) -> tuple[float, float]:
+        """`fit_energy_split` of `basis` on the calibration data a basis of `fit_on` is fit on: (kept, off)."""
+        gram, counts = self.calibration(fit_on, layer)
+        return fit_energy_split(self.weights(layer), gram, counts, basis, workspace=self.workspace)
+
+    def fit_error(self, fit_on: str, layer: int, basis: InputBasis) -> float:
+        """sqrt(off) of `fit_split`: `basis`'s error on the objective the `fit_on` basis minimises (no rank-r basis
+        goes below the fitted one there)."""
+        return self.fit_split(fit_on, layer, basis)[1] ** 0.5
 
     def error(self, layer: int, task: str, basis: InputBasis) -> float:
         """Gate 2 of `basis` on the layer's held-out tokens of `task`."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -155,6 +156,60 @@ def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
     before = singular_values(w)
     after = singular_values(w @ q if _rotated_side(w) == "right" else q @ w)
     return float(((after - before).abs() / before[..., :1]).max())
+
+
+class HeldLayers:
+    """G0's matrices and spectra per layer, read from a checkpoint view (`experts(layer, projection)`) into `store`
+    (the rung's cache, so they go when the rung ends): one layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB;
+    the previous layer's go before the next's load), every layer's spectra kept."""
+
+    def __init__(self, weights: Any, store: dict) -> None:
+        self.weights, self.store = weights, store
+
+    def _read(self, layer: int) -> list[torch.Tensor]:
+        return [self.weights.experts(layer, p) for p in ("gate", "up", "down")]
+
+    def matrices(self, layer: int) -> dict[str, torch.Tensor]:
+        found = self.store.setdefault("matrices", {})
+        if layer not in found:
+            found.clear()
+            found[layer] = layer_matrices(*self._read(layer))
+        return found[layer]
+
+    def spectra(self, layer: int) -> dict[str, torch.Tensor]:
+        found = self.store.setdefault("spectra", {})
+        if layer not in found:
+            found[layer] = layer_spectra(*self._read(layer))
+        return found[layer]
+
+    def floor(self, layer: int, ranks: dict[str, int]) -> RegaugeFloor:
+        return regauge_floor(self.spectra(layer), ranks)
+
+    def trivial_pass(self, layer: int) -> dict[str, float]:
+        """Q = I at full rank through the executed pipeline, the floor at full rank and σ drift under Q = I: each
+        exactly 0 for a working pipeline (G0's trivial-pass trap)."""
+        mats, svs = self.matrices(layer), self.spectra(layer)
+        error = regauge_error(mats, {k: identity_regauge(w) for k, w in mats.items()}).value
+        floor = regauge_floor(svs, {k: s.shape[-1] for k, s in svs.items()}).residual
+        drift = max(singular_value_drift(w, identity_regauge(w)) for w in mats.values())
+        return {"error": error, "floor_residual": floor, "sigma_drift": drift}
+
+    def best_and_tau(self, layer: int, ranks: dict[str, int], seeds: Sequence[Seed]) -> tuple[RegaugeError, Any]:
+        """The best regauge's executed error on the layer and the τ floor of Haar-random regauges (measure.tau)."""
+        from pytest_ladder.measure.tau import tau_floor
+
+        mats = self.matrices(layer)
+        best = regauge_error(mats, {k: best_regauge(w, ranks[k]) for k, w in mats.items()})
+        tau = tau_floor(lambda seed: {k: random_regauge(w, ranks[k], seed) for k, w in mats.items()},
+                        lambda regauges: regauge_error(mats, regauges).value, seeds)
+        return best, tau
+
+    def random_drift(self, layer: int, seed: Seed) -> float:
+        """max |Δσ| / σ_max of the layer's matrices under one Haar-random orthogonal regauge (0 up to rounding)."""
+        from pytest_ladder.measure.orthogonal import random_orthogonal
+
+        return max(singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), seed))
+                   for w in self.matrices(layer).values())
 
 
 # --------------------------------------------------------------------------------------------------- G2 --------
