@@ -38,6 +38,27 @@ class _Sampler(threading.Thread):
             self.stop.wait(0.1)
 
 
+def _live_cuda_tensors(top: int = 6) -> list[str]:
+    """The largest CUDA tensors alive that are no module's parameter or buffer: what a rung left on the GPU."""
+    import gc
+
+    import torch
+
+    owned, found = set(), {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.nn.Module):
+                owned.update(t.data_ptr() for t in obj.parameters(recurse=False))
+                owned.update(t.data_ptr() for t in obj.buffers(recurse=False))
+            elif isinstance(obj, torch.Tensor) and obj.is_cuda and not obj.is_meta:
+                found[obj.data_ptr()] = obj
+        except Exception:
+            continue
+    loose = sorted((t for p, t in found.items() if p not in owned), key=lambda t: -t.untyped_storage().nbytes())
+    return [f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} {t.untyped_storage().nbytes() / 2**20:.0f} MiB"
+            for t in loose[:top]]
+
+
 class ScaleProbe:
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -62,6 +83,9 @@ class ScaleProbe:
             row["allocated_gib"], row["reserved_gib"] = round(row["allocated_gib"], 2), round(row["reserved_gib"], 2)
         row["items"] = self.items
         self.items = []
+        if torch.cuda.is_available():
+            row["live_gib"] = round(torch.cuda.memory_allocated() / 1024**3, 2)
+            row["live_tensors"] = _live_cuda_tensors()
         if self.sampler is not None:
             self.sampler.stop.set()
             self.sampler.join()
@@ -72,7 +96,8 @@ class ScaleProbe:
             Path(os.environ["SCALE_PROBE_OUT"]).write_text(json.dumps(self.rows, indent=1))
         slow = sorted(row["items"], key=lambda i: -i["wall_s"])[:3]
         print(f"[scale_probe] {row['module']}: {row['wall_s']} s, peak {row.get('allocated_gib')} / "
-              f"{row.get('reserved_gib')} GiB, nvidia-smi {row.get('nvidia_smi_mib')} MiB; slowest: " +
+              f"{row.get('reserved_gib')} GiB, nvidia-smi {row.get('nvidia_smi_mib')} MiB, left allocated "
+              f"{row.get('live_gib')} GiB {row.get('live_tensors')}; slowest: " +
               ", ".join(f"{i['item']} {i['wall_s']} s {i.get('allocated_gib')} GiB" for i in slow),
               file=sys.__stderr__, flush=True)
 
