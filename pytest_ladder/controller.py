@@ -26,7 +26,7 @@ import pytest
 from pytest_ladder.files import display_path
 from pytest_ladder.options import ladder_options
 from pytest_ladder.records import fmt, killed_by_sentence
-from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY
+from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY
 from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, is_worker, ladder_state
 
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # end the session like Ctrl-C: the rung in flight is ABORTED
@@ -71,11 +71,13 @@ class LadderSession:
             signal.signal(number, handler)
         self._previous_handlers.clear()
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the report, so it sees the rung's ladder_verdict
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from pytest_ladder.properties import live_properties, measurements
         from pytest_ladder.verdict import Outcome, Plan
 
         state = self.state
-        props = dict(report.user_properties)
+        props = live_properties(report)
         if ITEM_KEY not in props:
             return
         rung = props[ITEM_KEY]["rung"]
@@ -98,7 +100,7 @@ class LadderSession:
             elif report.skipped:
                 out.outcome, out.message = "skipped", message
         elif report.when == "call":
-            out.records = [value for key, value in report.user_properties if key == RECORD_KEY]
+            out.records = measurements(report)
             out.outcome = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
             out.message = message
             if any(r.get("passed") is False for r in out.records):
@@ -109,6 +111,15 @@ class LadderSession:
             state.done.add(report.nodeid)
         if not is_worker(self.config):
             self._archive_settled(rung)
+            self._attach_verdict(rung, report)
+
+    def _attach_verdict(self, rung: str, report: pytest.TestReport) -> None:
+        """Once the rung is archived, its reports carry its `ladder_verdict` property (JUnit XML included)."""
+        from pytest_ladder.properties import attach_verdict
+
+        record = next((record for name, record, _ in reversed(self.state.written) if name == rung), None)
+        if record is not None:
+            attach_verdict(report, record)
 
     def _archive_settled(self, rung: str) -> None:
         """Archive `rung` now if its verdict is known and the rungs it requires in this session are archived; then

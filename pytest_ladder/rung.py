@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 import pytest
 
+from pytest_ladder import properties
 from pytest_ladder.records import GateRecord, TrapRecord
 
-RECORD_KEY = "ladder_record"  # user_properties key of a gate/trap measurement
-ITEM_KEY = "ladder_item"  # user_properties key describing the item (rung, kind, name, cell)
+RECORD_KEY = properties.RECORD_KEY  # user_properties key of a gate/trap measurement
+ITEM_KEY = properties.ITEM_KEY  # user_properties key describing the item (rung, kind, name, cell)
 CONTEXT_KEY = "ladder_context"  # user_properties key carrying model/data identity recorded by fixtures
 
 KINDS = ("gate", "prefilter", "trap")
