@@ -18,6 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_ladder.prereg_types import current_cell_id
 from pytest_ladder.records import GateRecord, TrapRecord, fmt, killed_by_sentence
 
 POSTMORTEM_FILE = "postmortem.md"
@@ -258,9 +259,10 @@ def postmortem_lines_for(record_dir: Path, gate: str, cell: str | None) -> str:
     if not path.is_file():
         return ""
     lines = path.read_text(encoding="utf-8").splitlines()
-    heading = gate_heading(gate, cell)
-    if heading in lines:
-        start = lines.index(heading)
+    heading = gate_heading(gate, cell and current_cell_id(cell))  # older postmortems spell cells "layer=3-task=text"
+    headings = [current_cell_id(line) if line.startswith("### gate ") else line for line in lines]
+    if heading in headings:
+        start = headings.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
         return "\n".join(lines[start:end]).strip()
     for i, line in enumerate(lines):
@@ -268,7 +270,7 @@ def postmortem_lines_for(record_dir: Path, gate: str, cell: str | None) -> str:
             table = [l for l in lines[i + 1:] if l.startswith("|")]
             for row in table[2:]:
                 cells = [c.strip() for c in row.strip("|").split("|")]
-                if len(cells) > 2 and cells[1] == gate and cells[2] == (cell or ""):
+                if len(cells) > 2 and cells[1] == gate and current_cell_id(cells[2]) == current_cell_id(cell or ""):
                     return "\n".join(table[:2] + [row])
             break
     return ""

@@ -16,6 +16,7 @@ from pytest_ladder.prereg_types import (
     ALLOWED, GATE_KEYS, GATE_OPS, REQUIRED, RULE_NAMES, RUNG_NAME, TRAP_KEYS, TRAP_OBSERVED, Cell, GateSpec,
     PreregError, TrapSpec,
 )
+from pytest_ladder.prereg_types import cell_id as make_cell_id, current_cell_id
 
 
 def _shown(value: Any) -> str:
@@ -245,9 +246,9 @@ class _Reader:
                     raise self.error(f"{where}.{key}", f"must be finite (got {_shown(item)})")
                 params[key] = item
             if "id" in raw:
-                cell_id = self.text(f"{where}.id", raw["id"])
+                cell_id = current_cell_id(self.text(f"{where}.id", raw["id"]))
             elif params:
-                cell_id = "-".join(f"{k}={v}" for k, v in params.items())
+                cell_id = make_cell_id(params)
             else:
                 raise self.error(where, "is empty", "Give the cell its parameters (or an \"id\")")
             for j, other in enumerate(cells):
@@ -262,7 +263,7 @@ class _Reader:
         ids = ", ".join(c.id for c in cells)
         if isinstance(value, str):
             for cell in cells:
-                if cell.id == value:
+                if cell.id == current_cell_id(value):
                     return cell
             raise self.error("hardest_cell", f"names {value!r}, which is not among the cells ({ids})",
                              "Name one of the cells")

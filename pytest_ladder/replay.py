@@ -19,6 +19,7 @@ import pytest
 
 from pytest_ladder.archive import DECISION_FILE, RUN_FILE, TMP_PREFIX, ArchiveError, read_record
 from pytest_ladder.postmortem import postmortem_lines_for, rule_text
+from pytest_ladder.prereg_types import current_cell_id
 from pytest_ladder.properties import ITEM_KEY, RECORD_KEY, VERDICT_KEY, verdict_property
 from pytest_ladder.records import GateRecord, TrapRecord, fmt, where
 
@@ -62,6 +63,17 @@ def _load(collector: pytest.File) -> dict | None:
     if problems:
         collector.damage = f"{collector.path}: " + "; ".join(problems)
         return None
+    return with_current_cell_ids(record)
+
+
+def with_current_cell_ids(record: dict) -> dict:
+    """The record with every cell id spelled as this version spells it ("layer:3/16-task:text"), so a record archived
+    with the older "layer=3/16-task=text" replays under the ids a live run has and `-k` selects its cells."""
+    rows = [*(record.get("gates") or []), *(record.get("traps") or []), record.get("killed_by"),
+            record.get("invalid_because")]
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("cell"), str):
+            row["cell"] = current_cell_id(row["cell"])
     return record
 
 

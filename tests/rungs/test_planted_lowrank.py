@@ -219,6 +219,6 @@ def test_g4_rank_4_claim_is_killed_at_the_hardest_cell(g4_runs):
     record = g4_runs[4]
     assert record["verdict"] == "KILL"
     killed = record["killed_by"]
-    assert (killed["name"], killed["cell"]) == ("activation_error", "layer=3/16-task=text")
+    assert (killed["name"], killed["cell"]) == ("activation_error", "layer:3/16-task:text")
     assert killed["value"] > 0.1
     assert [g["name"] for g in record["gates"] if g["outcome"] != "not run"] == ["bytes", "activation_error"]
