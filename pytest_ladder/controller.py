@@ -26,7 +26,7 @@ import pytest
 from pytest_ladder.files import display_path
 from pytest_ladder.options import ladder_options
 from pytest_ladder.records import fmt, killed_by_sentence
-from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY
+from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, rung_context
 from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, is_worker, ladder_state
 
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # end the session like Ctrl-C: the rung in flight is ABORTED
@@ -49,6 +49,7 @@ class LadderSession:
         self._previous_handlers: dict[int, Any] = {}
         self._archiving = False  # a stop signal waits until the rung being archived is written and listed
         self._deferred: str | None = None
+        self._rung_started: dict[str, float] = {}  # rung -> when its first report began
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.state.started = time.time()
@@ -71,14 +72,17 @@ class LadderSession:
             signal.signal(number, handler)
         self._previous_handlers.clear()
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml reads the report, so it sees the rung's ladder_verdict
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from pytest_ladder.properties import live_properties, measurements
         from pytest_ladder.verdict import Outcome, Plan
 
         state = self.state
-        props = dict(report.user_properties)
+        props = live_properties(report)
         if ITEM_KEY not in props:
             return
         rung = props[ITEM_KEY]["rung"]
+        self._rung_started.setdefault(rung, float(getattr(report, "start", 0.0) or time.time()))
         out = state.outcomes.setdefault(report.nodeid, Outcome())
         out.duration_s += float(report.duration or 0.0)
         if PLAN_KEY in props and rung not in state.plans:
@@ -98,7 +102,7 @@ class LadderSession:
             elif report.skipped:
                 out.outcome, out.message = "skipped", message
         elif report.when == "call":
-            out.records = [value for key, value in report.user_properties if key == RECORD_KEY]
+            out.records = measurements(report)
             out.outcome = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
             out.message = message
             if any(r.get("passed") is False for r in out.records):
@@ -109,6 +113,15 @@ class LadderSession:
             state.done.add(report.nodeid)
         if not is_worker(self.config):
             self._archive_settled(rung)
+            self._attach_verdict(rung, report)
+
+    def _attach_verdict(self, rung: str, report: pytest.TestReport) -> None:
+        """Once the rung is archived, its reports carry its `ladder_verdict` property (JUnit XML included)."""
+        from pytest_ladder.properties import attach_verdict
+
+        record = next((record for name, record, _ in reversed(self.state.written) if name == rung), None)
+        if record is not None:
+            attach_verdict(report, record)
 
     def _archive_settled(self, rung: str) -> None:
         """Archive `rung` now if its verdict is known and the rungs it requires in this session are archived; then
@@ -202,6 +215,7 @@ class LadderSession:
         run_id = new_run_id()
         model = state.context.get("model") or {"name": rung_model(self.options.model, loaded)}
         ended = time.time()
+        started = min(self._rung_started.get(name, state.started), ended)
         record = build_record(
             plan=plan,
             outcomes=outcomes,
@@ -228,10 +242,10 @@ class LadderSession:
                 "complete": plan.complete,
                 "aborted": aborted,
             },
-            timings={"start": _iso(state.started), "end": _iso(ended), "duration_s": round(ended - state.started, 3)},
+            timings={"start": _iso(started), "end": _iso(ended), "duration_s": round(ended - started, 3)},
             requires=guard_info.get("requires", {}),
             replication_of=guard_info.get("replication_of"),
-            context={k: v for k, v in state.context.items() if k not in ("model", "data")},
+            context={k: v for k, v in rung_context(state.context, name).items() if k not in ("model", "data")},
         )
         plots = render_plots(record)
 
@@ -296,6 +310,8 @@ def _message(report: pytest.TestReport) -> str | None:
     """What went wrong, first line first: for an exception its type and message (the report's crash line, e.g.
     "RuntimeError: Expected all tensors to be on the same device ..."), then the full text, without the
     "[gw1] linux -- Python ..." header xdist puts on workers' reports."""
+    if report.skipped and isinstance(report.longrepr, (tuple, list)):  # (path, line, "Skipped: reason"): the reason
+        return str(report.longrepr[2]).removeprefix("Skipped: ").strip() or None
     lines = (report.longreprtext or "").splitlines()
     if lines and re.match(r"\[gw\d+\] ", lines[0]):
         lines = lines[1:]

@@ -27,7 +27,8 @@ from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, 
 
 # binding.py is imported above (its helpers serve these hooks), so its fixtures are registered in pytest_configure:
 # listed here, pytest would warn that an imported module cannot be assertion-rewritten
-pytest_plugins = ["pytest_ladder.fixtures", "pytest_ladder.rung_fixtures"]
+# properties.py turns the reports' ladder properties into JSON text
+pytest_plugins = ["pytest_ladder.fixtures", "pytest_ladder.rung_fixtures", "pytest_ladder.properties"]
 
 MARKERS = {
     "analytical": "cheap analytical prefilter of a rung: no forward pass, no GPU (select in CI with -m analytical)",

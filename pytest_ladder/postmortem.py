@@ -8,6 +8,7 @@ quotes it), the gate, trap and τ tables, and the identity of model, data, seeds
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_ladder.prereg_types import current_cell_id
 from pytest_ladder.records import GateRecord, TrapRecord, fmt, killed_by_sentence
 
 POSTMORTEM_FILE = "postmortem.md"
@@ -94,6 +96,61 @@ def _verdict_section(record: dict) -> list[str]:
     return [f"**{verdict}**"]
 
 
+def distance_to_passing(value: Any, op: str | None, threshold: Any) -> str:
+    """How far a failed `value <op> threshold` was from passing, absolute and relative to the threshold, e.g.
+    "0.334959 above the threshold 0.1 (+335% of it)"; "" when it passed or the numbers are missing."""
+    value, threshold = _number(value), _number(threshold)
+    if op not in NEEDS or math.isnan(value) or math.isnan(threshold):
+        return ""
+    side, sign = NEEDS[op]
+    gap = sign * (value - threshold)
+    if gap < 0 or (gap == 0 and op in ("<=", ">=")):
+        return ""
+    relative = f" ({sign * gap / abs(threshold):+.0%} of it)" if threshold else ""
+    return f"{fmt(gap)} {side} the threshold {fmt(threshold)}{relative}; passing needs value {op} {fmt(threshold)}"
+
+
+NEEDS = {"<": ("above", 1), "<=": ("above", 1), ">": ("below", -1), ">=": ("below", -1)}  # which side fails
+
+
+def tau_bound(tau: dict) -> str:
+    """The bound the τ rule puts on the value, e.g. "value < 0.870683 (τ 0.967425 · (1 − margin 0.1))", when the
+    rule reads `value|error <op> <expression of tau and margin>`; "" otherwise."""
+    from pytest_ladder.expr import ExprError, parse_expr
+
+    found = re.fullmatch(r"\s*(value|error)\s*(<=|>=|<|>)\s*(.+)", str(tau.get("rule") or ""))
+    if not found:
+        return ""
+    try:
+        bound = parse_expr(found.group(3), allowed_names={"tau", "margin"}).evaluate(
+            {"tau": _number(tau.get("tau")), "margin": _number(tau.get("margin"))})
+    except ExprError:
+        return ""
+    return f"value {found.group(2)} {fmt(float(bound))}"
+
+
+def passing_point(gate: GateRecord) -> str:
+    """For a failed gate that measured a sweep (`extra.sweep`: the gate's value at other values of one parameter),
+    the smallest parameter value at which the locked threshold holds, e.g. "would pass at rank 8 (value 3e-08 <= 0.1;
+    measured at rank 1, 2, 4, 8, 128)"; "" without a sweep."""
+    sweep = gate.extra.get("sweep") if isinstance(gate.extra, dict) else None
+    if not sweep or gate.op not in NEEDS:
+        return ""
+    param, points = sweep.get("param"), list(zip(sweep.get("values") or [], sweep.get("results") or []))
+    measured = f"measured at {param} {', '.join(fmt(x) for x, _ in points)}"
+    threshold = _number(gate.threshold)
+    passing = [(x, y) for x, y in points if _passes(_number(y), gate.op, threshold)]
+    if not passing:
+        return f"no measured {param} meets the threshold ({measured})"
+    x, y = min(passing, key=lambda point: _number(point[0]))
+    return (f"would pass at {param} {fmt(x)} (value {fmt(y)} {gate.op} {fmt(gate.threshold)}; the τ floor was "
+            f"measured only at the claim's own {param}); {measured}")
+
+
+def _passes(value: float, op: str, threshold: float) -> bool:
+    return {"<": value < threshold, "<=": value <= threshold, ">": value > threshold, ">=": value >= threshold}[op]
+
+
 def _failing_sections(record: dict) -> list[str]:
     lines: list[str] = []
     for gate in _gates(record):
@@ -104,12 +161,20 @@ def _failing_sections(record: dict) -> list[str]:
                      + f": outcome {gate.outcome}")
         if gate.value is not None:
             lines.append(f"- value {fmt(gate.value)}, locked rule `value {rule_text(gate.op, gate.threshold)}`")
+            distance = distance_to_passing(gate.value, gate.op, gate.threshold)
+            if distance:
+                lines.append(f"- how far from passing: {distance}")
+        passing = passing_point(gate)
+        if passing:
+            lines.append(f"- {passing}")
         if gate.tau:
             tau, spread = gate.tau, gate.tau.get("spread") or {}
+            bound = tau_bound(tau)
             lines.append(
                 f"- τ floor {fmt(tau.get('tau'))} over {len(tau.get('values') or [])} random baselines (spread "
                 f"{fmt(spread.get('min'))}–{fmt(spread.get('max'))}, std {fmt(spread.get('std'))}), margin "
-                f"{fmt(tau.get('margin'))}, rule `{tau.get('rule')}`: beaten {fmt(tau.get('beats'))}"
+                f"{fmt(tau.get('margin'))}, rule `{tau.get('rule')}`" + (f" (needs {bound})" if bound else "")
+                + f": beaten {fmt(tau.get('beats'))}"
             )
         if gate.message:
             lines.append(f"- message: {_first_line(gate.message)}")
@@ -209,6 +274,66 @@ def _seed_section(record: dict) -> list[str]:
     return lines
 
 
+def _this_rung_cells(record: dict) -> dict:
+    """What this rung recorded with record_cell (keys `rung` or `"<rung> <cell id>"`); older records hold every
+    rung's of the session."""
+    from pytest_ladder.rung import rung_context
+
+    return rung_context(record.get("context") or {}, str(record.get("rung"))).get("cells") or {}
+
+
+def _layer_line(layers: dict, record: dict) -> str:
+    """"layer 0/16 → 0, 3/16 → 1 (of 8 layers)": the prereg's layers as resolved on the model."""
+    from pytest_ladder.prereg_types import cell_id
+
+    content = (record.get("prereg") or {}).get("content") or {}
+    given: dict[str, Any] = {}
+    for raw in content.get("cells") or []:
+        if isinstance(raw, dict) and "layer" in raw:
+            params = {k: v for k, v in raw.items() if k != "id"}
+            given[current_cell_id(str(raw.get("id") or cell_id(params)))] = raw["layer"]
+    resolved: dict[str, Any] = {}
+    for cell, index in layers.items():
+        resolved.setdefault(str(given.get(current_cell_id(cell), cell)), index)
+    n_layers = ((record.get("model") or {}).get("config") or {}).get("num_hidden_layers")
+    return ("layer " + ", ".join(f"{layer} → {index}" for layer, index in resolved.items())
+            + (f" (of {n_layers} layers)" if n_layers else ""))
+
+
+def _resolved_section(record: dict) -> list[str]:
+    """The parameters as resolved on this model, first: "rank 2 of hidden_size 128 = rank_fraction 0.0117", the
+    cells' layers, the other resolved values; then the prereg's locked params."""
+    lines: list[str] = []
+    for key, value in _this_rung_cells(record).items():
+        where = key.split(" ", 1)[1] if " " in key else ""
+        value = dict(value) if isinstance(value, dict) else {"value": value}
+        for name, size in (value.pop("resolved", None) or {}).items():
+            lines.append(f"- {name} {fmt(size.get('value'))} of {size.get('of')} {fmt(size.get('size'))} = "
+                         f"{size.get('param')} {fmt(size.get('given'))}" + (f" ({where})" if where else ""))
+        layers = value.pop("layers", None)
+        if isinstance(layers, dict) and layers:
+            lines.append(f"- {_layer_line(layers, record)}")
+        shown = ", ".join(f"{name} {json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else fmt(v)}"
+                          for name, v in value.items())
+        if shown:
+            lines.append(f"- {where + ': ' if where else ''}{shown}")
+    params = ((record.get("prereg") or {}).get("content") or {}).get("params") or {}
+    scalars = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool)) and k != "seed_verdict"}
+    if scalars:
+        lines.append("- locked in the prereg: " + ", ".join(f"{k} {fmt(v)}" for k, v in scalars.items()))
+    return ["", "## Resolved parameters", ""] + lines if lines else []
+
+
+_SKIP_REPR = re.compile(r"""\(['"].*?['"], \d+, ['"](?:Skipped: )?(.*)['"]\)""", re.DOTALL)
+
+
+def plain_skip_reason(text: str) -> str:
+    """A skip reason as plain text: older records hold pytest's (path, line, "Skipped: reason") tuple as its repr,
+    with the machine's absolute path; only the reason is kept."""
+    found = _SKIP_REPR.fullmatch(text.strip())
+    return found.group(1) if found else text
+
+
 def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     """Markdown postmortem of one archived run (see module docstring); `plots` are PNG names beside it."""
     prereg = record.get("prereg") or {}
@@ -220,7 +345,9 @@ def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     about += f" · model `{(record.get('model') or {}).get('name')}`"
     if timings:
         about += f" · {timings.get('start')} → {timings.get('end')} ({fmt(timings.get('duration_s'))} s)"
-    lines = [f"# {str(record.get('rung', '')).upper()} — {record.get('verdict')}", "", about, "", "## Claim", "",
+    lines = [f"# {str(record.get('rung', '')).upper()} — {record.get('verdict')}", "", about]
+    lines += _resolved_section(record)
+    lines += ["", "## Claim", "",
              f"> {record.get('claim')}", "", f"- metric: {record.get('metric')}",
              f"- prereg: `{prereg.get('path')}`, seal `{prereg.get('seal')}`"]
     if record.get("label"):
@@ -236,7 +363,9 @@ def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     lines += _mapping("Ladder rule (requires)", record.get("requires"))
     lines += _mapping("Model", record.get("model"))
     lines += _mapping("Data", record.get("data"))
-    context = dict(record.get("context") or {})
+    from pytest_ladder.rung import rung_context
+
+    context = rung_context(record.get("context") or {}, str(record.get("rung")))
     budget = context.pop("budget_table", None)
     if budget:
         lines += ["", "## Budget table (bytes per line at the model's dtype)", ""]
@@ -244,7 +373,10 @@ def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
     lines += _mapping("Context (cells resolved against the model, ...)", context)
     if record.get("seeds"):
         lines += ["", "## Seeds", "", ", ".join(str(s) for s in record["seeds"])]
-    lines += _mapping("Selection", record.get("selection"))
+    selection = dict(record.get("selection") or {})
+    if isinstance(selection.get("skip_reasons"), list):
+        selection["skip_reasons"] = [plain_skip_reason(str(r)) for r in selection["skip_reasons"]]
+    lines += _mapping("Selection", selection)
     lines += _mapping("Software", record.get("software"))
     plots = list(plots)
     if plots:
@@ -258,9 +390,10 @@ def postmortem_lines_for(record_dir: Path, gate: str, cell: str | None) -> str:
     if not path.is_file():
         return ""
     lines = path.read_text(encoding="utf-8").splitlines()
-    heading = gate_heading(gate, cell)
-    if heading in lines:
-        start = lines.index(heading)
+    heading = gate_heading(gate, cell and current_cell_id(cell))  # older postmortems spell cells "layer=3-task=text"
+    headings = [current_cell_id(line) if line.startswith("### gate ") else line for line in lines]
+    if heading in headings:
+        start = headings.index(heading)
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
         return "\n".join(lines[start:end]).strip()
     for i, line in enumerate(lines):
@@ -268,7 +401,7 @@ def postmortem_lines_for(record_dir: Path, gate: str, cell: str | None) -> str:
             table = [l for l in lines[i + 1:] if l.startswith("|")]
             for row in table[2:]:
                 cells = [c.strip() for c in row.strip("|").split("|")]
-                if len(cells) > 2 and cells[1] == gate and cells[2] == (cell or ""):
+                if len(cells) > 2 and cells[1] == gate and current_cell_id(cells[2]) == current_cell_id(cell or ""):
                     return "\n".join(table[:2] + [row])
             break
     return ""
@@ -299,75 +432,153 @@ def _file_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(parts)) + ".png"
 
 
-def _gates_png(record: dict, rows: list[dict]) -> bytes:
+def _threshold_line(ax: Any, op: str | None, threshold: Any) -> None:
+    threshold = _number(threshold)
+    if not math.isnan(threshold):
+        ax.axhline(threshold, color="black", linestyle="--", linewidth=1,
+                   label=f"threshold: value {op} {fmt(threshold)}")
+
+
+def _tau_values(row: dict) -> list:
+    return list((row.get("tau") or {}).get("values") or [])
+
+
+def _gates_figure(record: dict, rows: list[dict]) -> Any:
+    """One panel per gate: its value on each cell (red: failed) against the threshold line, the τ floor and the B
+    random baselines it was taken from (grey dots)."""
     from matplotlib.figure import Figure
 
     by_gate: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         by_gate.setdefault((row.get("kind", "gate"), row["name"]), []).append(row)
-    figure = Figure(figsize=(max(5.5, 2.5 + 0.9 * max(len(v) for v in by_gate.values())), 2.6 * len(by_gate)),
+    figure = Figure(figsize=(max(5.5, 2.5 + 0.9 * max(len(v) for v in by_gate.values())), 2.8 * len(by_gate)),
                     layout="constrained")
     axes = figure.subplots(len(by_gate), 1, squeeze=False)[:, 0]
     for ax, ((kind, name), gate_rows) in zip(axes, by_gate.items()):
-        labels = [r.get("cell") or "—" for r in gate_rows]
+        labels = [r.get("cell") or "(no cell)" for r in gate_rows]
         values = [_number(r.get("value")) for r in gate_rows]
         colors = ["tab:red" if _failed(r) else "tab:blue" for r in gate_rows]
         positions = list(range(len(gate_rows)))
-        ax.bar(positions, [0.0 if math.isnan(v) else v for v in values], color=colors)
-        threshold, op = _number(gate_rows[0].get("threshold")), gate_rows[0].get("op") or ""
-        if not math.isnan(threshold):
-            ax.axhline(threshold, color="black", linestyle="--", linewidth=1,
-                       label=f"threshold {op} {fmt(threshold)}")
+        ax.bar(positions, [0.0 if math.isnan(v) else v for v in values], color=colors, label=f"{name} value")
+        _threshold_line(ax, gate_rows[0].get("op") or "", gate_rows[0].get("threshold"))
+        baselines = [(p, _number(v)) for p, r in zip(positions, gate_rows) for v in _tau_values(r)]
+        if baselines:
+            b = max(len(_tau_values(r)) for r in gate_rows)
+            ax.scatter([p for p, _ in baselines], [v for _, v in baselines], s=10, color="grey", alpha=0.7, zorder=3,
+                       label=f"random baselines (B = {b})")
         taus = [_number((r.get("tau") or {}).get("tau")) for r in gate_rows]
         if any(not math.isnan(t) for t in taus):
-            ax.scatter(positions, taus, marker="_", s=400, color="tab:orange", label="τ floor", zorder=3)
+            ax.scatter(positions, taus, marker="_", s=400, color="tab:orange", label="τ floor", zorder=4)
         crowded = len(labels) > 3
         ax.set_xticks(positions, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
         ax.set_title(f"{kind} {name}" + (" (red: failed)" if any(_failed(r) for r in gate_rows) else ""), fontsize=10)
-        ax.set_ylabel("value")
+        ax.set_xlabel("cell")
+        ax.set_ylabel(f"{name} value")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.suptitle(f"{record.get('rung')} — {record.get('verdict')}", fontsize=11)
-    return _png(figure)
+    return figure
 
 
-def _series_png(gate: str, series: str, curves: list[tuple[str, list[float]]]) -> bytes:
+def _sweep_figure(gate: GateRecord) -> Any:
+    """A failed gate's sweep: its value at each measured parameter value, the threshold, and the claim's own value."""
+    from matplotlib.figure import Figure
+
+    sweep = gate.extra["sweep"]
+    param = str(sweep.get("param"))
+    xs, ys = [_number(x) for x in sweep.get("values") or []], [_number(y) for y in sweep.get("results") or []]
+    figure = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(xs, ys, marker="o", color="tab:blue", label=f"{gate.name} by {param}")
+    if xs and min(xs) > 0 and max(xs) / min(xs) >= 16:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [fmt(x) for x in sweep.get("values") or []], fontsize=8)
+    _threshold_line(ax, gate.op, gate.threshold)
+    claimed = _number(gate.extra.get(param))
+    if not math.isnan(claimed):
+        ax.axvline(claimed, color="tab:red", linewidth=1, label=f"claimed {param} {fmt(claimed)}")
+    ax.set_xlabel(param)
+    ax.set_ylabel(f"{gate.name} value")
+    ax.set_title(f"{gate.name}" + (f" @ {gate.cell}" if gate.cell else "") + f": by {param}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return figure
+
+
+def series_axis(row: dict, series: str, length: int, tasks: list[str]) -> tuple[str, list[Any] | None]:
+    """(x label, x values) of a series of a gate row. A series named "<y>_by_<x>", "<y>_per_<x>" or "<y>_vs_<x>" has
+    its x values in a list of the same length among the row's other series or extras whose name starts with <x>
+    or ends with "<last word of x>s" (G6's "flip_rate_by_rank" with "curve_ranks"), or, for x "task", the prereg's
+    tasks; other series are plotted against their position (1 = first)."""
+    found = re.fullmatch(r"(.+?)_(?:by|per|vs)_(.+)", series)
+    if found:
+        x = found.group(2)
+        word = x.split("_")[-1] + "s"
+        lists = {**(row.get("extra") or {}), **(row.get("series") or {})}
+        for name, values in lists.items():
+            if (name != series and isinstance(values, list) and len(values) == length
+                    and (name.startswith(x) or name.split("_")[-1] == word)):
+                return x, values
+        if x == "task" and len(tasks) == length:
+            return x, list(tasks)
+    return f"position in {series} (1 = first)", None
+
+
+def _series_figure(gate: str, series: str, curves: list[tuple[dict, list[float]]], tasks: list[str]) -> Any:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.0, 3.2), layout="constrained")
     ax = figure.subplots()
-    longest = max(len(values) for _, values in curves)
-    for label, values in curves:
-        if longest <= 12 and len(curves) == 1:
-            ax.bar(range(len(values)), values, color="tab:blue")
+    x_label = ""
+    for row, values in curves:
+        x_label, xs = series_axis(row, series, len(values), tasks)
+        label = row.get("cell") or None
+        if xs is not None and any(isinstance(x, str) for x in xs):
+            positions = list(range(len(values)))
+            ax.bar(positions, values, color="tab:blue", label=label)
+            ax.set_xticks(positions, [str(x) for x in xs], fontsize=8)
         else:
-            ax.plot(range(len(values)), values, marker="." if len(values) <= 64 else None, label=label or None)
+            xs = xs if xs is not None else list(range(1, len(values) + 1))
+            ax.plot(xs, values, marker="." if len(values) <= 64 else None, label=label)
+            if len(xs) <= 16:
+                ax.set_xticks(xs, [fmt(x) for x in xs], fontsize=8)
+        if series.startswith(gate):  # the gate's own value per task, layer, ...: the threshold applies to each
+            _threshold_line(ax, row.get("op"), row.get("threshold"))
     if len(curves) > 1:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{gate}: {series}", fontsize=10)
-    ax.set_xlabel("index")
-    return _png(figure)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(series.split("_by_")[0].split("_per_")[0].split("_vs_")[0])
+    return figure
 
 
-def render_plots(record: dict) -> dict[str, bytes]:
-    """PNGs for the postmortem: `gates.png` (value per cell vs threshold) and `<gate>-<series>.png` per series.
+def plot_figures(record: dict) -> dict[str, Any]:
+    """The postmortem's matplotlib figures by file name: `gates.png` (value per cell vs threshold, τ floor and the
+    random baselines), `<gate>-<cell>-sweep.png` per failed gate that measured a sweep, `<gate>-<series>.png` per
+    series. Raises ImportError without matplotlib."""
+    importlib.import_module("matplotlib")  # ImportError here, before any figure is half drawn
 
-    Without matplotlib (a minimal GPU image) there are no pictures; the tables still carry every number.
-    """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return {}
     rows = [g for g in record.get("gates") or [] if not math.isnan(_number(g.get("value")))]
-    plots: dict[str, bytes] = {}
+    figures: dict[str, Any] = {}
     if rows:
-        plots["gates.png"] = _gates_png(record, rows)
-    curves: dict[tuple[str, str], list[tuple[str, list[float]]]] = {}
+        figures["gates.png"] = _gates_figure(record, rows)
+    for gate in _gates(record):
+        if gate.failed and isinstance(gate.extra, dict) and gate.extra.get("sweep"):
+            figures[_file_name(gate.name, current_cell_id(gate.cell or ""), "sweep")] = _sweep_figure(gate)
+    tasks = list(((record.get("prereg") or {}).get("content") or {}).get("tasks") or [])
+    curves: dict[tuple[str, str], list[tuple[dict, list[float]]]] = {}
     for row in record.get("gates") or []:
         for series, values in (row.get("series") or {}).items():
             if isinstance(values, list) and values:
-                curves.setdefault((row["name"], series), []).append(
-                    (row.get("cell") or "", [_number(v) for v in values])
-                )
+                curves.setdefault((row["name"], series), []).append((row, [_number(v) for v in values]))
     for (gate, series), found in curves.items():
-        plots[_file_name(gate, series)] = _series_png(gate, series, found)
-    return plots
+        figures[_file_name(gate, series)] = _series_figure(gate, series, found, tasks)
+    return figures
+
+
+def render_plots(record: dict) -> dict[str, bytes]:
+    """PNGs of `plot_figures` by file name. Without matplotlib (a minimal GPU image) there are no pictures; the
+    tables still carry every number."""
+    try:
+        figures = plot_figures(record)
+    except ImportError:
+        return {}
+    return {name: _png(figure) for name, figure in figures.items()}

@@ -16,6 +16,7 @@ from pytest_ladder.prereg_types import (
     ALLOWED, GATE_KEYS, GATE_OPS, REQUIRED, RULE_NAMES, RUNG_NAME, TRAP_KEYS, TRAP_OBSERVED, Cell, GateSpec,
     PreregError, TrapSpec,
 )
+from pytest_ladder.prereg_types import cell_id as make_cell_id, current_cell_id
 
 
 def _shown(value: Any) -> str:
@@ -280,8 +281,8 @@ class _Reader:
         if cell_id is None:
             if not params:
                 raise self.error(where, "is empty", "Give the cell its parameters (or an \"id\")")
-            cell_id = "-".join(f"{k}={v}" for k, v in params.items())
-        return Cell(cell_id, params)
+            return Cell(make_cell_id(params), params)
+        return Cell(current_cell_id(cell_id), params)
 
     def cell_value(self, where: str, item: Any) -> Any:
         if isinstance(item, (dict, list)) or item is None:
@@ -299,7 +300,7 @@ class _Reader:
         ids = ", ".join(c.id for c in cells)
         if isinstance(value, str):
             for cell in cells:
-                if cell.id == value:
+                if cell.id == current_cell_id(value):
                     return cell
             raise self.error("hardest_cell", f"names {value!r}, which is not among the cells ({ids})",
                              "Name one of the cells")

@@ -30,9 +30,21 @@ class PreregError(Exception):
     """Bad prereg content; the message names the file, the field and the fix."""
 
 
+def cell_id(params: dict) -> str:
+    """The id of a cell without an explicit "id": "key:value" pairs joined with "-" in the prereg's key order, e.g.
+    "layer:3/16-task:text" (characters pytest's -k grammar accepts, so `-k "layer:3/16"` selects the cell)."""
+    return "-".join(f"{key}:{value}" for key, value in params.items())
+
+
+def current_cell_id(text: str) -> str:
+    """A cell id as this version spells it. Records and preregs written before ids were -k selectable spell them
+    "layer=3/16-task=text" (`=` in an id is rejected by -k): "=" reads as ":", so those still name their cell."""
+    return text.replace("=", ":")
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One unit of evaluation; `id` is the explicit "id" or "k=v" pairs joined with "-" in the prereg's key order."""
+    """One unit of evaluation; `id` is the explicit "id" or `cell_id(params)` ("layer:3/16-task:text")."""
 
     id: str
     params: dict

@@ -24,7 +24,7 @@ def fmt(value: Any) -> str:
 
 
 def where(name: str, cell: str | None) -> str:
-    """"activation_error @ layer=3-task=text" (the name alone without a cell)."""
+    """"activation_error @ layer:3-task:text" (the name alone without a cell)."""
     return name + (f" @ {cell}" if cell else "")
 
 
@@ -115,8 +115,8 @@ def measurement_from_dict(data: dict) -> GateRecord | TrapRecord:
 
 
 def killed_by_sentence(killed: dict) -> str:
-    """What killed a rung, from decision.json's `killed_by`, e.g. "activation_error @ layer=3-task=text: 0.31 > 0.2",
-    "activation_error @ layer=3-task=text: 0.19 vs τ 0.2 fails error < tau * (1 - margin)" when the τ floor was not
+    """What killed a rung, from decision.json's `killed_by`, e.g. "activation_error @ layer:3-task:text: 0.31 > 0.2",
+    "activation_error @ layer:3-task:text: 0.19 vs τ 0.2 fails error < tau * (1 - margin)" when the τ floor was not
     beaten, "requires g0 (KILLED)" by the ladder rule. It reads the verdict the check recorded; it judges nothing
     again."""
     if killed.get("kind") == "requires":

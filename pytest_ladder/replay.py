@@ -4,7 +4,8 @@ Each decision.json becomes one item per gate row (`gate:<name>[<cell>]`, `prefil
 (`trap:<name>`): passed rows pass, a failed or errored gate fails (the killing one printing its postmortem section),
 a trap that did not fire as declared fails with expected vs observed, rows that did not run are skipped. Each
 run.json (ABORTED, PARTIAL, PREFILTER_PASS) becomes one skipped item. Items carry the `gate`/`trap` (and
-`analytical`) markers, so `-m gate` selects on replay as on a live run. The plugin's pytest_collect_file calls
+`analytical`) markers, so `-m gate` selects on replay as on a live run, and the user properties of a live run
+(`ladder_item`, `ladder_record`, `ladder_verdict`: JSON text in JUnit XML). The plugin's pytest_collect_file calls
 `collect_record_file`; the archive itself is only read.
 """
 
@@ -18,6 +19,8 @@ import pytest
 
 from pytest_ladder.archive import DECISION_FILE, RUN_FILE, TMP_PREFIX, ArchiveError, read_record
 from pytest_ladder.postmortem import postmortem_lines_for, rule_text
+from pytest_ladder.prereg_types import current_cell_id
+from pytest_ladder.properties import ITEM_KEY, RECORD_KEY, VERDICT_KEY, verdict_property
 from pytest_ladder.records import GateRecord, TrapRecord, fmt, where
 
 SKIPPED_OUTCOMES = ("skipped", "not run")
@@ -60,6 +63,17 @@ def _load(collector: pytest.File) -> dict | None:
     if problems:
         collector.damage = f"{collector.path}: " + "; ".join(problems)
         return None
+    return with_current_cell_ids(record)
+
+
+def with_current_cell_ids(record: dict) -> dict:
+    """The record with every cell id spelled as this version spells it ("layer:3/16-task:text"), so a record archived
+    with the older "layer=3/16-task=text" replays under the ids a live run has and `-k` selects its cells."""
+    rows = [*(record.get("gates") or []), *(record.get("traps") or []), record.get("killed_by"),
+            record.get("invalid_because")]
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("cell"), str):
+            row["cell"] = current_cell_id(row["cell"])
     return record
 
 
@@ -129,6 +143,7 @@ class _ArchivedItem(pytest.Item):
         super().__init__(**kwargs)
         self.record = record
         self.row = row
+        self.user_properties.extend(archived_properties(record, row))
 
     @property
     def _run(self) -> str:
@@ -150,6 +165,21 @@ class _ArchivedItem(pytest.Item):
             if self.row.get("message"):
                 reason += f": {self.row['message'].strip().splitlines()[0]}"
             self.add_marker(pytest.mark.skip(reason=reason))
+
+
+def archived_properties(record: dict, row: dict) -> list[tuple[str, Any]]:
+    """The user properties a live run put on this row's test, read from the archive: `ladder_item` (naming the
+    archived run), `ladder_record` (the measurement, when the row was measured) and the rung's `ladder_verdict`.
+    The plugin writes them as JSON text on the report, as on a live run."""
+    kind = row.get("kind", "trap" if "fired_as_declared" in row else "gate") if row else "run"
+    item = {"rung": record.get("rung"), "kind": kind, "name": row.get("name"), "cell": row.get("cell"),
+            "run_id": record.get("run_id")}
+    found: list[tuple[str, Any]] = [(ITEM_KEY, item)]
+    if kind == "trap" and row.get("fired_as_declared") is not None:
+        found.append((RECORD_KEY, TrapRecord.from_dict(row).measurement()))
+    elif kind != "trap" and row and (row.get("passed") is not None or row.get("value") is not None):
+        found.append((RECORD_KEY, GateRecord.from_dict(row).measurement()))
+    return found + [(VERDICT_KEY, verdict_property(record))]
 
 
 class ArchivedGate(_ArchivedItem):

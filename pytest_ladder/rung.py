@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 import pytest
 
+from pytest_ladder import properties
 from pytest_ladder.records import GateRecord, TrapRecord
 
-RECORD_KEY = "ladder_record"  # user_properties key of a gate/trap measurement
-ITEM_KEY = "ladder_item"  # user_properties key describing the item (rung, kind, name, cell)
+RECORD_KEY = properties.RECORD_KEY  # user_properties key of a gate/trap measurement
+ITEM_KEY = properties.ITEM_KEY  # user_properties key describing the item (rung, kind, name, cell)
 CONTEXT_KEY = "ladder_context"  # user_properties key carrying model/data identity recorded by fixtures
 
 KINDS = ("gate", "prefilter", "trap")
@@ -98,6 +99,23 @@ def record_cell(config: pytest.Config, key: str, value: dict) -> None:
     record_context(config, "cells", {**run_context(config).get("cells", {}), key: value})
 
 
+def rung_context(context: dict, rung: str) -> dict:
+    """The part of a session's run context that belongs to `rung`: its cells (record_cell keys `rung` or
+    `"<rung> <cell id>"`), its budget deltas (and the budget table only when it has some), and every other key
+    (model, data, ...). A rung's record holds this, not what the session's other rungs resolved."""
+    found = {key: value for key, value in context.items() if key not in ("cells", "budget_deltas", "budget_table")}
+    cells = {key: value for key, value in (context.get("cells") or {}).items()
+             if key == rung or key.startswith(f"{rung} ")}
+    if cells:
+        found["cells"] = cells
+    deltas = (context.get("budget_deltas") or {}).get(rung)
+    if deltas is not None:
+        found["budget_deltas"] = {rung: deltas}
+        if "budget_table" in context:
+            found["budget_table"] = context["budget_table"]
+    return found
+
+
 def _finite(value: Any, what: str) -> float:
     try:
         number = float(value)
@@ -138,12 +156,21 @@ class GateCheck:
     def threshold(self) -> float:
         return self.spec.threshold
 
-    def check(self, value: float, *, tau: Any = None, series: dict | None = None, **extra: Any) -> None:
+    def passes(self, value: float) -> bool:
+        """Whether `value` meets the locked `value <op> threshold` (the τ floor aside): a probe may measure more
+        (a sweep) only when its claim is about to be killed."""
+        return bool(self.spec.passes(_finite(value, f"{self.kind} {self.name!r} value")))
+
+    def check(self, value: float, *, tau: Any = None, series: dict | None = None,
+              sweep: tuple[str, dict] | None = None, **extra: Any) -> None:
         """Record `value` for this gate and cell; fail the test (a kill) if the prereg's rule rejects it.
 
         `tau`: the τ floor (number, mapping or TauFloor) — required when the gate is declared `vs_tau`; the gate then
         also needs `decision_threshold` (e.g. `value < tau * (1 - margin)`) to hold. `series`: named number lists
-        for postmortem plots (a spectrum, per-task inflation). `extra`: any JSON-able detail worth archiving.
+        for postmortem plots (a spectrum, per-task inflation). `sweep`: (parameter, {parameter value: gate value})
+        measured around the claim's own parameter (e.g. ("rank", {1: 0.6, 2: 0.43, 4: 0.2, 8: 0.04})), so the
+        postmortem names the value at which the claim would have passed. `extra`: any JSON-able detail worth
+        archiving.
         """
         __tracebackhide__ = True
         if self.checked:
@@ -154,6 +181,10 @@ class GateCheck:
                 f"{self.kind} {self.name!r} is declared vs_tau in {self.prereg.display_path}: pass tau=<τ floor>"
             )
         tau_row = None if tau is None else _tau_record(tau, self.prereg, value)
+        if sweep is not None:
+            parameter, measured = sweep
+            extra["sweep"] = {"param": parameter, "values": list(measured),
+                              "results": [_finite(v, f"{self.name!r} sweep value") for v in measured.values()]}
         passed = bool(self.spec.passes(value)) and (tau_row is None or tau_row["beats"])
         cell_id = getattr(self.cell, "id", None)
         record = GateRecord(self.name, cell_id, self.kind, value, self.spec.op, self.spec.threshold, passed, tau_row,

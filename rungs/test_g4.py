@@ -18,11 +18,13 @@ def study(rung_cache, ladder_routing, ladder_layers, prereg, request):
     from pytest_ladder.probes import lowrank
 
     if "study" not in rung_cache:
-        rank = resolve_size(prereg.params["rank_fraction"], ladder_routing.adapter.hidden_size)
+        hidden, fraction = ladder_routing.adapter.hidden_size, prereg.params["rank_fraction"]
+        rank = resolve_size(fraction, hidden)
         rung_cache["layers"] = cell_layers(prereg, ladder_layers)
         rung_cache["study"] = lowrank.LowRankStudy(ladder_routing, rank, prereg.tasks,
                                                    calibration_points=prereg.params["calibration_points"])
-        record_cell(request.config, "g4", {"rank": rank, "layers": rung_cache["layers"]})
+        record_cell(request.config, "g4", {"rank": rank, "layers": rung_cache["layers"], "resolved": {
+            "rank": {"value": rank, "of": "hidden_size", "size": hidden, "param": "rank_fraction", "given": fraction}}})
     return rung_cache["study"]
 
 
@@ -48,9 +50,13 @@ def test_bytes(gate, prereg, ladder_weights):
 
 @ladder.gate("activation_error")
 def test_activation_error(cell, gate, study, rung_cache, ladder_seeds):
+    from pytest_ladder.probes.lowrank import rank_grid
+
     layer, task = rung_cache["layers"][cell.id], cell.params["task"]
-    gate.check(study.error(layer, task, study.basis("universal", layer)), tau=study.tau(layer, task, ladder_seeds),
-               layer=layer, rank=study.rank)
+    error = study.error(layer, task, study.basis("universal", layer))
+    sweep = None if gate.passes(error) else ("rank", study.error_by_rank(  # where the killed claim would pass
+        layer, task, rank_grid(study.rank, study.adapter.hidden_size)))
+    gate.check(error, tau=study.tau(layer, task, ladder_seeds), sweep=sweep, layer=layer, rank=study.rank)
 
 
 @ladder.gate("task_conditioning")

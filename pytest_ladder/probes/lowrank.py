@@ -88,9 +88,17 @@ def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Ten
     V = top-r eigenvectors of S M S with S = G^{1/2}, M = Σ_e n_e W_eᵀ W_e; P = S V Vᵀ S⁺ (module docstring).
     With a bounded `workspace`, M is summed over chunks of experts on its device (W may wait on the CPU).
     """
+    return fit_input_bases(weights, gram, counts, (rank,), workspace=workspace)[rank]
+
+
+def fit_input_bases(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Tensor, ranks: Sequence[int], *,
+                    workspace: Workspace | None = None) -> dict[int, InputBasis]:
+    """{rank: fit_input_basis(..., rank)} for several ranks from one eigendecomposition (the bases are nested: the
+    rank-r basis keeps the top r eigenvectors of S M S)."""
     hidden = weights.shape[-1]
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hidden:
-        raise ValueError(f"fit_input_basis: rank must be an int in 1..{hidden} (the input width), got {rank!r}")
+    for rank in ranks:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= hidden:
+            raise ValueError(f"fit_input_basis: rank must be an int in 1..{hidden} (the input width), got {rank!r}")
     if tuple(gram.shape) != (hidden, hidden) or tuple(counts.shape) != (weights.shape[0],):
         raise ValueError(f"fit_input_basis: Gram {tuple(gram.shape)} and counts {tuple(counts.shape)} do not match "
                          f"expert weights {tuple(weights.shape)}: need (H, H) and (E,) for (E, out, H)")
@@ -102,8 +110,19 @@ def fit_input_basis(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Ten
     s, s_pinv = gram_sqrt_pinv(gram.to(device))
     m = token_weighted_gram(weights, n, workspace=workspace)
     _, eigenvectors = torch.linalg.eigh(s @ m @ s)
-    v = eigenvectors.flip(-1)[:, :rank]
-    return InputBasis(s @ v, v.mT @ s_pinv)
+    descending = eigenvectors.flip(-1)
+    return {rank: InputBasis(s @ descending[:, :rank], descending[:, :rank].mT @ s_pinv) for rank in ranks}
+
+
+def rank_grid(rank: int, hidden: int) -> list[int]:
+    """The ranks a failing claim is measured at to show where it would pass: 1, 2, 4, ... up to the input width,
+    the width itself and the claimed rank."""
+    grid = {hidden, rank}
+    size = 1
+    while size < hidden:
+        grid.add(size)
+        size *= 2
+    return sorted(grid)
 
 
 def token_weighted_gram(weights: torch.Tensor, counts: torch.Tensor, *, workspace: Workspace | None = None
@@ -295,6 +314,14 @@ class LowRankStudy:
         """Gate 2 of `basis` on the layer's held-out tokens of `task`."""
         return basis_error(self.weights(layer), basis, self.routing.expert_grams(task, layer)[0],
                            workspace=self.workspace)
+
+    def error_by_rank(self, layer: int, task: str, ranks: Sequence[int]) -> dict[int, float]:
+        """{rank: gate 2 of the universal basis of that rank} on the layer's held-out tokens of `task`: where a
+        claim killed at its rank would have passed."""
+        captured = [self.routing.calibration(t, layer, self.calibration_points) for t in self.tasks]
+        bases = fit_input_bases(self.weights(layer), sum(c.input_gram for c in captured),
+                                sum(c.expert_tokens.to(F64) for c in captured), list(ranks), workspace=self.workspace)
+        return {rank: self.error(layer, task, basis) for rank, basis in bases.items()}
 
     def worst_task(self, layer: int) -> Any:
         """Gate 4 at one layer: every task's own basis on its held-out tokens (measure.worst_task_error)."""

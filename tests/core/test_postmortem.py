@@ -20,11 +20,12 @@ def test_kill_postmortem_sections(record):
         "τ floor 0.35 (margin 0.1, rule `error < tau * (1 - margin)`, beaten: yes)." in lines
     )
     section = lines.index("### gate activation_error @ layer=3-task=text")
-    assert lines[section + 2: section + 5] == [
+    assert lines[section + 2: section + 6] == [
         "- gate `activation_error`, cell `layer=3-task=text`: outcome failed",
         "- value 0.31, locked rule `value <= 0.2`",
+        "- how far from passing: 0.11 above the threshold 0.2 (+55% of it); passing needs value <= 0.2",
         ("- τ floor 0.35 over 3 random baselines (spread 0.35–0.41, std 0.0249), margin 0.1, rule "
-        "`error < tau * (1 - margin)`: beaten yes"),
+        "`error < tau * (1 - margin)` (needs value < 0.315): beaten yes"),
     ]
     assert sum(line.startswith("### gate") for line in lines) == 1  # only the failing gate gets a section
     gates = lines.index("## Gates")
@@ -113,9 +114,13 @@ def test_the_seeds_verdict_is_compared_plainly(record, seed, verdict, says):
     assert says in section
 
 
-def test_budget_table_is_a_table(record):
+def test_budget_table_is_a_table_and_only_this_rungs_context_shows(record):
     data = record("r1", "KILL")
     data["context"] = {"budget_table": [{"line": "experts", "GB": 12.9}, {"line": "attention", "GB": 0.5}],
-                       "cells": {"layer=3/16": 1}}
+                       "budget_deltas": {"r1": {"experts": -3}, "r2": {"experts": -2}},
+                       "cells": {"r1": {"layers": {"layer=3/16": 1}}, "g4": {"rank": 2}, "r10 deep": {"layer": 9}}}
     text = render_postmortem(data)
-    assert "| experts " in text and "| attention " in text and '- cells: {"layer=3/16": 1}' in text
+    assert "| experts " in text and "| attention " in text
+    assert '- cells: {"r1": {"layers": {"layer=3/16": 1}}}' in text and '- budget_deltas: {"r1": {"experts": -3}}' in text
+    data["rung"] = "g4"
+    assert "| experts " not in render_postmortem(data)  # the budget table belongs to the rungs that change it

@@ -25,10 +25,11 @@ def test_good_prereg_parses_to_exact_values(tmp_path, g4, write_prereg):
     assert prereg.seeds is None and prereg.n_seeds == 10
     assert prereg.tasks == ("code", "math", "text")
     assert prereg.cells == (
-        Cell("layer=3-task=text", {"layer": 3, "task": "text"}),
-        Cell("layer=3-task=code", {"layer": 3, "task": "code"}),
+        Cell("layer:3-task:text", {"layer": 3, "task": "text"}),
+        Cell("layer:3-task:code", {"layer": 3, "task": "code"}),
         Cell("deep", {"layer": 7, "task": "math"}),
     )
+    # hardest_cell is spelled "layer=3-task=text", as preregs sealed before ids were -k selectable spell it
     assert prereg.hardest_cell is prereg.cells[0] and prereg.cell("deep") is prereg.cells[2]
     assert prereg.gates == {
         "activation_error": GateSpec("activation_error", "<=", 0.2, True, None),
@@ -76,7 +77,7 @@ def test_explicit_seed_list_hardest_cell_object_and_optional_fields(tmp_path, g4
     assert prereg.seeds == [7, 0, 123] and prereg.n_seeds == 3
     assert prereg.hardest_cell.id == "deep" and prereg.label == "KILLED" and prereg.notes == "seed G4"
     g4["hardest_cell"] = {"layer": 3, "task": "code"}
-    assert load_prereg(write_prereg(g4)).hardest_cell.id == "layer=3-task=code"
+    assert load_prereg(write_prereg(g4)).hardest_cell.id == "layer:3-task:code"
 
 
 def test_optional_fields_default(tmp_path, g4, write_prereg):
@@ -148,7 +149,7 @@ BAD = [
     ("cells.0.layer", [1, 2], "cells[0].layer", "must be a scalar"),
     ("cells.0.layer", float("inf"), "cells[0].layer", "must be a finite number (got Infinity): strict JSON has no"),
     ("cells.0", {}, "cells[0]", "is empty. Give the cell its parameters"),
-    ("cells.1", {"layer": 3, "task": "text"}, "cells[1]", "has the same id 'layer=3-task=text' as cells[0]"),
+    ("cells.1", {"layer": 3, "task": "text"}, "cells[1]", "has the same id 'layer:3-task:text' as cells[0]"),
     ("hardest_cell", "layer=9-task=text", "hardest_cell", "names 'layer=9-task=text', which is not among the cells"),
     ("hardest_cell", {"layer": 9}, "hardest_cell", 'is {"layer": 9}, which is not among the cells'),
     ("hardest_cell", 3, "hardest_cell", "must be a cell id string or a cell object"),

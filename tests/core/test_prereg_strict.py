@@ -240,8 +240,8 @@ def test_load_reports_every_problem_in_one_error(tmp_path, g4, write_prereg):
     assert load_error(path, tmp_path).splitlines() == [
         f"{SHOWN}: 3 problems:",
         f"  {SHOWN}: field 'model' must be a non-empty string (got \"\", a string). Fix the value and {RESEAL}",
-        f"  {SHOWN}: field 'hardest_cell' names 'nowhere', which is not among the cells (layer=3-task=text, "
-        f"layer=3-task=code, deep). Name one of the cells and {RESEAL}",
+        f"  {SHOWN}: field 'hardest_cell' names 'nowhere', which is not among the cells (layer:3-task:text, "
+        f"layer:3-task:code, deep). Name one of the cells and {RESEAL}",
         f"  {SHOWN}: field 'traps.trivial_pass' must be a comparison over 'observed' such as \"observed == 0\" or "
         f"\"observed > method\" (got 'observed'). Fix the value and {RESEAL}",
     ]

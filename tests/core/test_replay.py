@@ -27,18 +27,18 @@ def test_replay_of_a_kill_mirrors_the_archive(pytester, archive):
     decision = f"archive/g4/{RUN}/decision.json"
     result.stdout.fnmatch_lines_random([
         f"{decision}::prefilter:bytes PASSED*",
-        f"{decision}::gate:activation_error[[]layer=3-task=text[]] FAILED*",
-        f"{decision}::gate:route_flip_rate[[]layer=3-task=text[]] PASSED*",
-        f"{decision}::gate:activation_error[[]layer=3-task=code[]] PASSED*",
+        f"{decision}::gate:activation_error[[]layer:3-task:text[]] FAILED*",
+        f"{decision}::gate:route_flip_rate[[]layer:3-task:text[]] PASSED*",
+        f"{decision}::gate:activation_error[[]layer:3-task:code[]] PASSED*",
         f"{decision}::gate:activation_error[[]deep[]] SKIPPED*",
         f"{decision}::trap:trivial_pass PASSED*",
         f"{decision}::trap:random_basis PASSED*",
         "archive/g2/20250101T000000Z-000000/run.json::run:ABORTED SKIPPED*",
     ])
     result.stdout.fnmatch_lines([
-        "*_ g4 run 20250102T030405Z-a1b2c3 (decision): gate:activation_error[[]layer=3-task=text[]] _*",
+        "*_ g4 run 20250102T030405Z-a1b2c3 (decision): gate:activation_error[[]layer:3-task:text[]] _*",
         f"archived KILL of g4 run {RUN} (decision): *{decision}",
-        "gate activation_error @ layer=3-task=text: outcome failed — this gate KILLED the claim",
+        "gate activation_error @ layer:3-task:text: outcome failed — this gate KILLED the claim",
         "value 0.31 against the locked rule value <= 0.2",
         "τ floor 0.35, margin 0.1, rule error < tau * (1 - margin): beaten yes",
         "from *postmortem.md:",
@@ -97,7 +97,7 @@ def test_errored_gate_fails_with_its_message(pytester, record, archived):
     result = replay(pytester, "archive")
     result.assert_outcomes(passed=5, failed=1, skipped=1)
     result.stdout.fnmatch_lines([
-        "gate route_flip_rate @ layer=3-task=text: outcome error",
+        "gate route_flip_rate @ layer:3-task:text: outcome error",
         "error: RuntimeError: Tensor on device meta is not on the expected device",
     ])
 
@@ -108,3 +108,12 @@ def test_corrupt_record_is_one_failing_item_naming_the_file(pytester, archive):
     result.assert_outcomes(failed=1, skipped=1)  # the damaged record fails; the archive's other run still replays
     result.stdout.fnmatch_lines([f"*damaged record: *archive/g4/{RUN}/decision.json: not valid JSON (*restore the "
                                  "file from*"])
+
+
+def test_cells_archived_with_the_older_ids_replay_under_the_current_ones(pytester, archive):
+    """The hand-written records spell cells "layer=3-task=text" (ids before they were -k selectable): they replay as
+    "layer:3-task:text", which `-k` selects, and the failing gate still finds its postmortem section."""
+    result = replay(pytester, "archive", "-v", "-k", "layer:3-task:text")
+    result.assert_outcomes(passed=1, failed=1, deselected=6)
+    result.stdout.fnmatch_lines(["*gate:activation_error[[]layer:3-task:text[]] FAILED*",
+                                 "### gate activation_error @ layer=3-task=text"])

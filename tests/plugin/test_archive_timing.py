@@ -55,7 +55,7 @@ def test_a_stop_signal_keeps_decided_rungs_and_aborts_the_one_in_flight(toy, nam
     assert process.returncode == pytest.ExitCode.INTERRUPTED, output
     assert toy.runs("a") == [decided]
     record = toy.record(decided)
-    assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer=3-true_rank=8")
+    assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer:3-true_rank:8")
     (aborted,) = toy.runs("b")
     assert not (aborted / "decision.json").exists()
     run = toy.record(aborted)
@@ -80,7 +80,7 @@ def test_kill_fast_archives_exactly_one_decision_per_rung(toy, workers):
     for name in ("a", "b"):
         (run,) = toy.runs(name)
         record = toy.record(run)
-        assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer=3-true_rank=8")
+        assert (record["verdict"], record["killed_by"]["cell"]) == ("KILL", "layer:3-true_rank:8")
     assert sorted(line for line in result.outlines if line.startswith("archived: ")) == [
         f"archived: archive/{name}/{toy.runs(name)[0].name}" for name in ("a", "b")]
     assert not [line for line in result.outlines if "refused" in line]

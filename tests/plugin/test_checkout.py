@@ -25,5 +25,5 @@ def test_rungs_collect_from_a_checkout(autoload):
                           text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     collected = [line for line in done.stdout.splitlines() if line.startswith("rungs/test_g0.py::")]
-    assert "rungs/test_g0.py::test_effective_rank[layer=3/16]" in collected
+    assert "rungs/test_g0.py::test_effective_rank[layer:3/16]" in collected
     assert len(collected) == len(set(collected)) > 0

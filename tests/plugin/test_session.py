@@ -12,10 +12,10 @@ from pytest_ladder.seal import compute_seal
 ORDER = [
     "test_trivial_pass",
     "test_bytes",
-    "test_relative_error[layer=3-true_rank=8]",
+    "test_relative_error[layer:3-true_rank:8]",
     "test_random_basis",
-    "test_relative_error[layer=0-true_rank=2]",
-    "test_relative_error[layer=1-true_rank=2]",
+    "test_relative_error[layer:0-true_rank:2]",
+    "test_relative_error[layer:1-true_rank:2]",
 ]
 
 
@@ -44,13 +44,13 @@ def test_kill_at_hardest_cell_with_x_stops_there(toy):
     record = toy.record(run)
     assert record["verdict"] == "KILL" and record["decision"] is True and record["kind"] == "decision"
     killed = record["killed_by"]
-    assert (killed["kind"], killed["name"], killed["cell"]) == ("gate", "relative_error", "layer=3-true_rank=8")
+    assert (killed["kind"], killed["name"], killed["cell"]) == ("gate", "relative_error", "layer:3-true_rank:8")
     assert killed["value"] == pytest.approx(hardest_error(), rel=1e-12)
     assert (killed["op"], killed["threshold"]) == ("<=", 0.05)
     assert (run / "postmortem.md").is_file() and (run / "trap_results.json").is_file()
     assert [g["outcome"] for g in record["gates"]] == ["passed", "failed", "not run", "not run"]
     assert record["selection"]["exitfirst"] is True and record["selection"]["ran"] == 3
-    result.stdout.fnmatch_lines(["*ladder verdicts*", "toy: KILL at gate relative_error @ layer=3-true_rank=8*"])
+    result.stdout.fnmatch_lines(["*ladder verdicts*", "toy: KILL at gate relative_error @ layer:3-true_rank:8*"])
 
 
 def test_without_x_every_item_runs_and_the_first_kill_is_named(toy):
@@ -60,7 +60,7 @@ def test_without_x_every_item_runs_and_the_first_kill_is_named(toy):
     ran = [line.split("::", 1)[1].split(" ")[0] for line in result.outlines if "::" in line and "%]" in line]
     assert ran == ORDER
     record = toy.record(toy.runs()[0])
-    assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer=3-true_rank=8"
+    assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer:3-true_rank:8"
     traps = json.loads((toy.runs()[0] / "trap_results.json").read_text())["traps"]
     assert [(t["name"], t["fired_as_declared"]) for t in traps] == [("trivial_pass", True), ("random_basis", True)]
     assert traps[0]["observed"] == 0.0
@@ -227,7 +227,7 @@ def test_replay_of_a_kill_fails_with_the_killing_gate(toy):
     (toy.root / "test_toy.py").unlink()
     result = toy.pytester.runpytest("archive/", "-v")
     result.assert_outcomes(passed=5, failed=1)
-    result.stdout.fnmatch_lines(["*relative_error*layer=3-true_rank=8*FAILED*", "*KILL*"])
+    result.stdout.fnmatch_lines(["*relative_error*layer:3-true_rank:8*FAILED*", "*KILL*"])
 
 
 def test_gate_test_that_never_checks_is_an_error_not_a_pass(toy):
@@ -255,7 +255,7 @@ def test_kill_fast_skips_the_rest_of_a_killed_rung_and_goes_on(toy):
     result.assert_outcomes(passed=6, failed=2, skipped=4)
     for name in ("a", "b"):
         record = toy.record(toy.runs(name)[0])
-        assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer=3-true_rank=8"
+        assert record["verdict"] == "KILL" and record["killed_by"]["cell"] == "layer:3-true_rank:8"
         assert [g["outcome"] for g in record["gates"]] == ["passed", "failed", "skipped", "skipped"]
         assert [(t["name"], t["outcome"]) for t in record["traps"]] == [("trivial_pass", "passed"),
                                                                          ("random_basis", "passed")]

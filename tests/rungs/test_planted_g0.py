@@ -19,7 +19,7 @@ import torch
 from planted import gate_values, planted_spectrum, run_rungs, save_experts
 
 L, E, N = 2, 4, 64  # layers, experts, I = H = 64; budget rank ceil(0.03125 · 64) = 2
-CELLS = ("layer=0/16", "layer=3/16", "layer=8/16", "layer=15/16")
+CELLS = ("layer:0/16", "layer:3/16", "layer:8/16", "layer:15/16")
 HEAVY = torch.tensor([8.0, 8.0] + [1.0] * (N - 2)) * 2.0**-6
 RESIDUAL = 62 / 190  # tail energy 62 · 1 over 2 · 64 + 62
 ENERGY = torch.tensor([64.0, 64.0] + [1.0] * (N - 2), dtype=torch.float64) / 190
@@ -55,16 +55,16 @@ def test_heavy_top_passes_the_worded_claim_and_is_killed_at_effective_rank_where
     for name in ("g0", "g0_seeds"):  # the same model, killed by the condition only g0_seeds' claim states
         killed = records[name]["killed_by"]
         assert records[name]["verdict"] == "KILL"
-        assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "effective_rank", "layer=0/16")
+        assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "effective_rank", "layer:0/16")
         assert killed["value"] == pytest.approx(R_EFF_RATIO, abs=1e-9)
-        assert gate_values(records[name])[("residual_at_budget", "layer=0/16")] == pytest.approx(RESIDUAL, abs=1e-12)
+        assert gate_values(records[name])[("residual_at_budget", "layer:0/16")] == pytest.approx(RESIDUAL, abs=1e-12)
 
 
 def test_flat_spectra_kill_the_worded_claim_at_residual_at_budget(flat, tmp_path):
     record = run_rungs(tmp_path, flat, ["g0_worded"], "-x")["g0_worded"]
     assert record["verdict"] == "KILL"
     killed = record["killed_by"]
-    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "layer=0/16")
+    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "layer:0/16")
     assert killed["value"] == pytest.approx(62 / 64, abs=1e-12)
     assert [(g["name"], g["cell"]) for g in record["gates"] if g["outcome"] != "not run"] == [
-        ("residual_at_budget", "layer=0/16")]
+        ("residual_at_budget", "layer:0/16")]

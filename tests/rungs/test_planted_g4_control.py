@@ -105,7 +105,7 @@ def test_rank_4_claim_is_killed_and_its_traps_still_fire_as_declared(planted_mod
     record = run_g4_control(tmp_path, planted_model, 4, "--ladder-kill-fast")
     assert record["verdict"] == "KILL", record["invalid_because"]
     killed = record["killed_by"]
-    assert (killed["name"], killed["cell"]) == ("activation_error", "layer=3/16-task=text") and killed["value"] > 0.1
+    assert (killed["name"], killed["cell"]) == ("activation_error", "layer:3/16-task:text") and killed["value"] > 0.1
     traps = {t["name"]: t for t in record["traps"]}
     assert set(traps) == {"trivial_pass", "random_basis", "task_swap", "off_projection"}
     assert all(t["fired_as_declared"] for t in traps.values())

@@ -219,6 +219,19 @@ def test_g4_rank_4_claim_is_killed_at_the_hardest_cell(g4_runs):
     record = g4_runs[4]
     assert record["verdict"] == "KILL"
     killed = record["killed_by"]
-    assert (killed["name"], killed["cell"]) == ("activation_error", "layer=3/16-task=text")
+    assert (killed["name"], killed["cell"]) == ("activation_error", "layer:3/16-task:text")
     assert killed["value"] > 0.1
     assert [g["name"] for g in record["gates"] if g["outcome"] != "not run"] == ["bytes", "activation_error"]
+    sweep = record["gates"][1]["extra"]["sweep"]  # measured because the claim was killed: where would it pass?
+    assert sweep["param"] == "rank" and sweep["values"] == [1, 2, 4, 8, 16, 32, HIDDEN]
+    assert sweep["results"][2] == killed["value"] and all(v < 1e-6 for v in sweep["results"][3:])
+
+
+def test_g4_postmortem_of_the_rank_4_kill_names_the_passing_rank(g4_runs):
+    from pytest_ladder.postmortem import render_postmortem
+
+    lines = render_postmortem(g4_runs[4]).splitlines()
+    assert lines[lines.index("## Resolved parameters") + 2] == (
+        f"- rank 4 of hidden_size {HIDDEN} = rank_fraction {4 / HIDDEN:.6g}")
+    section = lines[lines.index("### gate activation_error @ layer:3/16-task:text"):]
+    assert next(line for line in section if line.startswith("- would pass at")).startswith("- would pass at rank 8 (")

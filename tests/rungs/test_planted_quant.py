@@ -238,4 +238,4 @@ def test_r1_rung_passes_every_gate_on_planted_int2_experts_and_kills_a_random_mo
     assert all(t["fired_as_declared"] for t in record["traps"])
     killed = run_rung(pytester, "r1", tmp_path / "random", "-x")
     assert killed["verdict"] == "KILL"
-    assert (killed["killed_by"]["name"], killed["killed_by"]["cell"]) == ("activation_error", "layer=3/16-task=text")
+    assert (killed["killed_by"]["name"], killed["killed_by"]["cell"]) == ("activation_error", "layer:3/16-task:text")

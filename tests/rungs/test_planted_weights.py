@@ -110,9 +110,9 @@ def test_spikes_pass_g0_g2_r2(spikes, tmp_path):
         assert record["verdict"] == "PASS", (name, record["killed_by"], record["invalid_because"])
         assert all(t["fired_as_declared"] for t in record["traps"])
     values = {(g["name"], g["cell"]): g["value"] for r in records.values() for g in r["gates"]}
-    assert all(values[("residual_at_budget", f"layer={c}")] < 1e-12 for c in ("0/16", "3/16", "8/16", "15/16"))
-    assert all(values[("residual_at_budget", f"weight={w}")] < 1e-12 for w in ("gate", "up", "down"))
-    assert all(values[("round_trip_error", f"layer={c}-weight={w}")] == 0.0
+    assert all(values[("residual_at_budget", f"layer:{c}")] < 1e-12 for c in ("0/16", "3/16", "8/16", "15/16"))
+    assert all(values[("residual_at_budget", f"weight:{w}")] < 1e-12 for w in ("gate", "up", "down"))
+    assert all(values[("round_trip_error", f"layer:{c}-weight:{w}")] == 0.0
                for c in ("0/16", "3/16", "8/16", "15/16") for w in ("gate", "up", "down"))
     bytes_row = next(g for g in records["r2"]["gates"] if g["name"] == "bytes")
     assert bytes_row["value"] == r2_delta_closed_form()
@@ -122,10 +122,10 @@ def test_isotropic_experts_kill_g0_at_the_prefilter(isotropic, tmp_path):
     record = run_rungs(tmp_path, isotropic, ["g0"], "-x")["g0"]
     assert record["verdict"] == "KILL"
     killed = record["killed_by"]
-    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "layer=0/16")
+    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "layer:0/16")
     assert killed["value"] == pytest.approx(1 - 2 / 64, abs=1e-6)
     ran = [(g["name"], g["cell"]) for g in record["gates"] if g["outcome"] != "not run"]
-    assert ran == [("residual_at_budget", "layer=0/16")]  # -x: the first kill ends the run
+    assert ran == [("residual_at_budget", "layer:0/16")]  # -x: the first kill ends the run
 
 
 # ------------------------------------------------------------------------------------------------- probes -----
