@@ -34,9 +34,10 @@ import torch
 
 from pytest_ladder.measure.errors import frobenius_relative_error
 from pytest_ladder.measure.routing import route_jaccard
+from pytest_ladder.measure.workspace import Workspace
 from pytest_ladder.probes.attention_capture import SequenceCapture, SparseSpec, _keep_topk, attention_capture
-from pytest_ladder.probes.scan import (VALIDATION_EVERY, Normal, fit_error, fit_scan, random_readout, readout,
-                                       scan_features)
+from pytest_ladder.probes.scan import (VALIDATION_EVERY, Normal, choose_ridges, fit_error, fit_scan, random_readout,
+                                       readout, scan_features)
 
 F64 = torch.float64
 
@@ -70,6 +71,7 @@ class Calibration:
 
     decays: tuple[float, ...]
     skip_prefix: bool = True
+    workspace: Workspace | None = None  # bounded: the statistics wait on the CPU, fits run on its device
     fit: Normal = field(default_factory=Normal)
     validation: Normal = field(default_factory=Normal)
     n_sequences: int = 0
@@ -85,7 +87,11 @@ class Calibration:
         phi = scan_features(record.x, self.decays)[keep]
         self.n_sequences += 1
         fold = self.validation if self.n_sequences % VALIDATION_EVERY == 0 else self.fit
-        fold.add(phi, {name: select(record)[keep] for name, select in targets.items()})
+        bounded = self.workspace is not None and self.workspace.bounded
+        fold.add(phi, {name: select(record)[keep] for name, select in targets.items()},
+                 home=self.workspace.home if bounded else None,
+                 max_bytes=self.workspace.limit // 4 if bounded else None)
+        fold.device = phi.device
         self._normal = None
         if record.offset_mass is not None:
             t = record.offset_mass.shape[1]
@@ -107,6 +113,16 @@ class Calibration:
         if self._normal is None:
             self._normal = self.fit + self.validation
         return self._normal
+
+    @property
+    def device(self) -> torch.device:
+        """Where the fits run (the device the records were captured on)."""
+        return self.normal.compute_device
+
+    def release(self) -> None:
+        """Drop what the fits keep on the device (eigendecompositions, ΦᵀΦ); the statistics stay."""
+        for normal in (self.fit, self.validation, self.normal):
+            normal.release()
 
     def static_rule(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sink (heads,), offsets (heads, T_max)): mean attention on the first token and per offset (unseen: 0)."""
@@ -156,10 +172,10 @@ def fit_scan_layer(calibration: Calibration, heldout: Sequence[SequenceCapture],
                    ) -> ScanResult:
     """G10-scan on one layer: the readout fit on calibration, judged on held-out points."""
     normal, decays, skip = calibration.normal, calibration.decays, calibration.skip_prefix
-    phis = _heldout_features(heldout, decays, skip, normal.ftf.device)
+    phis = _heldout_features(heldout, decays, skip, calibration.device)
     w, ridge = readout(calibration, "o", ridges)
     memoryless, _ = readout(calibration, "o", ridges, width=heldout[0].x.shape[-1])
-    return ScanResult(
+    result = ScanResult(
         heldout_error=_heldout_error(heldout, phis, w, lambda r: r.o, skip),
         calibration_error=fit_error(normal, "o", w),
         memoryless_error=_heldout_error(heldout, phis, memoryless, lambda r: r.o, skip),
@@ -168,14 +184,18 @@ def fit_scan_layer(calibration: Calibration, heldout: Sequence[SequenceCapture],
         n_heldout=sum(r.o[_points(skip)].shape[0] for r in heldout),
         n_features=w.shape[0],
     )
+    calibration.release()
+    return result
 
 
 def random_scan_errors(calibration: Calibration, heldout: Sequence[SequenceCapture], seeds: Sequence[int]
                        ) -> list[float]:
     """The random-basis trap: held-out errors of same-size scans whose readout is random (scaled, not fit)."""
     normal, skip = calibration.normal, calibration.skip_prefix
-    phis = _heldout_features(heldout, calibration.decays, skip, normal.ftf.device)
-    return [_heldout_error(heldout, phis, random_readout(normal, "o", seed), lambda r: r.o, skip) for seed in seeds]
+    phis = _heldout_features(heldout, calibration.decays, skip, calibration.device)
+    errors = [_heldout_error(heldout, phis, random_readout(normal, "o", seed), lambda r: r.o, skip) for seed in seeds]
+    calibration.release()
+    return errors
 
 
 def trivial_scan_error(heldout: Sequence[SequenceCapture], *, skip_prefix: bool = True) -> float:
@@ -200,9 +220,12 @@ def fit_hybrid_layer(calibration: Calibration, heldout: Sequence[SequenceCapture
     """G10.5 on one layer: the scan fit on o − o_sparse (oracle keys, and per random seed), judged on held-out."""
     normal, skip = calibration.normal, calibration.skip_prefix
     targets = _targets(True, len(heldout[0].o_random))
-    phis = _heldout_features(heldout, calibration.decays, skip, normal.ftf.device)
-    errors = {name: _heldout_error(heldout, phis, readout(calibration, name, ridges)[0], select, skip)
-              for name, select in targets.items() if name != "o"}
+    phis = _heldout_features(heldout, calibration.decays, skip, calibration.device)
+    names = [name for name in targets if name != "o"]
+    chosen = choose_ridges(calibration, names, ridges)
+    errors = {name: _heldout_error(heldout, phis, fit_scan(normal, name, chosen[name]), targets[name], skip)
+              for name in names}
+    calibration.release()
     keep = _points(skip)
     outputs = torch.cat([r.o[keep] for r in heldout]).to(F64)
     sparse = torch.cat([r.o_sparse[keep] for r in heldout]).to(F64)
@@ -275,6 +298,13 @@ class AttentionStudy:
         self._scan: dict[tuple[int, str], ScanResult] = {}
         self._hybrid: dict[tuple[int, str], HybridResult] = {}
 
+    @property
+    def workspace(self) -> Workspace:
+        """The model's execution device and the GPU working set beyond the weights (--ladder-gpu-workspace)."""
+        from pytest_ladder.models.capture import model_device
+
+        return Workspace.on(model_device(self.loaded.model), getattr(self.loaded.spec, "gpu_workspace", None))
+
     def _sequences(self, task: str, split: str, n_tokens: int) -> list[list[int]]:
         from pytest_ladder.models.corpora import token_sequences
 
@@ -284,7 +314,7 @@ class AttentionStudy:
 
     def calibration(self, layer: int, task: str) -> Calibration:
         if task not in self._calibration:
-            stats = {layer: Calibration(self.decays) for layer in self.layers}
+            stats = {layer: Calibration(self.decays, workspace=self.workspace) for layer in self.layers}
             attention_capture(self.loaded.model, self.loaded.adapter,
                               self._sequences(task, "calibration", self.calibration_tokens), self.layers,
                               sparse=self.sparse, on_record=lambda layer, record: stats[layer].add(record),

@@ -39,27 +39,46 @@ def scan_features(x: torch.Tensor, decays: Sequence[float]) -> torch.Tensor:
 
 @dataclass
 class Normal:
-    """Sufficient statistics of least squares Ô = Φ W over points: ΦᵀΦ (d, d), ΦᵀY (d, H) and Σ‖Y‖² per target."""
+    """Sufficient statistics of least squares Ô = Φ W over points: ΦᵀΦ (d, d), ΦᵀY (d, H) and Σ‖Y‖² per target.
+
+    The statistics stay where `add` is told to keep them (`home`: the CPU under a bounded GPU workspace; G10.5 on
+    OLMoE-1B-7B keeps ~2.7 GB per layer and fold); the fits run on `device` (default: where the statistics are),
+    which holds the eigendecomposition and ΦᵀΦ they reuse until `release`."""
 
     ftf: torch.Tensor | None = None
     fty: dict[str, torch.Tensor] = field(default_factory=dict)
     yy: dict[str, float] = field(default_factory=dict)
     n_points: int = 0
+    device: torch.device | None = None
     _eigh: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
+    _ftf: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
-    def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        """Fold in points with features phi (n, d) and each target (n, H): one matmul for all targets."""
+    def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor], *, home: torch.device | None = None,
+            max_bytes: int | None = None) -> None:
+        """Fold in points with features phi (n, d) and each target (n, H), computed where phi is and kept at `home`
+        (default: there too): one matmul for all targets, or for groups of targets whose products fit `max_bytes`."""
         phi = phi.to(F64)
-        names = list(targets)
-        sizes = [targets[name].shape[-1] for name in names]
-        ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in names], dim=-1)
-        gram = phi.mT @ phi
+        keep = (lambda t: t) if home is None else (lambda t: t.to(home))
+        gram = keep(phi.mT @ phi)
         self.ftf = gram if self.ftf is None else self.ftf + gram
-        for name, part, y in zip(names, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
-            self.fty[name] = part if name not in self.fty else self.fty[name] + part
-            self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
+        names, group, groups, width = list(targets), [], [], 0
+        for name in names:  # consecutive targets whose ΦᵀY fits max_bytes together
+            size = targets[name].shape[-1]
+            if group and max_bytes is not None and (width + size) * phi.shape[-1] * 8 > max_bytes:
+                groups.append(group)
+                group, width = [], 0
+            group.append(name)
+            width += size
+        groups.append(group)
+        for group in groups:
+            sizes = [targets[name].shape[-1] for name in group]
+            ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in group], dim=-1)
+            for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
+                part = keep(part)
+                self.fty[name] = part if name not in self.fty else self.fty[name] + part
+                self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
-        self._eigh.clear()
+        self.release()
 
     def __add__(self, other: Normal) -> Normal:
         if other.ftf is None:
@@ -67,13 +86,35 @@ class Normal:
         if self.ftf is None:
             return other
         return Normal(self.ftf + other.ftf, {k: v + other.fty[k] for k, v in self.fty.items()},
-                      {k: v + other.yy[k] for k, v in self.yy.items()}, self.n_points + other.n_points)
+                      {k: v + other.yy[k] for k, v in self.yy.items()}, self.n_points + other.n_points, self.device)
+
+    @property
+    def compute_device(self) -> torch.device:
+        return self.device if self.device is not None else self.ftf.device
+
+    def gram(self, width: int) -> torch.Tensor:
+        """The leading (width, width) block of ΦᵀΦ on the compute device, kept until `release`."""
+        if width not in self._ftf:
+            self._ftf[width] = self.ftf[:width, :width].to(self.compute_device)
+        return self._ftf[width]
+
+    def products(self, target: str, width: int) -> torch.Tensor:
+        """The first `width` rows of ΦᵀY of `target` on the compute device."""
+        return self.fty[target][:width].to(self.compute_device)
 
     def eigh(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigendecomposition of the leading (width, width) block of ΦᵀΦ, computed once for every target and ridge."""
+        """Eigendecomposition of the leading (width, width) block of ΦᵀΦ, computed once for every target and ridge
+        (until `release`)."""
         if width not in self._eigh:
-            self._eigh[width] = torch.linalg.eigh(self.ftf[:width, :width])
+            self._eigh[width] = torch.linalg.eigh(self.gram(width))
+            if self.ftf.device != self.compute_device:
+                del self._ftf[width]  # only the decomposition stays on the device
         return self._eigh[width]
+
+    def release(self) -> None:
+        """Drop what the fits keep on the compute device (the statistics stay)."""
+        self._eigh.clear()
+        self._ftf.clear()
 
 
 EIG_CUTOFF = 1e-12  # ridge 0: eigenvalues of ΦᵀΦ below EIG_CUTOFF · λ_max count as zero (pseudo-inverse)
@@ -94,13 +135,14 @@ def fit_scan(normal: Normal, target: str, ridge: float, *, width: int | None = N
         inverse = torch.where(kept, 1.0 / evals.where(kept, torch.ones_like(evals)), torch.zeros_like(evals))
     else:
         inverse = 1.0 / (evals + ridge * evals.sum() / d)
-    return evecs @ (inverse[:, None] * (evecs.mT @ normal.fty[target][:d]))
+    return evecs @ (inverse[:, None] * (evecs.mT @ normal.products(target, d)))
 
 
 def fit_error(normal: Normal, target: str, w: torch.Tensor) -> float:
     """‖Φ W − Y‖_F / ‖Y‖_F on the accumulated (calibration) points, from the sufficient statistics."""
     d = w.shape[0]
-    a, b = normal.ftf[:d, :d], normal.fty[target][:d]
+    a, b = normal.gram(d), normal.products(target, d)
+    w = w.to(a.device)
     sq = float((w * (a @ w)).sum() - 2 * (w * b).sum()) + normal.yy[target]
     return (max(sq, 0.0) / normal.yy[target]) ** 0.5
 
@@ -108,21 +150,33 @@ def fit_error(normal: Normal, target: str, w: torch.Tensor) -> float:
 VALIDATION_EVERY = 5  # every fifth calibration sequence validates the ridge
 
 
-def readout(calibration: Calibration, target: str, ridges: Sequence[float], *, width: int | None = None
-            ) -> tuple[torch.Tensor, float]:
-    """(W, ridge): the ridge of `ridges` whose fit on the fitting sequences has the lowest error on the validation
-    sequences, and W refit with it on every calibration sequence (a single ridge is used as is)."""
+def choose_ridges(calibration: Calibration, targets: Sequence[str], ridges: Sequence[float], *,
+                  width: int | None = None) -> dict[str, float]:
+    """Per target, the ridge of `ridges` whose fit on the fitting sequences has the lowest error on the validation
+    sequences (a single ridge is used as is); what the choice kept on the compute device is released after it."""
     ridges = list(ridges)
     if not ridges:
         raise ValueError("readout: no ridge given; params.ridges must list at least one value")
-    chosen = ridges[0]
-    if len(ridges) > 1:
-        if calibration.validation.ftf is None or calibration.fit.ftf is None:
-            raise ValueError(f"readout: choosing among {len(ridges)} ridges needs at least {VALIDATION_EVERY} "
-                             "calibration sequences; raise params.calibration_tokens_per_feature")
+    if len(ridges) == 1:
+        return {target: ridges[0] for target in targets}
+    if calibration.validation.ftf is None or calibration.fit.ftf is None:
+        raise ValueError(f"readout: choosing among {len(ridges)} ridges needs at least {VALIDATION_EVERY} "
+                         "calibration sequences; raise params.calibration_tokens_per_feature")
+    chosen = {}
+    for target in targets:
         errors = [fit_error(calibration.validation, target, fit_scan(calibration.fit, target, r, width=width))
                   for r in ridges]
-        chosen = ridges[min(range(len(ridges)), key=errors.__getitem__)]
+        chosen[target] = ridges[min(range(len(ridges)), key=errors.__getitem__)]
+    calibration.fit.release()
+    calibration.validation.release()
+    return chosen
+
+
+def readout(calibration: Calibration, target: str, ridges: Sequence[float], *, width: int | None = None
+            ) -> tuple[torch.Tensor, float]:
+    """(W, ridge): the ridge chosen on the validation sequences (`choose_ridges`), W refit with it on every
+    calibration sequence."""
+    chosen = choose_ridges(calibration, [target], ridges, width=width)[target]
     return fit_scan(calibration.normal, target, chosen, width=width), chosen
 
 
@@ -130,6 +184,6 @@ def random_readout(normal: Normal, target: str, seed: int) -> torch.Tensor:
     """The random-basis trap's readout: Haar-random orthonormal columns Q (d, H) scaled by the least-squares scalar
     c = tr(QᵀΦᵀY) / tr(QᵀΦᵀΦQ) on calibration — a scan of the same size whose readout was not fit."""
     d, h = normal.fty[target].shape
-    q = random_orthonormal_columns(d, h, seed, device=normal.ftf.device)
-    c = (q * normal.fty[target]).sum() / (q * (normal.ftf @ q)).sum()
+    q = random_orthonormal_columns(d, h, seed, device=normal.compute_device)
+    c = (q * normal.products(target, d)).sum() / (q * (normal.gram(d) @ q)).sum()
     return c * q

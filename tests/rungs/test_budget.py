@@ -73,3 +73,64 @@ def test_rotorquant_errors_do_not_depend_on_the_budget(studies):
         assert tiny.pooled == pytest.approx(free.pooled, rel=1e-9)
         assert tiny.per_projection == pytest.approx(free.per_projection, rel=1e-9)
     assert found[TINY].error(3, "text", IDENTITY).pooled == 0.0
+
+
+@pytest.fixture(scope="module")
+def attention_studies():
+    """G10.5's attention study on the embedded model (layers 1 and 6, text), unbounded and under TINY."""
+    from pytest_ladder.models.corpora import load_corpora
+    from pytest_ladder.models.loading import ModelSpec, load_model
+    from pytest_ladder.probes.attention import AttentionStudy, SparseSpec
+
+    torch.set_num_threads(1)
+    loaded = load_model(ModelSpec(source="embedded"))
+    corpora = load_corpora()
+    found = {}
+    for budget in (None, TINY):
+        budgeted = type(loaded)(loaded.model, loaded.tokenizer, loaded.adapter, loaded.identity,
+                                replace(loaded.spec, gpu_workspace=budget), loaded.path)
+        found[budget] = AttentionStudy(budgeted, corpora, [1, 6], n_points=256, decays=(0.5, 0.9), ridges=(1e-3, 1e-1),
+                                       calibration_tokens_per_feature=4, sparse=SparseSpec(4, (11, 12)))
+    return found
+
+
+def test_attention_fits_do_not_depend_on_the_budget(attention_studies):
+    free, tiny = attention_studies[None], attention_studies[TINY]
+    for layer in (1, 6):
+        kept = tiny.calibration(layer, "text").fit
+        assert kept.ftf.device.type == "cpu" and all(v.device.type == "cpu" for v in kept.fty.values())
+        hybrid_free, hybrid_tiny = free.hybrid(layer, "text"), tiny.hybrid(layer, "text")
+        assert hybrid_tiny.hybrid_error == pytest.approx(hybrid_free.hybrid_error, rel=1e-9)
+        assert hybrid_tiny.random_errors == pytest.approx(hybrid_free.random_errors, rel=1e-9)
+        assert hybrid_tiny.sparse_only_error == hybrid_free.sparse_only_error
+        scan_free, scan_tiny = free.scan(layer, "text"), tiny.scan(layer, "text")
+        assert (scan_tiny.ridge, scan_tiny.n_calibration) == (scan_free.ridge, scan_free.n_calibration)
+        assert scan_tiny.heldout_error == pytest.approx(scan_free.heldout_error, rel=1e-9)
+        assert scan_tiny.memoryless_error == pytest.approx(scan_free.memoryless_error, rel=1e-9)
+        assert tiny.random_scans(layer, "text", [3, 4]) == pytest.approx(free.random_scans(layer, "text", [3, 4]),
+                                                                         rel=1e-9)
+        assert tiny.trivial(layer, "text") == free.trivial(layer, "text") == 0.0
+
+
+def test_g2_does_not_depend_on_the_budget():
+    """G2's expert tensor under TINY: kept on the CPU as read, Grams, floor, HOSVD and random residuals equal the
+    unbounded run's; identity factors give exactly 0 under both."""
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.embedded import embedded_model_dir
+    from pytest_ladder.probes import spectral
+
+    weights = Checkpoint(embedded_model_dir())
+    layers = [weights.experts(layer, "down") for layer in range(weights.n_layers)]
+    free = spectral.expert_tensor(layers, "down", Workspace.on("cpu", None))
+    tiny = spectral.expert_tensor(layers, "down", Workspace.on("cpu", TINY))
+    assert tiny.slices[0].dtype == layers[0].dtype and tiny.shape == free.shape == (8, 16, 128, 128)
+    for g_free, g_tiny in zip(free.mode_grams(), tiny.mode_grams()):
+        torch.testing.assert_close(g_tiny, g_free, rtol=1e-12, atol=1e-9)
+    floor_free, floor_tiny = spectral.tucker_floor(free, free.numel() // 4), spectral.tucker_floor(tiny, free.numel() // 4)
+    assert floor_tiny.ranks == floor_free.ranks and floor_tiny.residual == pytest.approx(floor_free.residual, rel=1e-9)
+    for factors in (spectral.hosvd_factors(free, floor_free.ranks), spectral.random_factors(free.shape, floor_free.ranks, 5)):
+        assert spectral.projection_residual(tiny, factors) == pytest.approx(spectral.projection_residual(free, factors),
+                                                                            rel=1e-10)
+    assert spectral.projection_residual(tiny, spectral.identity_factors(tiny.shape)) == 0.0
+    assert spectral.projection_residual(free, spectral.identity_factors(free.shape)) == 0.0
