@@ -13,56 +13,35 @@ ladder = rung("g10")
 
 @pytest.fixture
 def study(rung_cache, ladder_model, ladder_corpora, prereg):
-    import torch
-
     from pytest_ladder.probes.expert_outputs import OutputQuantStudy
 
     if "study" not in rung_cache:
-        rung_cache["study"] = OutputQuantStudy(ladder_model, ladder_corpora, n_points=prereg.data_points,
-                                               calibration_tokens=prereg.params["calibration_tokens"],
-                                               scale_dtype=getattr(torch, prereg.params["scale_dtype"]))
+        rung_cache["study"] = OutputQuantStudy.from_params(ladder_model, ladder_corpora, prereg.data_points,
+                                                           prereg.params)
     return rung_cache["study"]
 
 
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, study, prereg):
-    from pytest_ladder.probes.expert_outputs import activation_delta_bytes
-
-    config = study.loaded.model.config
-    delta = study.delta_nll(prereg.hardest_cell.params["task"], None, ("identity",))
-    wire = activation_delta_bytes(study.adapter.top_k, config.hidden_size, 16, study.loaded.model.dtype)
-    trap.check(max(abs(delta), abs(wire)), delta_nll=delta, delta_bytes=wire)
+    found = study.trivial_pass(prereg.hardest_cell.params["task"])
+    trap.check(max(abs(v) for v in found.values()), **found)
 
 
 @ladder.prefilter("activation_bytes")
 def test_activation_bytes(gate, prereg, ladder_weights):
-    from pytest_ladder.probes.expert_outputs import (
-        activation_delta_bytes,
-        checkpoint_dtype,
-        scale_bytes,
-    )
+    from pytest_ladder.probes.expert_outputs import activation_bytes_prefilter
 
-    config, dtype = ladder_weights.config, checkpoint_dtype(ladder_weights.config)
-    hidden, k, bits = config["hidden_size"], ladder_weights.top_k, prereg.params["bits"]
-    gate.check(activation_delta_bytes(k, hidden, bits, dtype), dense_token_bytes=k * hidden * dtype.itemsize,
-               stored_scale_bytes=scale_bytes(ladder_weights.n_layers, ladder_weights.n_experts, hidden))
+    value, refs = activation_bytes_prefilter(ladder_weights, prereg.params["bits"])
+    gate.check(value, **refs)
 
 
 @ladder.gate("delta_nll")
 def test_delta_nll(cell, gate, study, prereg):
-    from pytest_ladder.probes.expert_outputs import outlier_counts
-
-    p, task = prereg.params, cell.params["task"]
-    series = {"calibration_matrix": [study.candidate(task, c, p["bits"]) for c in prereg.tasks]}
-    if cell.id == prereg.hardest_cell.id:
-        ks = outlier_counts(p["outlier_fractions"], study.loaded.model.config.hidden_size)
-        series["outliers_k"] = ks
-        series["delta_nll_vs_outliers"] = [study.candidate(task, p["calibration_task"], p["bits"], k) for k in ks]
-    reference = study.reference(task)
-    gate.check(study.candidate(task, p["calibration_task"], p["bits"]), series=series,
-               calibration_tasks=list(prereg.tasks), reference_nats_per_token=reference.nats_per_token,
-               tokens=reference.tokens, uncalibrated_experts=study.quantizer(p["calibration_task"],
-                                                                             p["bits"]).uncalibrated_experts())
+    p = prereg.params
+    outliers = p["outlier_fractions"] if cell.id == prereg.hardest_cell.id else ()
+    value, series, refs = study.loss_cell(cell.params["task"], p["calibration_task"], p["bits"], prereg.tasks,
+                                          outliers)
+    gate.check(value, series=series, **refs)
 
 
 @ladder.trap("int2")

@@ -14,66 +14,46 @@ from pytest_ladder.seal import derive_seeds
 ladder = rung("g1_0")
 
 
-def spec(p, bits):
-    from pytest_ladder.measure.quant import QuantSpec
+@pytest.fixture
+def study(rung_cache, prereg, ladder_weights, ladder_seeds):
+    """The cells' sampled experts (ceil(expert_fraction · E), evenly spaced) and learned gauges, computed once."""
+    from pytest_ladder.probes.quant_weights import GaugeStudy
 
-    return QuantSpec(bits=int(bits), symmetric=p["symmetric"], granularity=p["granularity"],
-                     scale_dtype=p["scale_dtype"])
-
-
-def experts(p, weights, layer, weight):
-    """The cell's sampled experts (k, out, in): ceil(expert_fraction · E) of them, evenly spaced."""
-    import torch
-
-    e = weights.n_experts
-    k = resolve_size(p["expert_fraction"], e)
-    picked = [i * e // k for i in range(k)]
-    return picked, torch.stack([weights.expert(layer, i)[weight] for i in picked])
-
-
-def gauge_cell(rung_cache, prereg, weights, layer, weight, bits, seeds):
-    """The cell's learned gauges against the orthogonal null (computed once per rung)."""
-    from pytest_ladder.probes import quant_weights
-
-    key = ("gauge", layer, weight, int(bits))
-    if key not in rung_cache:
-        p = prereg.params
-        rung_cache[key] = quant_weights.gauge_vs_orthogonal(
-            experts(p, weights, layer, weight)[1], spec(p, bits), kappa_max=p["kappa_max"], steps=p["steps"],
-            lr=p["lr"], gauge_seed=derive_seeds(prereg.seal or "", 1, purpose="gauge")[0], null_seeds=tuple(seeds))
-    return rung_cache[key]
+    if "study" not in rung_cache:
+        rung_cache["study"] = GaugeStudy(
+            ladder_weights, prereg.params, n_sampled=resolve_size(prereg.params["expert_fraction"],
+                                                                  ladder_weights.n_experts),
+            gauge_seed=derive_seeds(prereg.seal or "", 1, purpose="gauge")[0], null_seeds=ladder_seeds)
+    return rung_cache["study"]
 
 
 @pytest.fixture
-def layer(cell, prereg, ladder_weights, request):
+def layer(cell, ladder_weights, study, request):
     index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
-    picked, _ = experts(prereg.params, ladder_weights, index, cell.params["weight"])
-    record_cell(request.config, f"g1_0 {cell.id}", {"layer": index, "experts": picked})
+    record_cell(request.config, f"g1_0 {cell.id}", {"layer": index, "experts": study.picked()})
     return index
 
 
-@ladder.trap("trivial_pass")
-def test_trivial_pass(trap, prereg, ladder_weights):
-    from pytest_ladder.probes import quant_weights
+def hardest(prereg, weights):
+    """(layer index, weight type, bits) of the hardest cell."""
+    found = prereg.hardest_cell.params
+    return resolve_layer(found["layer"], weights.n_layers), found["weight"], found["bits"]
 
-    hardest = prereg.hardest_cell.params
-    layer = resolve_layer(hardest["layer"], ladder_weights.n_layers)
-    q = spec(prereg.params, hardest["bits"])
-    trap.check(quant_weights.identity_error(quant_weights.on_grid(
-        experts(prereg.params, ladder_weights, layer, hardest["weight"])[1], q), q))
+
+@ladder.trap("trivial_pass")
+def test_trivial_pass(trap, prereg, ladder_weights, study):
+    trap.check(study.trivial_pass(*hardest(prereg, ladder_weights)))
 
 
 @ladder.gate("vs_orthogonal_ratio")
-def test_vs_orthogonal_ratio(cell, gate, prereg, ladder_weights, ladder_seeds, layer, rung_cache):
-    c = gauge_cell(rung_cache, prereg, ladder_weights, layer, cell.params["weight"], cell.params["bits"], ladder_seeds)
+def test_vs_orthogonal_ratio(cell, gate, study, layer):
+    c = study.cell(layer, cell.params["weight"], cell.params["bits"])
     gate.check(c.ratio, tau=c.tau_in_ratio_units, gauge_error=c.gauge_error, identity_error=c.identity_error,
                orthogonal_errors=list(c.orthogonal_errors), kappas=list(c.kappas), final_losses=list(c.final_losses))
 
 
 @ladder.trap("random_basis")
-def test_random_basis(trap, prereg, ladder_weights, ladder_seeds, rung_cache):
-    hardest = prereg.hardest_cell.params
-    layer = resolve_layer(hardest["layer"], ladder_weights.n_layers)
-    c = gauge_cell(rung_cache, prereg, ladder_weights, layer, hardest["weight"], hardest["bits"], ladder_seeds)
+def test_random_basis(trap, prereg, ladder_weights, study):
+    c = study.cell(*hardest(prereg, ladder_weights))
     trap.check(c.rotation_gain, identity_error=c.identity_error,
                mean_orthogonal_error=sum(c.orthogonal_errors) / len(c.orthogonal_errors))

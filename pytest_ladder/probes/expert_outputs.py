@@ -8,8 +8,12 @@ as INT4 codes with static scales and the model still works end to end. The seeds
   ŷ = s · clamp(round(y / s), −7, 7). Values beyond the calibrated range saturate.
 - v4: the K largest-|y| entries of every token's output kept aside at float16 (top-K outliers per token).
 - v5: calibration task × evaluation task, a 3 × 3 matrix of ΔNLL.
-- traps: INT2 (same calibration, 2 bits) and random scales (every calibrated scale times a log-uniform factor in
-  [0.1, 10]), both expected to be catastrophic.
+- g10's traps: INT2 (same calibration, 2 bits) and random scales (every calibrated scale times a log-uniform factor
+  in [0.1, 10]), both expected to be catastrophic to the NLL (which depends on how robust the model is).
+- g10_control's traps, pipeline controls that hold for any model: the error of the outputs themselves grows as bits
+  fall (INT2's levels {−m, 0, m} sit on INT4's {k m / 7}, so nearest-level rounding onto INT4 is never worse,
+  `pooled_output_error`), and the calibration tokens' own outputs round within half a step (max-abs scales rounded
+  up leave nothing to saturate, `max_step_error`).
 
 y is quantized before its routing weight g (what an expert would ship); an expert that saw no calibration token
 gets its layer's scales over all experts. Quantization is token-local (each row with fixed scales), so padding in a
@@ -80,9 +84,13 @@ class OutputQuantizer:
             raise KeyError(f"OutputQuantizer: layer {layer} was not calibrated (calibrated: {sorted(self.fallback)})")
         return self.fallback[layer]
 
+    def round_trip(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
+        """ŷ = dequantize(quantize(y)) with the static scales, float64 (before the cast to the model's dtype)."""
+        return fake_quant(output, self.spec, self.params_for(layer, expert))
+
     def transform(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
         """ŷ = dequantize(quantize(y)) with the static scales, back in y's dtype."""
-        return fake_quant(output, self.spec, self.params_for(layer, expert)).to(output.dtype)
+        return self.round_trip(layer, expert, output).to(output.dtype)
 
     def with_random_scales(self, seed: int, *, low: float = 0.1, high: float = 10.0) -> OutputQuantizer:
         """The random-scales trap: every scale (fallbacks too) times its own log-uniform factor in [low, high]."""
@@ -129,6 +137,40 @@ def captured_outputs(capture: Capture) -> dict[int, dict[int, torch.Tensor]]:
                              "CaptureSpec(expert_outputs=True)")
         found[layer] = {expert: values for expert, (_, values) in result.expert_outputs.items()}
     return found
+
+
+def pooled_output_error(outputs: Mapping[int, Mapping[int, torch.Tensor]], quantizer: OutputQuantizer) -> float:
+    """‖ŷ − y‖_F / ‖y‖_F over every (layer, expert)'s output rows {layer: {expert: (rows, H)}}, float64: the
+    quantizer's error on the outputs themselves, no forward pass through the quantized model."""
+    error = energy = 0.0
+    for layer, per_expert in outputs.items():
+        for expert, values in per_expert.items():
+            if values.shape[0]:
+                exact = values.to(torch.float64)
+                error += float((quantizer.round_trip(layer, expert, values) - exact).square().sum())
+                energy += float(exact.square().sum())
+    if energy == 0:
+        raise ValueError("pooled_output_error: every expert output is zero (or none was captured); nothing to "
+                         "measure an error against")
+    return math.sqrt(error / energy)
+
+
+def max_step_error(outputs: Mapping[int, Mapping[int, torch.Tensor]], quantizer: OutputQuantizer) -> float:
+    """max |ŷ − y| / s over every (layer, expert) with its own calibrated scales, in units of the element's step s.
+
+    On the outputs the scales were calibrated on this is at most 1/2 for a working pipeline, whatever the model:
+    s = max |y| / qmax rounded up leaves every calibration value inside the range (no saturation), and rounding to the
+    nearest code is off by at most half a step. Experts on fallback scales are skipped (their rows were pooled).
+    """
+    worst = 0.0
+    for layer, per_expert in outputs.items():
+        for expert, values in per_expert.items():
+            params = quantizer.params.get((layer, expert))
+            if params is None or not values.shape[0]:
+                continue
+            steps = (quantizer.round_trip(layer, expert, values) - values.to(torch.float64)).abs() / params.scale
+            worst = max(worst, float(steps.max()))
+    return worst
 
 
 def delta_nll_under(adapter: MoEAdapter, transform: ExpertTransform, score: Callable[[], Any], reference: Any
@@ -218,10 +260,27 @@ def heldout_texts(documents: Sequence[Any], tokenizer: Any, n_tokens: int) -> li
                      "larger corpus with --ladder-corpus TASK=PATH")
 
 
+def activation_bytes_prefilter(weights: Any, bits: int) -> tuple[int, dict[str, int]]:
+    """G10's prefilter on a checkpoint (models.checkpoint weights: config, top_k, layers, experts): the per-token wire
+    delta of the k routed outputs at `bits` against the checkpoint's dtype, and what it is recorded with."""
+    config, dtype = weights.config, checkpoint_dtype(weights.config)
+    hidden, k = config["hidden_size"], weights.top_k
+    return activation_delta_bytes(k, hidden, bits, dtype), {
+        "dense_token_bytes": k * hidden * dtype.itemsize,
+        "stored_scale_bytes": scale_bytes(weights.n_layers, weights.n_experts, hidden)}
+
+
 class OutputQuantStudy:
     """G10 on one loaded model (models.loading.LoadedModel) and its corpora: dense reference NLLs, calibrations and
     candidate NLLs, each computed once. `n_points` held-out tokens per task score ΔNLL; `calibration_tokens`
     calibration tokens of a task fit its scales."""
+
+    @classmethod
+    def from_params(cls, loaded: Any, corpora: Mapping[str, Any], data_points: int, params: Mapping[str, Any]
+                    ) -> OutputQuantStudy:
+        """The study a G10 prereg describes: its data_points and params (calibration_tokens, scale_dtype)."""
+        return cls(loaded, corpora, n_points=data_points, calibration_tokens=params["calibration_tokens"],
+                   scale_dtype=getattr(torch, params["scale_dtype"]))
 
     def __init__(self, loaded: Any, corpora: Mapping[str, Any], *, n_points: int, calibration_tokens: int,
                  scale_dtype: torch.dtype = torch.float32, batch_size: int = 8) -> None:
@@ -230,7 +289,7 @@ class OutputQuantStudy:
         self.scale_dtype, self.batch_size = scale_dtype, batch_size
         self._texts: dict[str, list[str]] = {}
         self._reference: dict[str, Any] = {}
-        self._outputs: dict[str, dict[int, dict[int, torch.Tensor]]] = {}
+        self._outputs: dict[tuple[str, str], dict[int, dict[int, torch.Tensor]]] = {}
         self._quantizers: dict[tuple, OutputQuantizer] = {}
         self._delta: dict[tuple, float] = {}
 
@@ -256,21 +315,30 @@ class OutputQuantStudy:
             self._reference[task] = reference_nll(self.adapter, lambda: self.score(task))
         return self._reference[task]
 
-    def calibration_outputs(self, task: str) -> dict[int, dict[int, torch.Tensor]]:
-        """Every MoE layer's routed expert outputs on `calibration_tokens` calibration tokens of `task`."""
-        if task not in self._outputs:
+    def _captured(self, task: str, split: str, n_tokens: int) -> dict[int, dict[int, torch.Tensor]]:
+        """Every MoE layer's routed expert outputs (dense model) on the first `n_tokens` tokens of a split."""
+        if (task, split) not in self._outputs:
             from pytest_ladder.models.capture import CaptureSpec, capture
             from pytest_ladder.models.corpora import token_sequences
 
             loaded = self.loaded
-            sequences = token_sequences(self.corpora[task].calibration, loaded.tokenizer, self.calibration_tokens,
+            sequences = token_sequences(getattr(self.corpora[task], split), loaded.tokenizer, n_tokens,
                                         loaded.max_length, loaded.prefix_token_id)
             pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
             captured = capture(loaded.model, self.adapter, sequences,
                                CaptureSpec(gram=False, topk=False, expert_outputs=True), batch_size=self.batch_size,
-                               pad_token_id=pad, desc=f"calibrate {task}")
-            self._outputs[task] = captured_outputs(captured)
-        return self._outputs[task]
+                               pad_token_id=pad,
+                               desc=f"calibrate {task}" if split == "calibration" else f"{split} outputs {task}")
+            self._outputs[(task, split)] = captured_outputs(captured)
+        return self._outputs[(task, split)]
+
+    def calibration_outputs(self, task: str) -> dict[int, dict[int, torch.Tensor]]:
+        """Every MoE layer's routed expert outputs on `calibration_tokens` calibration tokens of `task`."""
+        return self._captured(task, "calibration", self.calibration_tokens)
+
+    def heldout_outputs(self, task: str) -> dict[int, dict[int, torch.Tensor]]:
+        """Every MoE layer's routed expert outputs (dense model) on `n_points` held-out tokens of `task`."""
+        return self._captured(task, "heldout", self.n_points)
 
     def quantizer(self, calibration_task: str, bits: int, outliers: int = 0) -> OutputQuantizer:
         key = (calibration_task, bits, outliers)
@@ -293,6 +361,37 @@ class OutputQuantStudy:
         """ΔNLL of `task` with scales calibrated on `calibration_task`."""
         return self.delta_nll(task, self.quantizer(calibration_task, bits, outliers),
                               ("calibrated", calibration_task, bits, outliers))
+
+    def trivial_pass(self, task: str) -> dict[str, float]:
+        """The uncompressed pipeline: ΔNLL of `task` through the per-expert loop with the identity, and the wire-byte
+        delta of dense outputs against themselves; both exactly 0 for a working pipeline."""
+        config = self.loaded.model.config
+        wire = activation_delta_bytes(self.adapter.top_k, config.hidden_size, 16, self.loaded.model.dtype)
+        return {"delta_nll": self.delta_nll(task, None, ("identity",)), "delta_bytes": float(wire)}
+
+    def loss_cell(self, task: str, calibration_task: str, bits: int, calibration_tasks: Sequence[str],
+                  outlier_fractions: Sequence[float] = ()) -> tuple[float, dict[str, list], dict[str, Any]]:
+        """G10's delta_nll gate on one task: the claim's ΔNLL (scales calibrated on `calibration_task`), v5's row
+        (calibrated on each of `calibration_tasks`) and, given `outlier_fractions`, v4's top-K series; returns
+        (value, series, what the gate records with them)."""
+        series: dict[str, list] = {"calibration_matrix": [self.candidate(task, c, bits) for c in calibration_tasks]}
+        if outlier_fractions:
+            ks = outlier_counts(outlier_fractions, self.loaded.model.config.hidden_size)
+            series["outliers_k"] = ks
+            series["delta_nll_vs_outliers"] = [self.candidate(task, calibration_task, bits, k) for k in ks]
+        reference = self.reference(task)
+        refs = {"calibration_tasks": list(calibration_tasks), "reference_nats_per_token": reference.nats_per_token,
+                "tokens": reference.tokens,
+                "uncalibrated_experts": self.quantizer(calibration_task, bits).uncalibrated_experts()}
+        return self.candidate(task, calibration_task, bits), series, refs
+
+    def output_error(self, task: str, calibration_task: str, bits: int) -> float:
+        """The quantizer's pooled relative error on the routed outputs of `task`'s held-out tokens (dense model)."""
+        return pooled_output_error(self.heldout_outputs(task), self.quantizer(calibration_task, bits))
+
+    def calibration_step_error(self, calibration_task: str, bits: int) -> float:
+        """max |ŷ − y| / s on the outputs the scales were calibrated on (≤ 1/2 for a working pipeline)."""
+        return max_step_error(self.calibration_outputs(calibration_task), self.quantizer(calibration_task, bits))
 
     def random_scales(self, task: str, calibration_task: str, bits: int, seed: int, *, low: float = 0.1,
                       high: float = 10.0) -> float:

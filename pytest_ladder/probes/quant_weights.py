@@ -7,7 +7,12 @@ matrices, so a large expert weighs more than a small one (`measure.frobenius_rel
 G1.0′: per expert matrix a gauge M (cond ≤ κ) is learned by `measure.learn_gauge` (Adam on the straight-through
 round-trip loss, SVD projection after each step) and the round trip M⁻¹ q(M W) is scored; the null is the same round
 trip with a Haar-random orthogonal M, one per seed (τ = the best of them); plain quantization (M = I) is the
-reference of the random-basis trap (rotation alone should already help). The gate is the ratio to the null.
+reference of g1_0's random-basis trap (rotation alone should already help, which depends on the weights: on weights
+already on the grid plain quantization is exact). The gate is the ratio to the null. g1_0_control's traps hold for any
+weights: with an orthogonal M the round trip's error is the quantization error of M W (Frobenius norms are
+orthogonally invariant, `orthogonal_invariance_gap`), and a signed permutation M keeps weights on the grid on it, so
+their round trip is exact while a Haar rotation moves them off it (`permutation_round_trip`). `GaugeStudy` serves
+both rung modules.
 
 R2: per layer and weight type, every expert goes through the right-side round trip q(W R) Rᵀ with R an SRHT
 (Hadamard·Rademacher, fast transform) or a Haar-random orthogonal matrix, one per seed, same quantizer. The gate is
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +34,7 @@ from pytest_ladder.measure.gauge import learn_gauge, round_trip
 from pytest_ladder.measure.hadamard import SRHT, srht
 from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.quant import QuantSpec, fake_quant
+from pytest_ladder.measure.rng import cpu_generator
 from pytest_ladder.measure.storage import Artifact, DtypeLike, combine, dense_artifact, global_delta_bytes
 
 F64 = torch.float64
@@ -109,6 +116,80 @@ def gauge_vs_orthogonal(
     )
     return GaugeCell(gauge_error, orthogonal, identity_error(ws, spec), tuple(g.kappa for g in gauges),
                      tuple(g.losses[-1] if g.losses else float("nan") for g in gauges))
+
+
+def signed_permutation(n: int, seed: int) -> torch.Tensor:
+    """A random signed permutation (n, n), float64: orthogonal, entries in {−1, 0, 1}, exact in any arithmetic."""
+    generator = cpu_generator(seed)
+    signs = torch.randint(0, 2, (n,), generator=generator).to(F64) * 2 - 1
+    return torch.eye(n, dtype=F64)[torch.randperm(n, generator=generator)] * signs[:, None]
+
+
+def orthogonal_invariance_gap(ws: torch.Tensor, spec: QuantSpec, seeds: Sequence[int]) -> float:
+    """max over Haar-random Q (one per seed) of |err(Q⁻¹ q(Q W), W) − err(q(Q W), Q W)|, pooled over the stack.
+
+    For orthogonal Q, ‖Q⁻¹ q(QW) − W‖_F = ‖q(QW) − QW‖_F and ‖QW‖_F = ‖W‖_F, so a working round trip reads 0 up to
+    float64 rounding whatever W is; a wrong inverse or side does not."""
+    ws = ws.to(F64)
+    gaps = []
+    for seed in seeds:
+        q = random_orthogonal(ws.shape[-2], seed, device=ws.device)
+        rotated = q @ ws
+        direct = pooled_error(rotated, torch.stack([fake_quant(w, spec) for w in rotated]))
+        gaps.append(abs(pooled_error(ws, gauge_round_trips(ws, [q] * len(ws), spec)) - direct))
+    return max(gaps)
+
+
+def permutation_round_trip(ws: torch.Tensor, spec: QuantSpec, seeds: Sequence[int]) -> tuple[float, float]:
+    """The stack snapped onto the quantizer's grid, through the round trip with a random signed permutation per seed
+    (the worst error: exactly 0, as the permutation keeps the grid and the max) and with a Haar rotation per seed (the
+    best error: > 0, the rotation moves the weights off the grid unless they are all zero)."""
+    grid = on_grid(ws, spec)
+    m = grid.shape[-2]
+    permuted = max(pooled_error(grid, gauge_round_trips(grid, [signed_permutation(m, s)] * len(grid), spec))
+                   for s in seeds)
+    rotated = min(pooled_error(grid, gauge_round_trips(grid, [random_orthogonal(m, s, device=grid.device)] * len(grid),
+                                                       spec)) for s in seeds)
+    return permuted, rotated
+
+
+class GaugeStudy:
+    """G1.0′ on one checkpoint (models.checkpoint weights) with a prereg's params: each cell's sampled experts and
+    learned gauges, computed once. `n_sampled` experts per cell, evenly spaced; `gauge_seed` seeds the gauges,
+    `null_seeds` the orthogonal null."""
+
+    def __init__(self, weights: Any, params: Mapping[str, Any], *, n_sampled: int, gauge_seed: int,
+                 null_seeds: Sequence[int]) -> None:
+        self.weights, self.params, self.n_sampled = weights, params, n_sampled
+        self.gauge_seed, self.null_seeds = gauge_seed, tuple(null_seeds)
+        self._cells: dict[tuple[int, str, int], GaugeCell] = {}
+
+    def spec(self, bits: int) -> QuantSpec:
+        p = self.params
+        return QuantSpec(bits=int(bits), symmetric=p["symmetric"], granularity=p["granularity"],
+                         scale_dtype=p["scale_dtype"])
+
+    def picked(self) -> list[int]:
+        e = self.weights.n_experts
+        return [i * e // self.n_sampled for i in range(self.n_sampled)]
+
+    def experts(self, layer: int, weight: str) -> torch.Tensor:
+        """The cell's sampled expert matrices (k, out, in)."""
+        return torch.stack([self.weights.expert(layer, i)[weight] for i in self.picked()])
+
+    def cell(self, layer: int, weight: str, bits: int) -> GaugeCell:
+        key = (layer, weight, int(bits))
+        if key not in self._cells:
+            p = self.params
+            self._cells[key] = gauge_vs_orthogonal(self.experts(layer, weight), self.spec(bits),
+                                                   kappa_max=p["kappa_max"], steps=p["steps"], lr=p["lr"],
+                                                   gauge_seed=self.gauge_seed, null_seeds=self.null_seeds)
+        return self._cells[key]
+
+    def trivial_pass(self, layer: int, weight: str, bits: int) -> float:
+        """The cell's experts snapped onto the grid through the round trip with M = I: exactly 0."""
+        spec = self.spec(bits)
+        return identity_error(on_grid(self.experts(layer, weight), spec), spec)
 
 
 # --------------------------------------------------------------------------------------------------- R2 --------
