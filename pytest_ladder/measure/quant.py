@@ -21,6 +21,7 @@ applies to other data; values outside the calibrated range saturate at the extre
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -203,13 +204,21 @@ def fake_quant_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return x + (fake_quant(x.detach(), spec).to(x.dtype) - x).detach()
 
 
-def random_scales(params: QuantParams, seed: Seed, *, low: float = 0.1, high: float = 10.0) -> QuantParams:
-    """Random-scales trap: each scale multiplied by an independent log-uniform factor in [low, high]."""
+def scale_factors(shape: Sequence[int], seed: Seed, *, low: float = 0.1, high: float = 10.0) -> torch.Tensor:
+    """Independent log-uniform factors in [low, high] of `shape` (float64, CPU), drawn from `seed` in one call."""
     if not 0 < low <= high:
         raise ValueError(f"random_scales: need 0 < low <= high, got {low}, {high}")
-    u = torch.rand(params.scale.shape, generator=cpu_generator(seed), dtype=F64)
-    factors = torch.exp(math.log(low) + u * (math.log(high) - math.log(low))).to(params.scale.device)
-    return QuantParams(scale=params.scale * factors, zero=params.zero)
+    u = torch.rand(tuple(shape), generator=cpu_generator(seed), dtype=F64)
+    return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
+def random_scales(params: QuantParams, seed: Seed, *, low: float = 0.1, high: float = 10.0,
+                  factors: torch.Tensor | None = None) -> QuantParams:
+    """Random-scales trap: each scale multiplied by an independent log-uniform factor in [low, high] (`factors`:
+    drawn beforehand by `scale_factors` for a larger stack, this part of them)."""
+    if factors is None:
+        factors = scale_factors(params.scale.shape, seed, low=low, high=high)
+    return QuantParams(scale=params.scale * factors.to(params.scale.device), zero=params.zero)
 
 
 def _without_outliers(

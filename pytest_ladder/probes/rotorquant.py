@@ -27,7 +27,7 @@ import torch
 from pytest_ladder.measure.errors import activation_error
 from pytest_ladder.measure.gauge import round_trip
 from pytest_ladder.measure.hadamard import SRHT, srht
-from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant, random_scales
+from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant, random_scales, scale_factors
 from pytest_ladder.measure.rng import cpu_generator
 from pytest_ladder.measure.workspace import Workspace, nbytes
 from pytest_ladder.probes.quant_weights import expert_bytes_delta, row_spec
@@ -101,16 +101,30 @@ class RotorQuant:
         return out
 
     def compress_random_scales(self, layer: int, stacks: Mapping[str, torch.Tensor], seed: int,
-                               *, low: float = 0.1, high: float = 10.0) -> dict[str, torch.Tensor]:
-        """The random-scales trap: the same rotation and codes range, every row scale times a log-uniform factor."""
+                               *, low: float = 0.1, high: float = 10.0,
+                               workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
+        """The random-scales trap: the same rotation and codes range, every row scale times a log-uniform factor.
+
+        The factors of a weight type are drawn for its whole stack at once (weight types in order, one generator);
+        under a bounded `workspace` the round trips run on its device a chunk of experts at a time, each chunk with
+        its part of the factors (the same values as one pass), the results kept on the CPU."""
         generator = cpu_generator(seed)
         out = {}
         for projection, w in stacks.items():
             n = w.shape[-1]
             rotation, spec = self.rotation(layer, projection, n), self.spec(n)
-            rotated = rotation.apply(w.to(F64), dim=-1)
-            params = random_scales(calibrate(rotated, spec), generator, low=low, high=high)
-            out[projection] = rotation.inverse(fake_quant(rotated, spec, params), dim=-1)
+            device = w.device if workspace is None else workspace.device
+            one = calibrate(rotation.apply(w[:1].to(device=device, dtype=F64), dim=-1), spec).scale.shape
+            factors = scale_factors((w.shape[0], *one[1:]), generator, low=low, high=high)
+            spans = ([slice(0, w.shape[0])] if workspace is None
+                     else workspace.spans(w.shape[0], 6 * nbytes(tuple(w.shape[1:]))))
+            parts = []
+            for span in spans:
+                rotated = rotation.apply(w[span].to(device=device, dtype=F64), dim=-1)
+                params = random_scales(calibrate(rotated, spec), generator, factors=factors[span])
+                part = rotation.inverse(fake_quant(rotated, spec, params), dim=-1)
+                parts.append(part if workspace is None else part.cpu())
+            out[projection] = torch.cat(parts) if len(parts) > 1 else parts[0]
         return out
 
 
@@ -247,25 +261,32 @@ class RotorQuantStudy:
             return self.quantizer.compress(layer, stacks)
         if key[0] == "bits":
             return RotorQuant(key[1], self.quantizer.srht_seed, self.quantizer.scale_dtype).compress(layer, stacks)
-        if key[0] == "random_scales":
-            _, seed, low, high = key
-            return self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high)
         raise KeyError(f"RotorQuantStudy: unknown compressor {key!r}")
 
-    def compress(self, layer: int, key: tuple, *, keep: bool = True) -> dict[str, torch.Tensor]:
-        """W' of one layer's experts under compressor `key` (float64); `keep` as in `stacks`. Under a bounded
-        workspace every compressor but the random-scales trap (whose draws cover the whole stack) runs on the device
-        a chunk of experts at a time (each expert's rows are quantized on their own), its result kept on the CPU."""
+    def compress(self, layer: int, key: tuple, *, keep: bool = True, stored_dtype: bool = False
+                 ) -> dict[str, torch.Tensor]:
+        """W' of one layer's experts under compressor `key` (float64; with `stored_dtype` converted where computed to
+        the stored dtype, as deployed); `keep` as in `stacks`. Under a bounded workspace the compressor runs on the
+        device a chunk of experts at a time (each expert's rows are quantized on their own), its result kept on the
+        CPU."""
         stacks = self.stacks(layer, keep=keep)
         workspace = self.workspace
-        if workspace is None or key[0] == "random_scales":
-            return self._compress(layer, key, stacks)
+
+        def cast(p: str, w: torch.Tensor) -> torch.Tensor:
+            return w.to(stacks[p].dtype) if stored_dtype else w
+
+        if key[0] == "random_scales":
+            _, seed, low, high = key
+            found = self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high, workspace=workspace)
+            return {p: cast(p, w) for p, w in found.items()}
+        if workspace is None:
+            return {p: cast(p, w) for p, w in self._compress(layer, key, stacks).items()}
         item = 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())  # float64 W, rotated, codes, W'
         parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
         for span in workspace.spans(self.adapter.n_experts, item):
             chunk = self._compress(layer, key, {p: w[span].to(workspace.device) for p, w in stacks.items()})
             for p, w in chunk.items():
-                parts[p].append(w.cpu())
+                parts[p].append(cast(p, w).cpu())
         return {p: torch.cat(v) for p, v in parts.items()}
 
     def grams(self, layer: int, task: str) -> LayerGrams:
@@ -301,8 +322,9 @@ class RotorQuantStudy:
             texts = heldout_texts(routing.corpora[task].heldout, loaded.tokenizer, routing.n_points)
             updates: dict = {}
             if key is not None:
-                for layer in self.adapter.moe_layers():
-                    updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key, keep=False)}))
+                for layer in self.adapter.moe_layers():  # at the stored dtype: W' moves at its deployed size
+                    updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key, keep=False,
+                                                                                      stored_dtype=True)}))
             with patched_parameters(loaded.model, updates):
                 nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=routing.batch_size,
                                   desc=f"nll {task}")

@@ -73,6 +73,14 @@ def test_rotorquant_errors_do_not_depend_on_the_budget(studies):
         assert tiny.pooled == pytest.approx(free.pooled, rel=1e-9)
         assert tiny.per_projection == pytest.approx(free.per_projection, rel=1e-9)
     assert found[TINY].error(3, "text", IDENTITY).pooled == 0.0
+    for key in (METHOD, ("random_scales", 5, 0.1, 10.0)):  # chunks of experts give the one-pass W' bit for bit
+        free, tiny = found[None].compress(3, key), found[TINY].compress(3, key)
+        assert all(torch.equal(tiny[p].cpu(), free[p].cpu()) for p in free)
+        stored = found[TINY].compress(3, key, stored_dtype=True)
+        assert all(stored[p].dtype == found[TINY].stacks(3)[p].dtype for p in free)
+        assert all(torch.equal(stored[p], free[p].cpu().to(stored[p].dtype)) for p in free)
+    assert found[TINY].deploy("text", METHOD) == found[None].deploy("text", METHOD)
+    assert found[TINY].deploy("text", IDENTITY) == found[None].deploy("text", IDENTITY) == (0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
