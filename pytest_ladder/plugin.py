@@ -53,6 +53,32 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(binding):
         config.pluginmanager.register(binding, "pytest_ladder.binding")
     config.pluginmanager.register(LadderSession(config), "ladder-session")
+    _attach_progress(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_ladder import progress
+
+    progress.detach(config.stash.get(_progress_key, (None, None)))
+
+
+_progress_key = pytest.StashKey[tuple]()
+
+
+def _attach_progress(config: pytest.Config) -> None:
+    """Long computations show their bars and lines on the real terminal: each write lifts pytest's capture (the
+    capture manager's public `global_and_fixture_disabled`) and starts on a fresh line (pytest_ladder.progress)."""
+    from pytest_ladder import progress
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def newline() -> None:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+
+    if capture is not None:
+        config.stash[_progress_key] = progress.attach(capture.global_and_fixture_disabled, newline)
 
 
 # ------------------------------------------------------------------------------------------------ collection ---
