@@ -116,7 +116,10 @@ def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
     packages = ["torch", "safetensors", "tqdm"]
     if MODEL in wanted or name == EMBEDDED:
         packages += ["transformers", "tokenizers"]
-    packages += ["filelock"] if name == EMBEDDED else [] if local else ["huggingface_hub"]
+    if name == EMBEDDED:
+        packages.append("filelock")  # the build lock
+    elif not local:
+        packages.append("huggingface_hub")  # a hub id is fetched
     packages += ["accelerate"] if options.max_memory and MODEL in wanted else []
     if CORPORA in wanted and any(source.startswith("hf:") for _, source in options.corpus):
         packages.append("datasets")

@@ -37,12 +37,14 @@ def detach(previous: tuple[Callable | None, Callable | None] = (None, None)) -> 
 
 
 @contextlib.contextmanager
-def _terminal() -> Any:
+def _terminal(writing: bool = True) -> Any:
+    """The real stderr, pytest's capture lifted meanwhile; `writing` starts a fresh line first (not for a question
+    like isatty, which must leave the terminal reporter's line alone)."""
     if _suspend is None:
         yield sys.stderr
         return
     with _suspend():
-        if _newline is not None:
+        if writing and _newline is not None:
             _newline()
         yield sys.stderr
 
@@ -60,7 +62,7 @@ class _Terminal:
         pass
 
     def isatty(self) -> bool:
-        with _terminal() as stream:
+        with _terminal(writing=False) as stream:
             return bool(getattr(stream, "isatty", lambda: False)())
 
 

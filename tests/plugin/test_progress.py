@@ -47,3 +47,24 @@ def test_a_bar_follows_the_terminal_unless_told(capsys):
         assert progress.bar(range(2), desc="on", enabled=True).disable is False
     finally:
         progress.detach(previous)
+
+
+QUIET = """
+from pytest_ladder import progress
+
+
+def test_a():
+    for _ in progress.bar(range(3), desc="spectra"):
+        pass
+
+
+def test_b():
+    pass
+"""
+
+
+def test_a_bar_off_the_terminal_leaves_the_dots_alone(pytester):
+    pytester.makepyfile(QUIET)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["test_a_bar_off_the_terminal_leaves_the_dots_alone.py .. *"])
