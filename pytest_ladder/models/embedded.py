@@ -143,12 +143,13 @@ def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = R
     with build_lock(folder, log=log):
         if (folder / "build_report.json").is_file() and not force:
             return folder
-        log(f"building the embedded model (once; a few minutes on 2 CPU cores) into {folder}")
         staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         checkpoint = checkpoint_path(folder)
         if force:
             checkpoint.unlink(missing_ok=True)
+        if not checkpoint.is_file():  # a resumed build says so itself
+            log(f"building the embedded model (once; a few minutes on 2 CPU cores) into {folder}")
         build_embedded_model(staging, recipe=recipe, seed=seed, log=log, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every or CHECKPOINT_EVERY)
         if folder.exists():
