@@ -3,9 +3,11 @@ it replicates (real pytest sessions on the toy rung)."""
 
 from __future__ import annotations
 
-import numpy  # noqa: F401 - loaded once here: the toy rung imports it in inline sessions, which cannot load it twice
+import pytest
 
 from pytest_ladder.scoreboard import scoreboard_rows
+
+pytest.importorskip("numpy")  # loaded here, once: the toy rung imports it in inline sessions, which cannot load it twice
 
 HARDEST = "test_toy.py::test_relative_error[layer=3-true_rank=8]"
 KILLED_AT = {"kind": "gate", "name": "relative_error", "cell": "layer=3-true_rank=8"}
