@@ -25,9 +25,10 @@ import pytest
 
 from pytest_ladder.files import display_path
 from pytest_ladder.options import ladder_options
-from pytest_ladder.records import fmt, killed_by_sentence
+from pytest_ladder.records import fmt, killed_by_sentence, where
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, rung_context
-from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, is_worker, ladder_state
+from pytest_ladder.state import (GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, UNPREPARED_KEY, is_worker,
+                                 ladder_state)
 
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # end the session like Ctrl-C: the rung in flight is ABORTED
 SOFTWARE = ("pytest", "pytest-ladder", "pytest-xdist", "torch", "transformers", "accelerate", "numpy", "tokenizers")
@@ -89,6 +90,8 @@ class LadderSession:
             state.plans[rung] = Plan.from_dict(props[PLAN_KEY])
         if REFUSED_KEY in props:
             state.refused[rung] = props[REFUSED_KEY]
+        if UNPREPARED_KEY in props:
+            state.unprepared = True
         if REQUIRES_KEY in props:
             state.requires_killed[rung] = props[REQUIRES_KEY]
         if GUARD_KEY in props:
@@ -175,6 +178,8 @@ class LadderSession:
         from pytest_ladder.ordering import rung_order
 
         state = self.state
+        if state.unprepared:  # an xdist worker could not prepare the session: a usage error, as in one process
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             state.aborted = state.aborted or "interrupted (KeyboardInterrupt)"
         in_flight = {name: plan.requires for name, plan in state.plans.items()
@@ -188,7 +193,7 @@ class LadderSession:
         from pytest_ladder.binding import rung_seeds
         from pytest_ladder.model_choice import rung_model
         from pytest_ladder.postmortem import render_plots, render_postmortem
-        from pytest_ladder.verdict import Outcome, build_record, decide, first_kill
+        from pytest_ladder.verdict import Outcome, agreement, build_record, decide, first_kill
 
         config, state = self.config, self.state
         fast = self.options.kill_fast
@@ -199,7 +204,7 @@ class LadderSession:
             None,
         )
         verdict = decide(plan, state.outcomes, aborted=aborted is not None, requires_killed=requires_killed,
-                         kill_fast=fast)
+                         kill_fast=fast, may_decide=guard_info.get("may_decide", True))
         outcomes = dict(state.outcomes)
         kill = first_kill(plan, outcomes) if fast and aborted is None else None
         if kill is not None:  # kill-fast skips the cells that have not run yet (never the traps)
@@ -246,6 +251,7 @@ class LadderSession:
             requires=guard_info.get("requires", {}),
             replication_of=guard_info.get("replication_of"),
             context={k: v for k, v in rung_context(state.context, name).items() if k not in ("model", "data")},
+            replicates=guard_info.get("replicates"),
         )
         plots = render_plots(record)
 
@@ -264,7 +270,8 @@ class LadderSession:
             replication of it (with --ladder-replicate) or a refused run saying which decision won."""
             won = existing.record.get("run_id")
             if self.options.replicate:
-                record.update(kind="replication", decision=False, replication_of=won)
+                record.update(kind="replication", decision=False, replication_of=won,
+                              agreement=agreement(record, existing.record))
             else:
                 record.update(kind="refused", decision=False, refused_because=(
                     f"{won} decided this prereg on this model first (another session, archived while this one ran); "
@@ -287,8 +294,11 @@ class LadderSession:
 
         tr = terminalreporter
         tr.section("ladder verdicts")
+        by_message: dict[str, list[str]] = {}
         for name, message in sorted(state.refused.items()):
-            tr.write_line(f"{name}: refused, nothing archived: {message}", red=True)
+            by_message.setdefault(message, []).append(name)
+        for message, names in by_message.items():
+            tr.write_line(f"{', '.join(names)}: refused, nothing archived: {message}", red=True)
         for name, record, path in state.written:
             tr.write_line(_verdict_line(record), red=record["verdict"] in ("KILL", "INVALID"),
                           green=record["verdict"] == "PASS", bold=True)
@@ -336,6 +346,12 @@ def _verdict_line(record: dict) -> str:
         line += f" ({invalid['kind']} {invalid['name']}: {(invalid['message'] or '').splitlines()[0][:200]})"
     if record["kind"] == "replication":
         line += f", replication of {record['replication_of']}"
+        found = record.get("agreement")
+        if found:
+            line += (": agrees with it" if found["agrees"] else
+                     f": DIFFERS from it ({found['verdict']}" + (
+                         f" at {found['killed_by']['kind']} {where(found['killed_by']['name'], found['killed_by']['cell'])}"
+                         if found.get("killed_by") else "") + ")")
     elif record["kind"] == "refused":
         line += f", not a decision: {record['refused_because']}"
     return line

@@ -5,7 +5,8 @@ Registered by the plugin (`pytest_plugins`); imports only the standard library a
 (per xdist worker), built on first use when it is the embedded default. Under xdist on a box with several GPUs and
 `--ladder-device cuda`, worker gwN takes cuda:(N mod GPU count) (a single-GPU --ladder-max-memory budget moves with
 it); the checkpoint view (rung_fixtures.ladder_weights) takes the same device. A model with offloaded layers gets a
-preflight automatically (--ladder-preflight forces one).
+preflight automatically (--ladder-preflight forces one). The session preparation (prepare.py) loads both before any
+rung runs; the fixtures hand out what it loaded.
 """
 
 from __future__ import annotations
@@ -61,29 +62,39 @@ def model_spec(config: pytest.Config) -> Any:
                      dtype=options.dtype, gpu_workspace=options.gpu_workspace)
 
 
+def load_session_model(config: pytest.Config) -> Any:
+    """Load the session's model (model_spec) and run its preflight when offloaded or asked for; its identity is
+    recorded under the name the ladder chose it by (model_choice.py). ModelLoadError / PreflightError on failure."""
+    from pytest_ladder.models.loading import load_model
+    from pytest_ladder.models.preflight import preflight
+
+    spec = model_spec(config)
+    loaded = load_model(spec)
+    identity = {**loaded.identity, "name": spec.source}
+    if ladder_options(config).model.preflight or loaded.offloaded:
+        identity["preflight"] = preflight(loaded).as_dict()
+    loaded.identity = identity
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def ladder_model(request: pytest.FixtureRequest) -> Any:
     """The model the rungs run on (pytest_ladder.models.loading.LoadedModel: .model, .tokenizer, .adapter,
-    .identity), loaded once per process; its identity (and preflight, if run) goes into decision.json under the
-    name the ladder chose it by (model_choice.py)."""
-    from pytest_ladder.models.loading import ModelLoadError, load_model
-    from pytest_ladder.models.preflight import PreflightError, preflight
+    .identity), loaded once per process (by the session preparation); its identity (and preflight, if run) goes
+    into decision.json."""
+    from pytest_ladder.models.loading import ModelLoadError
+    from pytest_ladder.models.preflight import PreflightError
+    from pytest_ladder.prepare import prepared
     from pytest_ladder.rung import record_context
 
     config = request.config
-    spec = model_spec(config)
-    try:
-        loaded = load_model(spec)
-    except ModelLoadError as error:
-        pytest.fail(str(error), pytrace=False)
-    identity = {**loaded.identity, "name": spec.source}
-    if ladder_options(config).model.preflight or loaded.offloaded:
+    loaded = prepared(config).model
+    if loaded is None:  # asked for by name at run time (request.getfixturevalue): load it now
         try:
-            identity["preflight"] = preflight(loaded).as_dict()
-        except PreflightError as error:
+            loaded = load_session_model(config)
+        except (ModelLoadError, PreflightError) as error:
             pytest.fail(str(error), pytrace=False)
-    loaded.identity = identity
-    record_context(config, "model", identity)
+    record_context(config, "model", loaded.identity)
     return loaded
 
 
@@ -92,11 +103,14 @@ def ladder_corpora(request: pytest.FixtureRequest) -> dict:
     """Task -> Corpus (calibration and held-out splits, disjoint) for code, math, text and any --ladder-corpus task;
     the data identity (files and SHA-256, split rule) goes into decision.json."""
     from pytest_ladder.models.corpora import TASKS, CorpusError, data_identity, load_corpora
+    from pytest_ladder.prepare import prepared
     from pytest_ladder.rung import record_context
 
-    try:
-        corpora = load_corpora(TASKS, dict(ladder_options(request.config).model.corpus))
-    except CorpusError as error:
-        pytest.fail(str(error), pytrace=False)
+    corpora = prepared(request.config).corpora
+    if corpora is None:
+        try:
+            corpora = load_corpora(TASKS, dict(ladder_options(request.config).model.corpus))
+        except CorpusError as error:
+            pytest.fail(str(error), pytrace=False)
     record_context(request.config, "data", data_identity(corpora))
     return corpora

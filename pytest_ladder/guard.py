@@ -1,7 +1,12 @@
 """The launch guard (protocol §2, §7, §8): may this rung run, and what do the rungs it requires say?
 
 `launch_guard` is a pure function of what was looked up: the seal check, the decision already archived for this
-prereg and model, and the verdict of each required rung. `rung_guard` looks those up (once per rung per process).
+prereg and model, the verdict of each required rung, and whether the selection covers the whole rung.
+`rung_guard` looks those up (once per rung per process).
+
+Only a run that can change a decision is refused: a selection that covers the whole rung, of a prereg already
+decided on this model, without --ladder-replicate. A partial selection (-m analytical, -k, --lf, a node id) runs;
+it cannot decide when the prereg is decided or with --ladder-replicate (`may_decide`, verdict.decide: PARTIAL).
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ class Guard:
     requires_killed: dict | None = None
     requires: dict = field(default_factory=dict)
     replication_of: str | None = None
+    replicates: dict | None = None  # the decision a replication replicates: {run_id, verdict, killed_by}
+    may_decide: bool = True  # False: a partial selection of a decided prereg, or with --ladder-replicate
+
+    def info(self) -> dict:
+        """What the controller needs of the guard, as plain data (it travels on a test report across xdist)."""
+        return {"requires": self.requires, "replication_of": self.replication_of, "replicates": self.replicates,
+                "may_decide": self.may_decide}
 
 
 def launch_guard(
@@ -37,13 +49,15 @@ def launch_guard(
     decided: dict | None,
     replicate: bool,
     requires: dict[str, dict],
+    complete: bool = True,
 ) -> Guard:
-    """Refuse a broken seal, or a prereg already decided on `model` (`decided`: {verdict, where, run_id}) unless
-    `replicate`; `requires`: required rung -> {verdict, where[, run_id]}; the first KILLED one kills this rung."""
+    """Refuse a broken seal, or a `complete` selection of a prereg already decided on `model` (`decided`: {verdict,
+    where, run_id[, killed_by]}) unless `replicate`; a partial selection runs without deciding. `requires`: required
+    rung -> {verdict, where[, run_id]}; the first KILLED one kills this rung."""
     if not seal_ok:
         return Guard(refused=seal_message)
-    guard = Guard()
-    if decided is not None:
+    guard = Guard(may_decide=complete or (decided is None and not replicate))
+    if decided is not None and complete:
         if not replicate:
             return Guard(refused=(
                 f"{prereg_path} (seal {seal[:12]}…) is already decided on model {model!r}: {decided['verdict']} in "
@@ -51,6 +65,8 @@ def launch_guard(
                 "replication next to it, or write and seal a new prereg for a new claim."
             ))
         guard.replication_of = decided["run_id"]
+        guard.replicates = {"run_id": decided["run_id"], "verdict": decided["verdict"],
+                            "killed_by": decided.get("killed_by")}
     guard.requires = dict(requires)
     killed = next((rung for rung, found in requires.items() if found["verdict"] == KILL), None)
     if killed is not None:
@@ -58,8 +74,9 @@ def launch_guard(
     return guard
 
 
-def rung_guard(config: pytest.Config, bound: Any) -> Guard:
-    """The launch guard of rung module `bound` (rung.Rung), looked up once per process."""
+def rung_guard(config: pytest.Config, bound: Any, *, remember: bool = True) -> Guard:
+    """The launch guard of rung module `bound` (rung.Rung), looked up once per process (`remember` False: looked up
+    afresh and not kept, as the session preparation does before any rung ran)."""
     from pytest_ladder.archive import ArchiveError, find_decision, latest_decision, run_time
     from pytest_ladder.binding import bound_prereg
     from pytest_ladder.files import display_path
@@ -95,7 +112,8 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
         if written is not None and written >= datetime.fromtimestamp(state.started, tz=timezone.utc):
             in_session = found.record["verdict"]  # decided by this session's controller while this worker ran others
         elif found is not None:
-            decided = {"verdict": found.record["verdict"], "where": shown(found.path), "run_id": found.record["run_id"]}
+            decided = {"verdict": found.record["verdict"], "where": shown(found.path), "run_id": found.record["run_id"],
+                       "killed_by": found.record.get("killed_by")}
         requires = {}
         for required in loaded.requires:
             if required in state.killed_in_session:
@@ -107,11 +125,13 @@ def rung_guard(config: pytest.Config, bound: Any) -> Guard:
                 else {"verdict": latest.record["verdict"], "where": shown(latest.path),
                       "run_id": latest.record["run_id"]}
             )
+    plan = state.plans.get(bound.name)
     guard = launch_guard(prereg_path=loaded.display_path, seal_ok=status.ok, seal_message=status.message,
                          seal=status.expected or "", model=model, decided=decided, replicate=options.replicate,
-                         requires=requires or {})
+                         requires=requires or {}, complete=plan is None or plan.complete)
     guard.decided_in_session = in_session
     if damaged is not None and guard.refused is None:
         guard.refused = damaged
-    state.guards[bound.name] = guard
+    if remember:
+        state.guards[bound.name] = guard
     return guard

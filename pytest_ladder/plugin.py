@@ -5,9 +5,11 @@ postmortem load inside the hooks that need them; torch and transformers only ins
 `pytest --help`, `-m analytical` and `pytest archive/` stay fast.
 
 Flow: collection binds each rung module to its prereg (binding.py; bad content: a UsageError naming the file and
-field), parametrizes cells, sorts items kill-fast (ordering.py) and plans each rung (verdict.build_plan). Setup runs
-the launch guard (guard.py): it refuses a rung whose seal is broken or whose decision already exists, and fails a
-rung whose required rung was KILLED. Gate and trap tests record their values on the report; the controller session
+field), parametrizes cells, sorts items kill-fast (ordering.py), plans each rung (verdict.build_plan) and prepares
+the session (prepare.py: packages, device, corpora, the model built or found and loaded, all before any rung runs;
+a failure is a usage error and nothing is archived). Setup runs the launch guard (guard.py): it refuses a rung whose
+seal is broken or whose decision already exists (saying why at the rung's first test, skipping the others), and
+fails a rung whose required rung was KILLED. Gate and trap tests record their values on the report; the controller session
 (controller.py, never an xdist worker) decides each rung (verdict.py) and writes the archive (archive.py).
 """
 
@@ -23,7 +25,8 @@ from pytest_ladder import binding
 from pytest_ladder.binding import bound_prereg, cell_of, check_trap_references, ladder_marker
 from pytest_ladder.options import add_options, configure_options, ladder_options
 from pytest_ladder.rung import CONTEXT_KEY, ITEM_KEY, RECORD_KEY, Rung, run_context
-from pytest_ladder.state import GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, init_state, is_worker, ladder_state
+from pytest_ladder.state import (GUARD_KEY, PLAN_KEY, REFUSED_KEY, REQUIRES_KEY, UNPREPARED_KEY, init_state, is_worker,
+                                 ladder_state)
 
 # binding.py is imported above (its helpers serve these hooks), so its fixtures are registered in pytest_configure:
 # listed here, pytest would warn that an imported module cannot be assertion-rewritten
@@ -54,6 +57,32 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.is_registered(binding):
         config.pluginmanager.register(binding, "pytest_ladder.binding")
     config.pluginmanager.register(LadderSession(config), "ladder-session")
+    _attach_progress(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_ladder import progress
+
+    progress.detach(config.stash.get(_progress_key, (None, None)))
+
+
+_progress_key = pytest.StashKey[tuple]()
+
+
+def _attach_progress(config: pytest.Config) -> None:
+    """Long computations show their bars and lines on the real terminal: each write lifts pytest's capture (the
+    capture manager's public `global_and_fixture_disabled`) and starts on a fresh line (pytest_ladder.progress)."""
+    from pytest_ladder import progress
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def newline() -> None:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+
+    if capture is not None:
+        config.stash[_progress_key] = progress.attach(capture.global_and_fixture_disabled, newline)
 
 
 # ------------------------------------------------------------------------------------------------ collection ---
@@ -109,7 +138,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Plan each rung from the final selection: which items run, and whether they cover the whole rung."""
+    """Plan each rung from the final selection (which items run, and whether they cover the whole rung), then
+    prepare what the selection needs before any rung runs (prepare.py)."""
+    from pytest_ladder.prepare import prepare_session
     from pytest_ladder.verdict import PlannedItem, build_plan
 
     config = session.config
@@ -131,6 +162,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                        requires=tuple(prereg.requires))
     if is_worker(config):
         config.workeroutput["ladder_plans"] = {name: asdict(plan) for name, plan in state.plans.items()}
+    prepare_session(config, session.items)
 
 
 # --------------------------------------------------------------------------------------------------- running ---
@@ -139,6 +171,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     from pytest_ladder.guard import rung_guard
+    from pytest_ladder.prepare import unprepared
 
     marker = ladder_marker(item)
     if marker is None:
@@ -153,11 +186,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if bound.name not in state.plans_sent and bound.name in state.plans:
         state.plans_sent.add(bound.name)
         item.user_properties.append((PLAN_KEY, asdict(state.plans[bound.name])))
+    not_ready = unprepared(item.config)
     guard = rung_guard(item.config, bound)
-    if guard.refused:
-        item.user_properties.append((REFUSED_KEY, guard.refused))
-        pytest.fail(f"refused: {guard.refused}", pytrace=False)
-    item.user_properties.append((GUARD_KEY, {"requires": guard.requires, "replication_of": guard.replication_of}))
+    refused = not_ready or guard.refused
+    if refused:
+        item.user_properties.append((REFUSED_KEY, refused))
+        if not_ready:
+            item.user_properties.append((UNPREPARED_KEY, True))
+        if bound.name in state.refusals_shown:
+            pytest.skip(f"refused: {bound.name} (the reason is given once, at its first test)")
+        state.refusals_shown.add(bound.name)
+        pytest.fail(f"refused: {refused}", pytrace=False)
+    item.user_properties.append((GUARD_KEY, guard.info()))
     killed = bound.name in state.killed_in_session or guard.decided_in_session == "KILL"
     if ladder_options(item.config).kill_fast and killed and marker.kwargs["kind"] != "trap":
         pytest.skip(f"kill-fast: {bound.name} is already KILLED in this session; its remaining cells do not run")

@@ -2,7 +2,9 @@
 
 One row per rung (per rung and model when the archive holds several models and no --model is given): the rung's
 original decision (the newest sealed decision, replications counted beside it), or when it has none its latest
-non-decision run. Status is the human label when the prereg sets one, else the verdict (KILLED, PASSED, INVALID,
+non-decision run; "replications" counts the replications of that decision and how many agree with it (the same
+verdict and, for a KILL, the same killing gate: verdict.agreement), e.g. "2: 1 agreeing, 1 differing". Status is the
+human label when the prereg sets one, else the verdict (KILLED, PASSED, INVALID,
 prefilter passed, aborted, partial); "seeds" is the seeds' own OLMoE-1B-7B verdict from the prereg and whether this
 run agrees with it. Rows run in ladder order: G-rungs by number, then R-rungs (ordering.natural_key).
 """
@@ -21,6 +23,7 @@ from pytest_ladder.archive import ArchivedRun, ArchiveError, damaged_runs, iter_
 from pytest_ladder.ordering import natural_key
 from pytest_ladder.postmortem import seed_agreement
 from pytest_ladder.records import killed_by_sentence, where
+from pytest_ladder.verdict import agreement
 
 STATUS = {
     "KILL": "KILLED",
@@ -66,7 +69,16 @@ def _seeds(record: dict) -> str:
     return f"{found[0]} ({found[1]})" if found else ""
 
 
-def _row(shown: ArchivedRun, replications: int, statuses: dict[str, str]) -> dict:
+def replications_text(decision: dict, replications: list[dict]) -> str:
+    """ "0", or "2: 1 agreeing, 1 differing": the replications of `decision` and whether each agrees with it."""
+    if not replications:
+        return "0"
+    agreeing = sum(1 for r in replications if agreement(r, decision)["agrees"])
+    parts = [f"{n} {word}" for n, word in ((agreeing, "agreeing"), (len(replications) - agreeing, "differing")) if n]
+    return f"{len(replications)}: {', '.join(parts)}"
+
+
+def _row(shown: ArchivedRun, replications: str, statuses: dict[str, str]) -> dict:
     record = shown.record
     content = (record.get("prereg") or {}).get("content") or {}
     verdict = record.get("verdict")
@@ -105,17 +117,17 @@ def scoreboard_rows(archive_dir: Path, *, model: str | None = None, lean_dir: Pa
         decisions = [r for r in runs if r.is_decision and r.record.get("kind") == "decision"]
         if decisions:
             shown = decisions[-1]  # the decision of the newest seal; runs are sorted by run id (time)
-            replications = sum(
-                1 for r in runs
+            replications = replications_text(shown.record, [
+                r.record for r in runs
                 if r.record.get("kind") == "replication" and r.record.get("replication_of") == shown.run_id
-            )
+            ])
         else:
-            shown, replications = runs[-1], 0
+            shown, replications = runs[-1], "0"
         rows.append(_row(shown, replications, statuses))
     for damaged in damaged_runs(Path(archive_dir)):  # a row each, so a damaged record is seen, never skipped silently
         rows.append({"rung": damaged.path.parent.parent.name, "claim": None, "status": "damaged", "verdict": None,
                      "killed_by": damaged.reason, "seeds": "", "model": None, "date": "",
-                     "run_id": damaged.path.parent.name, "replications": 0, "theorems": []})
+                     "run_id": damaged.path.parent.name, "replications": "0", "theorems": []})
     return sorted(rows, key=lambda row: (natural_key(row["rung"]), row["model"] or ""))
 
 

@@ -15,8 +15,9 @@ import pytest
 # user_properties keys: plain data on the test reports, so they cross from xdist workers to the controller
 REFUSED_KEY = "ladder_refused"  # the launch guard refused the rung (message)
 REQUIRES_KEY = "ladder_requires_killed"  # a required rung is KILLED: {rung: where}
-GUARD_KEY = "ladder_guard"  # {requires, replication_of} of the launch guard
+GUARD_KEY = "ladder_guard"  # guard.Guard.info() of the launch guard
 PLAN_KEY = "ladder_plan"  # the rung's plan (first report of each rung per process)
+UNPREPARED_KEY = "ladder_unprepared"  # the refusal is the session preparation's (a usage error; prepare.py)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class LadderState:
     outcomes: dict[str, Any] = field(default_factory=dict)  # nodeid -> verdict.Outcome
     refused: dict[str, str] = field(default_factory=dict)  # rung -> message
     requires_killed: dict[str, dict] = field(default_factory=dict)
-    guard_info: dict[str, dict] = field(default_factory=dict)  # rung -> {requires, replication_of} from reports
+    guard_info: dict[str, dict] = field(default_factory=dict)  # rung -> guard.Guard.info() from reports
     context: dict = field(default_factory=dict)
     killed_in_session: set[str] = field(default_factory=set)  # rungs a gate killed in this process
     plans_sent: set[str] = field(default_factory=set)  # rungs whose plan this process put on a report
@@ -39,6 +40,8 @@ class LadderState:
     written: list[tuple[str, dict, Path]] = field(default_factory=list)
     refused_at_write: dict[str, str] = field(default_factory=dict)  # rung -> which decision won (archive.write_run)
     binding_errors: dict[str, str] = field(default_factory=dict)  # rung -> why its prereg cannot bind (collection)
+    refusals_shown: set[str] = field(default_factory=set)  # refused rungs whose reason this process has reported
+    unprepared: bool = False  # a refusal came from the session preparation: the session ends as a usage error
 
 
 _state_key = pytest.StashKey[LadderState]()

@@ -12,6 +12,11 @@ Rules, first match wins:
 5. a gate or prefilter failed its locked rule -> KILL, naming the first in kill-fast order;
 6. everything selected passed: PASS if the selection covered every gate, trap and cell of the rung;
    PREFILTER_PASS if it covered exactly the analytical prefilters; PARTIAL otherwise (-k, a node id, -x elsewhere).
+A run that may not decide (a partial selection of a prereg already decided on this model, or any partial selection
+with --ladder-replicate) turns a KILL or INVALID into PARTIAL, keeping what it saw: it cannot change the decision.
+
+A replication agrees with the decision it replicates when both reached the same verdict and, for a KILL, the same
+killing gate (kind, name and cell): `agreement`.
 
 Under kill-fast only the items up to the first kill (in plan order) and the rung's traps count, so xdist workers that did not hear of a
 kill and ran later items decide nothing different from one process. `settled` says when the verdict is known, so
@@ -142,13 +147,23 @@ def decide(
     aborted: bool = False,
     requires_killed: dict | None = None,
     kill_fast: bool = False,
+    may_decide: bool = True,
 ) -> Verdict:
-    """Apply the locked rules (module docstring) to one rung's outcomes.
+    """Apply the locked rules (module docstring) to one rung's outcomes; without `may_decide` a decision verdict
+    of an incomplete selection becomes PARTIAL (what killed or invalidated it is kept).
 
     With `kill_fast` only the items up to the first kill (in plan order) and the traps count (`after_kill`):
     kill-fast skips the other cells, so the verdict is the same whether they were skipped in one process or ran on
     another xdist worker that had not heard of the kill, and the same as a full run's.
     """
+    verdict = _decide(plan, outcomes, aborted=aborted, requires_killed=requires_killed, kill_fast=kill_fast)
+    if verdict.is_decision and not may_decide and not plan.complete:
+        return Verdict(PARTIAL, killed_by=verdict.killed_by, invalid_because=verdict.invalid_because)
+    return verdict
+
+
+def _decide(plan: Plan, outcomes: dict[str, Outcome], *, aborted: bool, requires_killed: dict | None,
+            kill_fast: bool) -> Verdict:
     if aborted:
         return Verdict(ABORTED)
     if requires_killed:
@@ -188,6 +203,21 @@ def decide(
         if plan.only_prefilters:
             return Verdict(PREFILTER_PASS)
     return Verdict(PARTIAL)
+
+
+def killing_gate(killed_by: dict | None) -> dict | None:
+    """What killed a rung, for comparing two runs: {kind, name, cell} of its `killed_by` (None when nothing did)."""
+    return None if not killed_by else {key: killed_by.get(key) for key in ("kind", "name", "cell")}
+
+
+def agreement(record: dict, decision: dict) -> dict:
+    """Does the replication `record` agree with the `decision` it replicates (both decision.json layouts, or at
+    least their run_id, verdict and killed_by)? Agreeing: the same verdict and, for a KILL, the same killing gate.
+    Returns {agrees, run_id, verdict, killed_by} with the decision's run id, verdict and killing gate."""
+    same = record.get("verdict") == decision.get("verdict") and (
+        record.get("verdict") != KILL or killing_gate(record.get("killed_by")) == killing_gate(decision.get("killed_by")))
+    return {"agrees": bool(same), "run_id": decision.get("run_id"), "verdict": decision.get("verdict"),
+            "killed_by": killing_gate(decision.get("killed_by"))}
 
 
 def _invalid(kind: str, item: PlannedItem, message: str) -> Verdict:
@@ -251,8 +281,10 @@ def build_record(
     requires: dict,
     replication_of: str | None = None,
     context: dict | None = None,
+    replicates: dict | None = None,
 ) -> dict:
-    """Lay out decision.json (run.json for non-decisions) as protocol §7 lists it."""
+    """Lay out decision.json (run.json for non-decisions) as protocol §7 lists it. A replication (`replicates`:
+    the replicated decision's run_id, verdict and killed_by) records whether it agrees with it (`agreement`)."""
     if verdict.is_decision:
         kind = "replication" if replication_of else "decision"
     else:
@@ -282,4 +314,6 @@ def build_record(
         "requires": requires,
         "context": context or {},
     }
+    if kind == "replication" and replicates is not None:
+        record["agreement"] = agreement(record, replicates)
     return jsonable(record)

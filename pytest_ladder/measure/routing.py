@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from pytest_ladder.measure.lowrank import activation_lowrank, truncate
 from pytest_ladder.measure.spectra import (
@@ -22,6 +21,7 @@ from pytest_ladder.measure.spectra import (
     singular_values_from_gram,
     top_energy_from_gram,
 )
+from pytest_ladder.progress import bar
 
 F64 = torch.float64
 WORKSPACE_BYTES = 1 << 30  # default working set of the chunked effective-weight measurements (1 GiB)
@@ -134,7 +134,7 @@ def effective_weights(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Ten
 
 
 def effective_weight_spectra(
-    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, chunk: int = 16, progress: bool = False
+    weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, chunk: int = 16, progress: bool | None = None
 ) -> torch.Tensor:
     """Singular values (T, min(out, in)) of every token's effective weight by a full SVD, `chunk` tokens at a time.
 
@@ -143,7 +143,7 @@ def effective_weight_spectra(
     starts = range(0, idx.shape[0], chunk)
     return torch.cat([
         singular_values(effective_weights(w, idx[start:start + chunk], gates[start:start + chunk]))
-        for start in tqdm(starts, desc="effective-weight spectra", disable=not progress, leave=False)
+        for start in bar(starts, desc="effective-weight spectra", enabled=progress)
     ])
 
 
@@ -179,16 +179,16 @@ def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None) -> int:
 
 
 def _gram_chunks(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, max_bytes: int | None,
-                 desc: str, progress: bool):
+                 desc: str, progress: bool | None):
     w = weights.to(F64)
     chunk = tokens_per_chunk(w, max_bytes)
-    for start in tqdm(range(0, idx.shape[0], chunk), desc=desc, disable=not progress, leave=False):
+    for start in bar(range(0, idx.shape[0], chunk), desc=desc, enabled=progress):
         yield effective_weight_grams(w, idx[start:start + chunk], gates[start:start + chunk])
 
 
 def effective_weight_energy(
     weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, rank: int, *, max_bytes: int | None = None,
-    tol: float = 1e-10, progress: bool = False,
+    tol: float = 1e-10, progress: bool | None = None,
 ) -> torch.Tensor:
     """G3: energy_q(W_t) = Σ_{i≤q} σ_i² / ‖W_t‖²_F of every token's effective weight (T,) float64, 0 for W_t = 0.
 
@@ -204,7 +204,7 @@ def effective_weight_energy(
 
 def effective_weight_effective_ranks(
     weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *, max_bytes: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """G3: r_eff (spectral entropy, spectra.effective_rank) of every token's effective weight (T,) float64, exact
     from the eigenvalues of its smaller-side Gram (a symmetric eigensolver, no SVD), `max_bytes` at a time."""

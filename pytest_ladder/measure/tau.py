@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tqdm.auto import tqdm
-
 from pytest_ladder.expr import Expr, parse_expr
+from pytest_ladder.progress import bar
 
 Baseline = TypeVar("Baseline")
 
@@ -50,7 +49,7 @@ def tau_floor(
     seeds: Sequence[int],
     *,
     n_points: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> TauFloor:
     """Build one baseline per seed with `make_baseline(seed)`, score it with `metric`, return τ = the lowest score."""
     seeds = tuple(int(s) for s in seeds)
@@ -59,7 +58,7 @@ def tau_floor(
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"tau_floor: repeated seeds {seeds}; derive B distinct seeds from the seal")
     values = []
-    for seed in tqdm(seeds, desc="tau floor", disable=not progress, leave=False):
+    for seed in bar(seeds, desc="tau floor", enabled=progress):
         value = float(metric(make_baseline(seed)))
         if math.isnan(value):
             raise ValueError(f"tau_floor: the metric returned nan for the baseline of seed {seed}")

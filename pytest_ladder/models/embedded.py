@@ -12,8 +12,17 @@ torch.use_deterministic_algorithms, a fixed thread count, a seeded data order. E
 training state goes to `.<folder>.checkpoint`; a build interrupted (killed, Ctrl-C) resumes from there with the
 same final weights.
 
-The build prints (and stores in build_report.json) the held-out NLL per task against a unigram baseline and, per
-layer, the Jensen-Shannon divergence between the tasks' expert-usage histograms: the routing has task structure.
+Threads: the count stays `Recipe.threads` whatever the machine, because on the CPU the weights depend on it (1 and
+2 threads train to different bits; the OpenMP wait policy does not change them). What a busy machine costs instead
+is bounded by a passive wait policy: with OMP_WAIT_POLICY=PASSIVE a thread waiting for its partner sleeps instead of
+spinning on a core another process needs (10 training steps next to one busy process: 45 s with spinning threads,
+6 s passive). OpenMP reads the policy when torch loads, so `ladder model build` and the plugin's session preparation
+(pytest_ladder.prepare) set it, unless already set, before they import torch; a build in a process that loaded torch
+earlier with spinning threads says so.
+
+The build shows a progress bar and its checkpoints on the terminal, inside pytest too (pytest_ladder.progress), and
+prints (and stores in build_report.json) the held-out NLL per task against a unigram baseline and, per layer, the
+Jensen-Shannon divergence between the tasks' expert-usage histograms: the routing has task structure.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from pytest_ladder.progress import bar, say
 
 EMBEDDED_FORMAT = 1  # bump when the build procedure changes the weights
 CACHE_ENV = "LADDER_CACHE_DIR"
@@ -60,7 +71,7 @@ class Recipe:
     warmup: int = 30
     weight_decay: float = 0.1
     router_aux_loss_coef: float = 0.01
-    threads: int = 2  # fixed for determinism (a machine with other busy processes slows the build down a lot)
+    threads: int = 2  # fixed for determinism: the weights depend on it (see the module doc on busy machines)
     tasks: tuple[str, ...] = ("code", "math", "text")
     eval_documents: int = 48  # held-out documents per task for the NLL report
     eval_tokens: int = 4096  # held-out tokens per task for the routing report
@@ -128,7 +139,8 @@ def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = R
     if (folder / "build_report.json").is_file() and not force:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with build_lock(folder, log=log or _stderr):
+    log = log or say
+    with build_lock(folder, log=log):
         if (folder / "build_report.json").is_file() and not force:
             return folder
         staging = folder.parent / f".{folder.name}.building-{os.getpid()}"
@@ -136,7 +148,9 @@ def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = R
         checkpoint = checkpoint_path(folder)
         if force:
             checkpoint.unlink(missing_ok=True)
-        build_embedded_model(staging, recipe=recipe, seed=seed, log=log or _stderr, checkpoint=checkpoint,
+        if not checkpoint.is_file():  # a resumed build says so itself
+            log(f"building the embedded model (once; a few minutes on 2 CPU cores) into {folder}")
+        build_embedded_model(staging, recipe=recipe, seed=seed, log=log, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every or CHECKPOINT_EVERY)
         if folder.exists():
             shutil.rmtree(folder)
@@ -162,7 +176,7 @@ def build_lock(folder: Path, *, log: Callable[[str], None] | None = None, timeou
     HOST since TIME" when it starts waiting and every `notice_every` seconds. The OS frees the lock of a dead holder."""
     from filelock import FileLock, Timeout
 
-    log = log or _stderr
+    log = log or say
     lock = FileLock(str(folder) + ".lock")
     holder = Path(str(folder) + ".lock.holder")
     deadline = time.monotonic() + timeout
@@ -199,8 +213,19 @@ def _holder_text(holder: Path) -> str:
         return "held by another process (it has not yet said which)"
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+PASSIVE_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def passive_threads() -> None:
+    """Let waiting OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, unless set) so a busy machine slows the build in
+    proportion; effective only before torch loads (see the module doc)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(*PASSIVE_WAIT)
+
+
+def _spinning_threads() -> bool:
+    """Did torch load with OpenMP threads that spin while waiting (the default policy)?"""
+    return os.environ.get(PASSIVE_WAIT[0], "").upper() != PASSIVE_WAIT[1]
 
 
 # ------------------------------------------------------------------------------------------------ the build ---
@@ -276,7 +301,7 @@ CHECKPOINT_EVERY = 60  # training steps between checkpoints (a resumed build rep
 
 
 def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
-                         log: Callable[[str], None] = print, checkpoint: Path | None = None,
+                         log: Callable[[str], None] = say, checkpoint: Path | None = None,
                          checkpoint_every: int = CHECKPOINT_EVERY) -> BuildReport:
     """Train tokenizer and model into `out_dir` (save_pretrained) and write build_report.json; see module doc.
 
@@ -298,6 +323,9 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
     saved_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(recipe.threads)
     torch.use_deterministic_algorithms(True)
+    if recipe.threads > 1 and _spinning_threads():
+        log(f"note: torch's {recipe.threads} threads spin while they wait (OMP_WAIT_POLICY is not PASSIVE): on a busy "
+            "machine this build slows down far more than in proportion; `ladder model build` sets it")
     try:
         corpora = load_corpora(recipe.tasks)
         calibration = {task: corpora[task].texts("calibration") for task in recipe.tasks}
@@ -316,14 +344,11 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                       weight_decay=recipe.weight_decay)
-        from tqdm.auto import tqdm
-
         train_started = time.perf_counter()
         losses: list[float] = []
         first = _resume(checkpoint, report.key, model, optimizer, generator, streams, losses, log)
-        bar = tqdm(range(first, recipe.steps), desc="train embedded OLMoE", disable=None, leave=False,
-                   initial=first, total=recipe.steps)
-        for step in bar:
+        steps = bar(range(first, recipe.steps), desc="train embedded OLMoE", initial=first, total=recipe.steps)
+        for step in steps:
             batch = torch.cat([streams[task].take(recipe.rows_per_task) for task in recipe.tasks])
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, recipe)
@@ -333,7 +358,7 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(out.loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            steps.set_postfix(loss=f"{losses[-1]:.3f}")
             done = step + 1
             if checkpoint is not None and done % checkpoint_every == 0 and done < recipe.steps:
                 _save_checkpoint(checkpoint, report.key, done, model, optimizer, generator, streams, losses)
@@ -478,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     path = commands.add_parser("path", help=f"print its cache folder (${CACHE_ENV} or ~/.cache/pytest-ladder)")
     path.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    passive_threads()
     if args.command == "path":
         folder = embedded_model_dir(seed=args.seed)
         print(folder)

@@ -6,6 +6,10 @@ one of its weights through the meta-safe path (pytest_ladder.models.weights) and
 file where the checkpoint stores it under the same name, then runs a dense-only forward (no compression) that must
 pass through that layer and give finite logits. Any failure raises PreflightError naming the layer, the parameter
 and what to do.
+
+Before a session measures anything, `check_device` and `check_model_folder` say whether the device the options ask
+for exists and whether a model folder holds a loadable checkpoint (the plugin's session preparation,
+pytest_ladder.prepare, turns their PreflightError into a usage error).
 """
 
 from __future__ import annotations
@@ -36,6 +40,33 @@ class PreflightReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def check_device(device: str, given: str | None = None) -> None:
+    """PreflightError unless `device` (cpu, mps, cuda:N) exists here; `given` is the --ladder-device value as typed."""
+    shown = f"--ladder-device {given}" if given else f"device {device}"
+    fix = "run with --ladder-device cpu, or leave --ladder-device out (cuda when a GPU is there, else cpu)"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise PreflightError(f"{shown}: no CUDA device is available on this machine (torch {torch.__version__}, "
+                                 f"{build}). Fix: {fix}")
+        index, count = torch.device(device).index or 0, torch.cuda.device_count()
+        if index >= count:
+            raise PreflightError(f"{shown}: this machine has {count} CUDA device{'s' * (count != 1)} "
+                                 f"(cuda:0..cuda:{count - 1}). Fix: pick one of them, or --ladder-device cuda")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise PreflightError(f"{shown}: Apple's MPS backend is not available here. Fix: {fix}")
+
+
+def check_model_folder(folder: Path, source: str) -> None:
+    """PreflightError unless `folder` (where --ladder-model `source` resolved) holds config.json and safetensors."""
+    missing = [what for what, found in (("config.json", (folder / "config.json").is_file()),
+                                        ("*.safetensors", any(folder.glob("*.safetensors")))) if not found]
+    if missing:
+        raise PreflightError(f"--ladder-model {source!r}: {folder} holds no {' and no '.join(missing)}. Fix: pass a "
+                             "folder saved with model.save_pretrained(folder) (config.json and *.safetensors), a "
+                             "Hugging Face hub id, or 'embedded'")
 
 
 def offloaded_layers(loaded: Any) -> list[int]:
@@ -109,4 +140,4 @@ def preflight(loaded: Any, text: str = "The ladder preflight touches an offloade
                            round(time.perf_counter() - started, 3))
 
 
-__all__ = ["preflight", "PreflightError", "PreflightReport", "offloaded_layers"]
+__all__ = ["preflight", "PreflightError", "PreflightReport", "offloaded_layers", "check_device", "check_model_folder"]

@@ -230,15 +230,14 @@ def forward_batches(model: nn.Module, batches: Sequence[Batch], *, logits: bool 
         return iter(())
     if sequential is None:
         sequential = is_offloaded(model) and supports_sequential(model)
-    from tqdm.auto import tqdm
+    from pytest_ladder.progress import bar as progress_bar
 
-    disable = None if progress is None else not progress
     if sequential:
-        bar = tqdm(total=len(decoder_layers(model)), desc=f"{desc} (layer by layer)", disable=disable, leave=False)
+        bar = progress_bar(total=len(decoder_layers(model)), desc=f"{desc} (layer by layer)", enabled=progress)
         steps = _sequential(model, batches, logits, last_layer, before_batch,
                             None if keep is None else torch.device(keep), bar)
     else:
-        bar = tqdm(total=len(batches), desc=desc, disable=disable, leave=False)
+        bar = progress_bar(total=len(batches), desc=desc, enabled=progress)
         steps = _plain(model, batches, logits, last_layer, before_batch, bar)
     return _closing(steps, bar)
 

@@ -192,10 +192,9 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
     """Run each token sequence alone (no padding) through the model and reduce, per layer, its attention input and
     output (with `sparse` also the sparse parts and the static rule's statistics). Each SequenceCapture goes to
     `on_record(layer, record)` on the device it was computed on; without it they are kept on the CPU and returned."""
-    from tqdm.auto import tqdm
-
     from pytest_ladder.models.capture import model_device
     from pytest_ladder.models.sequential import stopping_after
+    from pytest_ladder.progress import bar
 
     kept: dict[int, list[SequenceCapture]] = {layer: [] for layer in layers}
     if on_record is None:
@@ -220,8 +219,7 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
                     lambda module, args, output, layer=layer: reducer.value_post(layer, output)))
         context = eager_attention(model) if sparse is not None else contextlib.nullcontext()
         with torch.no_grad(), context, stopping_after(model, max(layers)) as forward:
-            for sequence in tqdm(sequences, desc=desc, disable=None if progress is None else not progress,
-                                 leave=False):
+            for sequence in bar(sequences, desc=desc, enabled=progress):
                 ids = torch.as_tensor([list(sequence)], dtype=torch.long, device=device)
                 forward(input_ids=ids, use_cache=False)
     finally:

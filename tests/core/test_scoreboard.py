@@ -44,14 +44,14 @@ def test_rows_in_ladder_order(ladder_archive):
     assert by_rung["g0"] == {
         "rung": "g0", "claim": "a static rank-16 basis per task replaces the expert inputs", "status": "KILLED",
         "verdict": "KILL", "killed_by": "activation_error @ layer=3-task=text: 0.31 > 0.2", "seeds": "", "model": OLMOE,
-        "date": "2025-01-02", "run_id": "20250101T000000Z-000001", "replications": 1,
+        "date": "2025-01-02", "run_id": "20250101T000000Z-000001", "replications": "1: 1 agreeing",
         "theorems": [{"theorem": "task_union_basis_contains_task_basis", "status": "not read"}],
     }
     assert (by_rung["g1_0"]["status"], by_rung["g1_0"]["killed_by"]) == ("KILLED", "requires g0 (KILLED)")
     assert (by_rung["g2"]["status"], by_rung["g2"]["verdict"], by_rung["g2"]["killed_by"]) == ("aborted", "ABORTED", "")
     assert (by_rung["g10"]["status"], by_rung["g10"]["date"]) == ("DEEPEN-STRICT", "2025-01-02")
     assert (by_rung["g10_5"]["status"], by_rung["g10_5"]["killed_by"]) == ("INVALID", "trap random_basis fired wrong")
-    assert by_rung["r1"]["status"] == "prefilter passed" and by_rung["r1"]["replications"] == 0
+    assert by_rung["r1"]["status"] == "prefilter passed" and by_rung["r1"]["replications"] == "0"
 
 
 def test_the_seeds_verdict_column(tmp_path, record, archived):

@@ -64,9 +64,10 @@ def test_forced_preflight_in_memory(pytester, tiny_folder):
     result.assert_outcomes(passed=1)
 
 
-def test_a_missing_model_fails_the_tests_with_the_fix(pytester):
+def test_a_missing_model_is_a_usage_error_with_the_fix(pytester):
     pytester.makepyfile("def test_uses_model(ladder_model): pass")
     result = pytester.runpytest(*PLUGIN, "--ladder-model", "/nonexistent/folder", "--ladder-device", "cpu",
                                 "-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*--ladder-model '/nonexistent/folder': not a model folder*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --ladder-model '/nonexistent/folder': no such folder (/nonexistent/folder)" in "\n".join(
+        result.outlines + result.errlines)
