@@ -140,7 +140,7 @@ class StackedTensor:
         if not slices or any(s.dim() != 3 or s.shape != slices[0].shape for s in slices):
             raise ValueError("StackedTensor: needs one or more slices of one 3-D shape")
         self.workspace = workspace or Workspace.on(slices[0].device, None)
-        self.slices = [self.workspace.store(s.contiguous()) for s in slices]
+        self.slices = [self._pinned(self.workspace.store(s.contiguous())) for s in slices]
         self.shape = (len(self.slices), *self.slices[0].shape)
         self._grams: list[torch.Tensor] | None = None
         self._norm_sq: torch.Tensor | None = None
@@ -153,6 +153,12 @@ class StackedTensor:
         if t.dim() != 4:
             raise ValueError(f"StackedTensor.of: expected a 4-D tensor, got shape {tuple(t.shape)}")
         return cls(list(t.unbind(0)), workspace or Workspace.on(t.device, None))
+
+    def _pinned(self, piece: torch.Tensor) -> torch.Tensor:
+        """A CPU slice in page-locked memory when the work runs on CUDA (every pass copies it to the device)."""
+        if piece.device.type == "cpu" and self.workspace.device.type == "cuda":
+            return piece.pin_memory()
+        return piece
 
     def numel(self) -> int:
         return math.prod(self.shape)

@@ -121,8 +121,19 @@ class Checkpoint:
         return ExpertWeights(gate_up[:inter], gate_up[inter:], self.tensor(f"{base}.experts.down_proj")[expert])
 
     def experts(self, layer: int, projection: str) -> torch.Tensor:
-        """All experts' `projection` matrices of a layer, stacked: (E, I, H) for gate/up, (E, H, I) for down."""
-        return torch.stack([self.expert(layer, e)[projection] for e in range(self.n_experts)])
+        """All experts' `projection` matrices of a layer, stacked: (E, I, H) for gate/up, (E, H, I) for down; only
+        that projection is read."""
+        if projection not in ("gate", "up", "down"):
+            raise ValueError(f"experts: projection must be gate, up or down, got {projection!r}")
+        base = self._layer(layer)
+        if f"{base}.experts.0.gate_proj.weight" in self._files:
+            return torch.stack([self.tensor(f"{base}.experts.{e}.{projection}_proj.weight")
+                                for e in range(self.n_experts)])
+        if projection == "down":
+            return self.tensor(f"{base}.experts.down_proj")
+        gate_up = self.tensor(f"{base}.experts.gate_up_proj")
+        inter = gate_up.shape[1] // 2
+        return gate_up[:, :inter] if projection == "gate" else gate_up[:, inter:]
 
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",

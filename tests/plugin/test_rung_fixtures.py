@@ -57,6 +57,26 @@ def test_checkpoint_reads_every_expert_bit_exact(tiny_olmoe):
         assert torch.equal(checkpoint.experts(layer, "down"), experts.down_proj)
 
 
+def test_checkpoint_reads_fused_expert_stacks(tmp_path, tiny_olmoe):
+    """A checkpoint storing the fused stacks (experts.gate_up_proj (E, 2I, H), experts.down_proj (E, H, I)) reads the
+    same experts as the per-expert one, each projection alone or expert by expert."""
+    from safetensors.torch import save_file
+
+    model, folder = tiny_olmoe
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    save_file({name: t.contiguous() for name, t in model.state_dict().items()}, tmp_path / "model.safetensors")
+    fused, per_expert = Checkpoint(tmp_path), Checkpoint(folder)
+    assert "model.layers.0.mlp.experts.gate_up_proj" in fused.names
+    assert "model.layers.0.mlp.experts.gate_up_proj" not in per_expert.names
+    for layer in range(2):
+        for projection in ("gate", "up", "down"):
+            stacked = fused.experts(layer, projection)
+            assert torch.equal(stacked, per_expert.experts(layer, projection))
+            assert torch.equal(stacked, torch.stack([fused.expert(layer, e)[projection] for e in range(4)]))
+    with pytest.raises(ValueError, match="projection must be gate, up or down"):
+        fused.experts(0, "gate_up")
+
+
 def test_checkpoint_names_missing_pieces(tmp_path, tiny_olmoe):
     with pytest.raises(FileNotFoundError, match="config.json"):
         Checkpoint(tmp_path)
