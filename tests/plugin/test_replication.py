@@ -9,8 +9,8 @@ from pytest_ladder.scoreboard import scoreboard_rows
 
 pytest.importorskip("numpy")  # loaded here, once: the toy rung imports it in inline sessions, which cannot load it twice
 
-HARDEST = "test_toy.py::test_relative_error[layer=3-true_rank=8]"
-KILLED_AT = {"kind": "gate", "name": "relative_error", "cell": "layer=3-true_rank=8"}
+HARDEST = "test_toy.py::test_relative_error[layer:3-true_rank:8]"
+KILLED_AT = {"kind": "gate", "name": "relative_error", "cell": "layer:3-true_rank:8"}
 
 
 def test_an_analytical_rerun_of_a_decided_prereg_runs_and_archives_a_run(toy):
@@ -30,7 +30,7 @@ def test_a_partial_selection_with_replicate_is_a_partial_run(toy):
     toy.pytester.runpytest_subprocess().assert_outcomes(passed=5, failed=1)
     result = toy.pytester.runpytest_subprocess("--lf", "--ladder-replicate")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["toy: PARTIAL at gate relative_error @ layer=3-true_rank=8*"])
+    result.stdout.fnmatch_lines(["toy: PARTIAL at gate relative_error @ layer:3-true_rank:8*"])
     decision, partial = toy.runs()
     assert not (partial / "decision.json").exists()
     record = toy.record(partial)
@@ -54,14 +54,14 @@ def test_a_replication_says_whether_it_agrees_with_the_decision(toy):
     (decision,) = toy.runs()
     decision_id = toy.record(decision)["run_id"]
     same = toy.pytester.runpytest("-x", "--ladder-replicate")
-    same.stdout.fnmatch_lines([f"toy: KILL at gate relative_error @ layer=3-true_rank=8*, replication of "
+    same.stdout.fnmatch_lines([f"toy: KILL at gate relative_error @ layer:3-true_rank:8*, replication of "
                                f"{decision_id}: agrees with it"])
     module = toy.module(hook="raise RuntimeError('lost the device')")
     assert "lost the device" in module.read_text()
     differs = toy.pytester.runpytest("-x", "--ladder-replicate")
     differs.stdout.fnmatch_lines([f"toy: INVALID (error relative_error: RuntimeError: lost the device), replication "
                                   f"of {decision_id}: DIFFERS from it (KILL at gate relative_error @ "
-                                  "layer=3-true_rank=8)"])
+                                  "layer:3-true_rank:8)"])
     agreeing, differing = (toy.record(run) for run in toy.runs()[1:])
     assert agreeing["agreement"] == {"agrees": True, "run_id": decision_id, "verdict": "KILL", "killed_by": KILLED_AT}
     assert differing["agreement"] == {"agrees": False, "run_id": decision_id, "verdict": "KILL",

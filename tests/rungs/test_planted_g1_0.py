@@ -69,7 +69,7 @@ def test_on_grid_weights_make_g1_0_no_decision_and_g1_0_control_a_kill(on_grid, 
     record = records["g1_0_control"]
     assert record["verdict"] == "KILL", record["invalid_because"]
     killed = record["killed_by"]
-    assert (killed["name"], killed["cell"]) == ("vs_orthogonal_ratio", "layer=3/16-weight=up-bits=2")
+    assert (killed["name"], killed["cell"]) == ("vs_orthogonal_ratio", "layer:3/16-weight:up-bits:2")
     assert killed["value"] > 0.5
     traps = {t["name"]: t for t in record["traps"]}
     assert set(traps) == {"trivial_pass", "orthogonal_invariance", "permutation_gauge"}

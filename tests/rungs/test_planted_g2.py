@@ -51,8 +51,8 @@ def test_flat_modes_kill_g2_at_residual_at_budget(flat, tmp_path):
     record = run_rungs(tmp_path, flat, ["g2"], "-x")["g2"]
     assert record["verdict"] == "KILL", record["invalid_because"]
     killed = record["killed_by"]
-    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "weight=up")
+    assert (killed["kind"], killed["name"], killed["cell"]) == ("prefilter", "residual_at_budget", "weight:up")
     assert killed["value"] == pytest.approx(38 / 64, abs=1e-12)
     assert [(g["name"], g["cell"]) for g in record["gates"] if g["outcome"] != "not run"] == [
-        ("residual_at_budget", "weight=up")]
-    assert gate_values(record)[("residual_at_budget", "weight=up")] == killed["value"]
+        ("residual_at_budget", "weight:up")]
+    assert gate_values(record)[("residual_at_budget", "weight:up")] == killed["value"]
