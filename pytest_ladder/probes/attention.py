@@ -67,15 +67,22 @@ def _targets(sparse: bool, n_random: int) -> dict[str, Callable[[SequenceCapture
 @dataclass
 class Calibration:
     """One layer's calibration, folded in sequence by sequence: the scan's normal equations for every target and,
-    with the sparse part, the static rule's attention sums."""
+    with the sparse part, the static rule's attention sums.
+
+    Under a bounded `workspace` the normal equations wait on the CPU (G10.5 on OLMoE-1B-7B: ~2.7 GB per layer and
+    fold) and the sequences' features and targets are held on the device until they fill a quarter of it, then
+    folded in together (one product per batch of sequences, not one 2.7 GB transfer per sequence)."""
 
     decays: tuple[float, ...]
     skip_prefix: bool = True
-    workspace: Workspace | None = None  # bounded: the statistics wait on the CPU, fits run on its device
+    workspace: Workspace | None = None
     fit: Normal = field(default_factory=Normal)
     validation: Normal = field(default_factory=Normal)
     n_sequences: int = 0
     _normal: Normal | None = field(default=None, repr=False, compare=False)
+    _pending: dict[str, list] = field(default_factory=lambda: {"fit": [], "validation": []}, repr=False,
+                                      compare=False)
+    _pending_bytes: int = field(default=0, repr=False, compare=False)
     sink: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -86,12 +93,16 @@ class Calibration:
         targets = _targets(record.o_sparse is not None, len(record.o_random))
         phi = scan_features(record.x, self.decays)[keep]
         self.n_sequences += 1
-        fold = self.validation if self.n_sequences % VALIDATION_EVERY == 0 else self.fit
-        bounded = self.workspace is not None and self.workspace.bounded
-        fold.add(phi, {name: select(record)[keep] for name, select in targets.items()},
-                 home=self.workspace.home if bounded else None,
-                 max_bytes=self.workspace.limit // 4 if bounded else None)
-        fold.device = phi.device
+        name = "validation" if self.n_sequences % VALIDATION_EVERY == 0 else "fit"
+        values = {target: select(record)[keep] for target, select in targets.items()}
+        if self.bounded:
+            self._pending[name].append((phi, values))
+            self._pending_bytes += phi.numel() * 8 + sum(v.numel() * v.element_size() for v in values.values())
+            if self._pending_bytes > self.workspace.limit // 4:
+                self.flush()
+        else:
+            getattr(self, name).add(phi, values)
+            getattr(self, name).device = phi.device
         self._normal = None
         if record.offset_mass is not None:
             t = record.offset_mass.shape[1]
@@ -108,8 +119,27 @@ class Calibration:
             self.queries += t
 
     @property
+    def bounded(self) -> bool:
+        return self.workspace is not None and self.workspace.bounded
+
+    def flush(self) -> None:
+        """Fold the sequences held on the device into the normal equations kept on the CPU (bounded workspace)."""
+        for name, pending in self._pending.items():
+            if not pending:
+                continue
+            fold = getattr(self, name)
+            phi = torch.cat([p for p, _ in pending])
+            values = {target: torch.cat([v[target] for _, v in pending]) for target in pending[0][1]}
+            fold.add(phi, values, home=self.workspace.home, max_bytes=self.workspace.limit // 4)
+            fold.device = phi.device
+            pending.clear()
+        self._pending_bytes = 0
+        self._normal = None
+
+    @property
     def normal(self) -> Normal:
         """The normal equations over every calibration sequence (fit + validation)."""
+        self.flush()
         if self._normal is None:
             self._normal = self.fit + self.validation
         return self._normal
@@ -319,6 +349,8 @@ class AttentionStudy:
                               self._sequences(task, "calibration", self.calibration_tokens), self.layers,
                               sparse=self.sparse, on_record=lambda layer, record: stats[layer].add(record),
                               desc=f"attention {task} calibration")
+            for calibration in stats.values():
+                calibration.flush()
             self._calibration[task] = stats
         return self._calibration[task][layer]
 

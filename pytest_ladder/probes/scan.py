@@ -60,7 +60,10 @@ class Normal:
         phi = phi.to(F64)
         keep = (lambda t: t) if home is None else (lambda t: t.to(home))
         gram = keep(phi.mT @ phi)
-        self.ftf = gram if self.ftf is None else self.ftf + gram
+        if self.ftf is None:
+            self.ftf = gram
+        else:
+            self.ftf += gram
         names, group, groups, width = list(targets), [], [], 0
         for name in names:  # consecutive targets whose ΦᵀY fits max_bytes together
             size = targets[name].shape[-1]
@@ -75,7 +78,10 @@ class Normal:
             ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in group], dim=-1)
             for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
                 part = keep(part)
-                self.fty[name] = part if name not in self.fty else self.fty[name] + part
+                if name in self.fty:
+                    self.fty[name] += part
+                else:
+                    self.fty[name] = part.contiguous()
                 self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
         self.release()
@@ -159,6 +165,7 @@ def choose_ridges(calibration: Calibration, targets: Sequence[str], ridges: Sequ
         raise ValueError("readout: no ridge given; params.ridges must list at least one value")
     if len(ridges) == 1:
         return {target: ridges[0] for target in targets}
+    calibration.flush()
     if calibration.validation.ftf is None or calibration.fit.ftf is None:
         raise ValueError(f"readout: choosing among {len(ridges)} ridges needs at least {VALIDATION_EVERY} "
                          "calibration sequences; raise params.calibration_tokens_per_feature")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 TINY = 256 * 1024  # smaller than one expert's float64 working set: one expert per chunk
+BATCHED = 16 * 1024**2  # G10.5's calibration: several sequences folded in per batch
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def attention_studies():
     loaded = load_model(ModelSpec(source="embedded"))
     corpora = load_corpora()
     found = {}
-    for budget in (None, TINY):
+    for budget in (None, TINY, BATCHED):
         budgeted = type(loaded)(loaded.model, loaded.tokenizer, loaded.adapter, loaded.identity,
                                 replace(loaded.spec, gpu_workspace=budget), loaded.path)
         found[budget] = AttentionStudy(budgeted, corpora, [1, 6], n_points=256, decays=(0.5, 0.9), ridges=(1e-3, 1e-1),
@@ -102,8 +103,11 @@ def attention_studies():
     return found
 
 
-def test_attention_fits_do_not_depend_on_the_budget(attention_studies):
-    free, tiny = attention_studies[None], attention_studies[TINY]
+@pytest.mark.parametrize("budget", ["tiny", "batched"])
+def test_attention_fits_do_not_depend_on_the_budget(attention_studies, budget):
+    """TINY folds every calibration sequence in alone, BATCHED several sequences at once: both equal the unbounded
+    fits."""
+    free, tiny = attention_studies[None], attention_studies[TINY if budget == "tiny" else BATCHED]
     for layer in (1, 6):
         kept = tiny.calibration(layer, "text").fit
         assert kept.ftf.device.type == "cpu" and all(v.device.type == "cpu" for v in kept.fty.values())
