@@ -8,6 +8,8 @@ import sys
 
 # subcommand -> (module, function, help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "new": ("pytest_ladder.new_claim", "main", "start a claim: an unsealed prereg with every field explained (--from "
+            "RUNG: a variant of that rung)"),
     "seal": ("pytest_ladder.seal", "seal_main", "validate prereg tau.json files, then write their SHA-256 seals"),
     "verify": ("pytest_ladder.seal", "verify_main", "exit 0 only when every tau.json holds its seal and the schema"),
     "scoreboard": ("pytest_ladder.scoreboard", "main", "print the ladder table from an archive (markdown or JSON)"),

@@ -82,6 +82,7 @@ def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list
     requires = r.attempt(r.requires, rung)
     params = r.attempt(r.params)
     seal = r.attempt(r.seal)
+    r.attempt(r.field_notes)  # explanations only: checked, kept in `raw`
     fields = {
         "claim": r.attempt(r.required_text, "claim"),
         "metric": r.attempt(r.required_text, "metric"),

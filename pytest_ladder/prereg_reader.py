@@ -212,6 +212,16 @@ class _Reader:
             )
         return seal
 
+    def field_notes(self) -> None:
+        """`field_notes`: {prereg field: what it means}, explanations kept beside the values (`ladder new` writes
+        one for every field); each key a prereg field, each note a non-empty string."""
+        notes = self.obj("field_notes", self.data.get("field_notes", {}))
+        for key, note in notes.items():
+            if key not in ALLOWED:
+                self.attempt(self.unknown_key, "field_notes", key, "prereg", ALLOWED)
+            else:
+                self.attempt(self.text, f"field_notes.{key}", note)
+
     def optional_text(self, name: str) -> str | None:
         return None if self.data.get(name) is None else self.text(name, self.data[name])
 

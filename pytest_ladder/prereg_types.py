@@ -16,7 +16,7 @@ REQUIRED = (
     "claim", "metric", "data_points", "random_seeds", "decision_threshold", "tau_margin", "model", "tasks", "cells",
     "hardest_cell", "gates", "traps",
 )
-OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "seal")
+OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "field_notes", "seal")
 ALLOWED = REQUIRED + OPTIONAL
 GATE_OPS = ("<", "<=", ">", ">=")
 GATE_KEYS = ("op", "threshold", "note", "vs_tau")
