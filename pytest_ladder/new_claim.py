@@ -278,7 +278,8 @@ def new_claim(name: str, *, prereg_dir: Path | str = "prereg", rungs_dir: Path |
         module.parent.mkdir(parents=True, exist_ok=True)
         module.write_text(text, encoding="utf-8")
     edit = _shown(prereg) if text is None else f"{_shown(prereg)} {_shown(module)}"
-    run = f"pytest {_shown(module)} --ladder-prereg-dir {_shown(prereg_dir)}"
+    selected = _shown(module) if text is not None else f"{_shown(module)}::{name}"  # a variant: its own group
+    run = f"pytest {selected} --ladder-prereg-dir {_shown(prereg_dir)}"
     return Written(prereg, module if text is not None else None, module,
                    (f"$EDITOR {edit}", f"ladder seal {_shown(prereg)}", run))
 

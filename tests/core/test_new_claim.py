@@ -120,7 +120,7 @@ def test_cli_prints_the_three_next_commands(repo_copy, capsys):
         "next:",
         "  $EDITOR prereg/g4_rank4x/tau.json",
         "  ladder seal prereg/g4_rank4x/tau.json",
-        "  pytest rungs/test_g4.py --ladder-prereg-dir prereg",
+        "  pytest rungs/test_g4.py::g4_rank4x --ladder-prereg-dir prereg",
     ]
 
 
