@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
             "RUNG: a variant of that rung)"),
     "seal": ("pytest_ladder.seal", "seal_main", "validate prereg tau.json files, then write their SHA-256 seals"),
     "verify": ("pytest_ladder.seal", "verify_main", "exit 0 only when every tau.json holds its seal and the schema"),
+    "schema": ("pytest_ladder.prereg_schema", "main", "print the prereg JSON Schema (--markdown: its reference page)"),
     "scoreboard": ("pytest_ladder.scoreboard", "main", "print the ladder table from an archive (markdown or JSON)"),
     "model": ("pytest_ladder.models.embedded", "main", "build or locate the embedded default model (ladder model build)"),
     "theorems": ("pytest_ladder.theorems", "main", "status grid of the Lean kill theorems"),
