@@ -128,3 +128,31 @@ def test_cli_reference_is_generated_from_the_help(capsys):
 
     for name in COMMANDS:
         assert f"\n## ladder {name}\n\n```text\nusage: ladder {name}" in generated
+
+
+FIXTURES = ("prereg", "gate", "trap", "cell", "ladder_seeds", "ladder_model", "ladder_corpora", "ladder_weights",
+            "ladder_routing", "ladder_layers", "ladder_workspace", "rung_cache", "attention_study")
+HELPERS = ("record_cell", "cell_layers", "resolve_layer", "resolve_size")
+
+
+def test_fixtures_guide_names_every_fixture_and_helper():
+    import importlib
+
+    binding, rung, rung_fixtures, model_fixtures = (importlib.import_module(f"pytest_ladder.{name}")
+                                                    for name in ("binding", "rung", "rung_fixtures", "fixtures"))
+
+    text = (REPO / "docs" / "fixtures.md").read_text(encoding="utf-8")
+    for name in FIXTURES:
+        assert f"| `{name}` |" in text, name
+        assert any(hasattr(module, name) for module in (binding, rung_fixtures, model_fixtures)) or name == "cell"
+    for name in HELPERS:
+        assert f"| `{name}(" in text, name
+        assert hasattr(rung_fixtures, name) or hasattr(rung, name)
+
+
+@pytest.mark.parametrize("page", ["own-claim.md", "fixtures.md", "cli.md", "prereg-reference.md"])
+def test_docs_links_resolve_and_readme_links_them(page):
+    document = REPO / "docs" / page
+    for path in re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", document.read_text(encoding="utf-8")):
+        assert path.startswith("http") or (document.parent / path).exists(), f"{page} links to {path}"
+    assert f"](docs/{page})" in (REPO / "README.md").read_text(encoding="utf-8")
