@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-import numpy  # noqa: F401  (loaded once here: the inner sessions import the toy rung, which imports numpy)
+import numpy as np  # loaded once here: the inner sessions import the toy rung, which imports numpy
 import pytest
 
 from pytest_ladder.prereg import load_prereg
@@ -27,6 +27,9 @@ def variant(toy):
     toy.rung()
     toy.prereg("toy_rank8", rung="toy", params={"rank": 8, "size": 32})
     return toy
+
+
+assert np.ndarray  # the inner sessions reuse this import: numpy cannot be loaded twice in one process
 
 
 def collected(result) -> list[str]:
