@@ -9,6 +9,7 @@ import numpy as np  # loaded once here: the inner sessions import the toy rung, 
 import pytest
 
 from pytest_ladder.prereg import load_prereg
+from pytest_ladder.scoreboard import scoreboard_rows
 
 BASE_ORDER = [
     "test_toy.py::test_trivial_pass",
@@ -61,6 +62,8 @@ def test_each_claim_gets_its_own_one_shot_decision(variant):
     assert rank8_record["prereg"]["path"] == "prereg/toy_rank8/tau.json"
     assert {row["nodeid"] for row in rank8_record["gates"] + rank8_record["traps"]} == set(VARIANT_ORDER)
     result.stdout.fnmatch_lines(["toy: KILL at gate relative_error*", "toy_rank8: PASS*"])
+    rows = scoreboard_rows(variant.root / "archive")
+    assert [(row["rung"], row["status"]) for row in rows] == [("toy", "KILLED"), ("toy_rank8", "PASSED")]
     again = variant.pytester.runpytest("test_toy.py::toy_rank8")
     again.stdout.fnmatch_lines(["toy_rank8: refused, nothing archived: prereg/toy_rank8/tau.json * is already decided*"])
     assert len(variant.runs("toy_rank8")) == 1
