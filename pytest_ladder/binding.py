@@ -236,7 +236,8 @@ def _claim_namespace(module: Any, base: Rung, claim: Rung) -> type:
             members[name] = staticmethod(_bound_copy(value, claim))
 
     @pytest.fixture(scope="class", name="rung_cache")
-    def claim_cache(self: Any, rung_cache: dict) -> Any:
+    @classmethod
+    def claim_cache(cls: Any, rung_cache: dict) -> Any:
         """This claim's part of the module's rung_cache, emptied when the claim's tests are done."""
         cache = rung_cache.setdefault(("claim", claim.name), {})
         yield cache

@@ -37,7 +37,7 @@ def console_blocks(text: str) -> list[list[tuple[str, list[str]]]]:
 
 def shown_in_order(expected: list[str], printed: list[str]) -> bool:
     position = 0
-    for pattern in expected:
+    for pattern in (line.replace("[", "[[]") for line in expected):  # brackets in node ids are literal
         while position < len(printed) and not fnmatch.fnmatchcase(printed[position], pattern):
             position += 1
         if position == len(printed):
