@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "model": ("pytest_ladder.models.embedded", "main", "build or locate the embedded default model (ladder model build)"),
     "theorems": ("pytest_ladder.theorems", "main", "status grid of the Lean kill theorems"),
     "archive": ("pytest_ladder.archive", "check_main", "ladder archive check [DIR]: every record matches the schema"),
+    "new": ("pytest_ladder.new_claim_kinds", "main", "ladder new NAME --kind expert-weights: a claim to edit and seal"),
 }
 
 

@@ -75,7 +75,7 @@ def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list
     """(the Prereg, []) or (None, every problem found): each field is checked independently of the others."""
     r = _Reader(display, data)
     r.top_level()
-    rung = r.attempt(r.rung, path.parent.name)
+    rung, module = r.attempt(r.rung, path.parent.name) or (None, None)
     seeds = r.attempt(r.seeds)
     tau_margin = r.attempt(r.margin)
     cells = r.attempt(r.cells)
@@ -104,6 +104,7 @@ def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list
         path=path,
         display_path=display,
         rung=rung,
+        module=module,
         seeds=seeds[0],
         n_seeds=seeds[1],
         tau_margin=tau_margin,
