@@ -300,7 +300,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", default="embedded", metavar="embedded|PATH",
                         help="the model whose depth lays out the cells, written as the prereg's model "
                              "(default: embedded)")
+    parser.add_argument("--kind", choices=["expert-weights"],
+                        help="a claim about your own compressor, tested by the kind's generic rung module "
+                             "(see docs/compressors.md; with --compressor-dir)")
+    parser.add_argument("--compressor-dir", default="claims", metavar="DIR",
+                        help="with --kind: where the skeleton compressor goes, importable from the current folder "
+                             "(default: claims)")
     args = parser.parse_args(argv)
+    if args.kind is not None:
+        from pytest_ladder import new_claim_kinds
+
+        if args.source is not None:
+            print("ladder new: --kind and --from exclude each other: a variant reuses its rung's method",
+                  file=sys.stderr)
+            return 2
+        return new_claim_kinds.main([args.name, "--kind", args.kind, "--prereg-dir", args.prereg_dir,
+                                     "--compressor-dir", args.compressor_dir])
     try:
         written = new_claim(args.name, prereg_dir=args.prereg_dir, rungs_dir=args.rungs_dir, source=args.source,
                             model=args.model)

@@ -20,8 +20,6 @@ from pytest_ladder.cli import cli_markdown, main as ladder
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "own-claim.md"
 RUN_ID = re.compile(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}")
-BINDING = ("a variant prereg (\"rung\": \"g4\" in prereg/g4_rank4x) is refused by this branch's prereg reader and "
-           "collected by no module until the parameter-variant binding lands")
 
 
 def sections(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -95,7 +93,6 @@ def test_own_claim_lists_the_two_ways_in():
         "A variant of a seed rung: G4 at 4× the rank", "A claim with a module of its own: INT4 experts"]
 
 
-@pytest.mark.xfail(strict=True, reason=BINDING)
 def test_own_claim_variant(tmp_path):
     commands = walk(tmp_path, "A variant of a seed rung: G4 at 4× the rank")
     assert commands == ["ladder new g4_rank4x --from g4", "ladder seal prereg/g4_rank4x/tau.json",
