@@ -73,7 +73,7 @@ def test_a_replication_says_whether_it_agrees_with_the_decision(toy):
 def test_the_already_decided_refusal_is_given_once_per_rung(toy):
     toy.rung()
     toy.pytester.runpytest().assert_outcomes(passed=5, failed=1)
-    result = toy.pytester.runpytest()
+    result = toy.pytester.runpytest("-rN")  # no short summary: its lines are cut to the terminal width except in CI
     result.assert_outcomes(errors=1, skipped=5)
     output = "\n".join(result.outlines)
     assert output.count("ERROR at setup of") == 1
