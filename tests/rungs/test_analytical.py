@@ -38,7 +38,7 @@ def tiny_olmoe(folder: Path) -> Path:
     from transformers import OlmoeConfig, OlmoeForCausalLM
 
     torch.manual_seed(0)
-    config = OlmoeConfig(vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=4,
+    config = OlmoeConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,
                          eos_token_id=1, pad_token_id=0, bos_token_id=None)
     OlmoeForCausalLM(config).save_pretrained(folder)
