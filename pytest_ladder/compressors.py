@@ -31,6 +31,7 @@ user's module.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -215,7 +216,23 @@ def _required(protocol: type) -> list[str]:
     return [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
 
 
+def find_compressor(prereg: Any, root: Path | None = None) -> None:
+    """The collection check of a generic rung (`rung(..., check=find_compressor)`): the prereg names a compressor as
+    `module:factory` and the module exists, found without importing it (collection stays free of torch; PreregError
+    naming the file, the field and the fix)."""
+    module_name, _, _ = compressor_spec(prereg)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        _import(module_name, prereg, root)  # names what is missing, as an import would
+
+
 def check_expert_weights(prereg: Any, root: Path | None = None) -> None:
-    """The generic expert-weights rung's collection check (`rung(..., check=check_expert_weights)`): the compressor
-    the prereg names loads and speaks the protocol (PreregError naming the file, the field and the fix)."""
+    """The generic expert-weights rung's session preparation (`rung(..., prepare=check_expert_weights)`, before any
+    rung runs): the compressor the prereg names loads and speaks the protocol (PreregError naming the file, the
+    field and the fix)."""
     load_compressor(prereg, "expert_weights", root=root)

@@ -91,15 +91,38 @@ def prepare_session(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.option.collectonly:
         return
     wanted = needs(config, items)
-    if not wanted:
-        return
     try:
-        _prepare(config, wanted, prepared(config))
+        _prepare_rungs(config, items)
+        if wanted:
+            _prepare(config, wanted, prepared(config))
     except (NotReady, pytest.UsageError) as error:
         message = f"{error}\n({NOTHING_RAN})"
         if not is_worker(config):
             raise pytest.UsageError(message) from None
         prepared(config).error = message
+
+
+def _prepare_rungs(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each selected rung's own preparation (`rung(..., prepare=...)`, e.g. its compressor importing and speaking
+    the protocol), once per claim that will run; a PreregError is a usage error."""
+    from pytest_ladder.binding import bound_prereg, ladder_marker
+    from pytest_ladder.guard import rung_guard
+    from pytest_ladder.prereg import PreregError
+
+    done: set[str] = set()
+    for item in items:
+        marker = ladder_marker(item)
+        bound = marker.kwargs["rung"] if marker is not None else None
+        if bound is None or bound.prepare is None or bound.name in done:
+            continue
+        done.add(bound.name)
+        guard = rung_guard(config, bound, remember=False)
+        if guard.refused or guard.requires_killed:
+            continue
+        try:
+            bound.prepare(bound_prereg(config, bound), config.rootpath)
+        except PreregError as error:
+            raise NotReady(str(error)) from None
 
 
 def _missing_packages(names: list[str]) -> list[str]:

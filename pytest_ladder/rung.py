@@ -60,6 +60,7 @@ class Rung:
     module: str | None = None  # the rung module testing this claim when it is another prereg bound to it
     own_prereg: bool = True  # False: the module has no prereg of its own and tests only the preregs bound to it
     check: Callable[[Any, Any], None] | None = None  # check(prereg, rootdir) at collection: PreregError if unusable
+    prepare: Callable[[Any, Any], None] | None = None  # the same, before any rung runs (may import heavy code)
 
     @property
     def module_name(self) -> str:
@@ -70,7 +71,7 @@ class Rung:
         """The claim of the prereg `<prereg dir>/<name>/tau.json` bound to this module (its "rung" field): the
         module's declarations under the prereg's name."""
         return Rung(name=name, gates=self.gates, traps=self.traps, prefilters=self.prefilters, module=self.name,
-                    check=self.check)
+                    check=self.check, prepare=self.prepare)
 
     def _declare(self, kind: str, name: str, extra_marks: tuple) -> Callable:
         if not name or not isinstance(name, str):
@@ -99,16 +100,18 @@ class Rung:
 
 
 def rung(name: str, *, prereg: str | None = None, own_prereg: bool = True,
-         check: Callable[[Any, Any], None] | None = None) -> Rung:
+         check: Callable[[Any, Any], None] | None = None, prepare: Callable[[Any, Any], None] | None = None) -> Rung:
     """Bind the calling test module to the rung `name` (its prereg is `<prereg dir>/<name>/tau.json`).
 
     The module also tests, each as a claim of its own, every prereg in the prereg folder whose "rung" field is `name`
     (parameter variants: no code copied). `own_prereg=False` declares a generic module with no prereg of its own
     (e.g. `rung("expert_weights", own_prereg=False)`): it runs only the preregs bound to it, and none when there are
     none. `check(prereg, rootdir)` runs at collection on every prereg the module binds and raises
-    `prereg.PreregError` (naming file, field and fix) for content it cannot run, e.g. a compressor that does not
-    import (compressors.check_expert_weights): the session ends as a usage error before anything is spent."""
-    return Rung(name=name, prereg=prereg, own_prereg=own_prereg, check=check)
+    `prereg.PreregError` (naming file, field and fix) for content it cannot run, e.g. a compressor module that does
+    not exist (compressors.find_compressor): the session ends as a usage error before anything is spent. Collection
+    stays light (no torch); `prepare(prereg, rootdir)` runs the checks that import heavy code once per session
+    before any rung (compressors.check_expert_weights), with the same outcome."""
+    return Rung(name=name, prereg=prereg, own_prereg=own_prereg, check=check, prepare=prepare)
 
 
 def record_context(config: pytest.Config, key: str, value: dict) -> None:

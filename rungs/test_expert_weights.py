@@ -17,11 +17,11 @@ Heavy lifting: pytest_ladder.probes.expert_weights.
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.compressors import check_expert_weights
+from pytest_ladder.compressors import check_expert_weights, find_compressor
 from pytest_ladder.rung import record_cell
 from pytest_ladder.rung_fixtures import cell_layers
 
-ladder = rung("expert_weights", own_prereg=False, check=check_expert_weights)
+ladder = rung("expert_weights", own_prereg=False, check=find_compressor, prepare=check_expert_weights)
 
 HARMFUL = ("harmful",)
 
