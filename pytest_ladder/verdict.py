@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_ladder.prereg_types import current_cell_id
 from pytest_ladder.records import GateRecord, TrapRecord
 
 KILL, PASS, INVALID = "KILL", "PASS", "INVALID"
@@ -206,8 +207,14 @@ def _decide(plan: Plan, outcomes: dict[str, Outcome], *, aborted: bool, requires
 
 
 def killing_gate(killed_by: dict | None) -> dict | None:
-    """What killed a rung, for comparing two runs: {kind, name, cell} of its `killed_by` (None when nothing did)."""
-    return None if not killed_by else {key: killed_by.get(key) for key in ("kind", "name", "cell")}
+    """What killed a rung, for comparing two runs: {kind, name, cell} of its `killed_by` (None when nothing did),
+    the cell as this version spells it (records written with "layer=3/16" ids name the cell "layer:3/16")."""
+    if not killed_by:
+        return None
+    found = {key: killed_by.get(key) for key in ("kind", "name", "cell")}
+    if isinstance(found["cell"], str):
+        found["cell"] = current_cell_id(found["cell"])
+    return found
 
 
 def agreement(record: dict, decision: dict) -> dict:
