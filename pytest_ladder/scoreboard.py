@@ -150,15 +150,15 @@ def render_markdown(rows: list[dict]) -> str:
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def update_readme(path: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
-    """Replace what stands between the `markers` (default: the scoreboard's) in `path` with `text` (ValueError if a
-    marker is missing)."""
+def update_readme(path: Path, text: str, markers: tuple[str, str] = (START, END), table: str = "scoreboard") -> None:
+    """Replace what stands between the `markers` of `table` (default: the scoreboard's) in `path` with `text`
+    (ValueError if a marker is missing)."""
     opening, closing = markers
     content = path.read_text(encoding="utf-8")
     start, end = content.find(opening), content.find(closing)
     if start < 0 or end < start:
         raise ValueError(
-            f"{path}: the markers are missing or out of order; put the two lines {opening} and {closing} "
+            f"{path}: the {table} markers are missing or out of order; put the two lines {opening} and {closing} "
             "where the table belongs"
         )
     updated = content[: start + len(opening)] + "\n" + text.rstrip("\n") + "\n" + content[end:]
@@ -290,7 +290,8 @@ def _transfer_main(archive: Path, args: argparse.Namespace) -> int:
         return 1
     if args.update_readme:
         try:
-            update_readme(Path(args.update_readme), render_transfer_markdown(table), (TRANSFER_START, TRANSFER_END))
+            update_readme(Path(args.update_readme), render_transfer_markdown(table), (TRANSFER_START, TRANSFER_END),
+                          "transfer table")
         except (OSError, ValueError) as error:
             print(f"ladder scoreboard: {error}", file=sys.stderr)
             return 2
