@@ -306,10 +306,10 @@ def _outcomes(record: dict) -> dict[tuple, tuple[Any, str]]:
     found: dict[tuple, tuple[Any, str]] = {}
     for gate in _gates(record):
         if gate.outcome in ("passed", "failed"):
-            found[(gate.kind, gate.name, gate.cell or "")] = (gate.value, gate.outcome)
+            found[(gate.kind, gate.name, current_cell_id(gate.cell) if gate.cell else "")] = (gate.value, gate.outcome)
     for trap in _traps(record):
         if trap.outcome in ("passed", "failed"):
-            found[("trap", trap.name, trap.cell or "")] = (trap.observed, trap.outcome)
+            found[("trap", trap.name, current_cell_id(trap.cell) if trap.cell else "")] = (trap.observed, trap.outcome)
     return found
 
 
