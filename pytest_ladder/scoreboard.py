@@ -295,7 +295,8 @@ def _transfer_main(archive: Path, args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             print(f"ladder scoreboard: {error}", file=sys.stderr)
             return 2
-        print(f"updated {args.update_readme} ({len(table['rows'])} rungs on {len(table['models'])} models)")
+        n = len(table['models'])
+        print(f"updated {args.update_readme} ({len(table['rows'])} rungs on {n} model{'s' * (n != 1)})")
         return 0
     print(json.dumps(table, indent=2, ensure_ascii=False) if args.format == "json" else render_transfer_markdown(table))
     return 0

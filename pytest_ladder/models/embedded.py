@@ -84,6 +84,9 @@ class Recipe:
     eval_documents: int = 48  # held-out documents per task for the NLL report
     eval_tokens: int = 4096  # held-out tokens per task for the routing report
 
+    def __post_init__(self) -> None:
+        family_of(self)  # an unknown family is refused here, naming the known ones
+
     def record(self) -> dict:
         """The recipe as keyed and reported: every field, the family left out for OLMoE (the first family, whose
         key and cache folder predate the field)."""

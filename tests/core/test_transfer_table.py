@@ -108,7 +108,8 @@ def test_a_second_family_postmortem_names_where_it_differs(transfer_archive, on_
         "- the verdict **differs**: KILL on OLMoE, PASS here.",
     ]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
-    assert rows[2:] == [["gate", "activation_error", "layer:3-task:text", "0.31", "failed", "0.15", "passed"]]  # ids as now spelt
+    # cells compared in the current key:value spelling
+    assert rows[2:] == [["gate", "activation_error", "layer:3-task:text", "0.31", "failed", "0.15", "passed"]]
     mixtral = json.loads((transfer_archive / "g4" / "20250101T000051Z-000001" / "decision.json").read_text())
     same = render_postmortem(mixtral, olmoe=olmoe_decisions(transfer_archive, mixtral))
     assert "- the verdict **transfers**: the same verdict and the same killing gate on both families." in same
