@@ -313,11 +313,17 @@ def _outcomes(record: dict) -> dict[tuple, tuple[Any, str]]:
     return found
 
 
+def _killing_gate(record: dict) -> tuple | None:
+    """(kind, name, cell in the current spelling) of what killed `record`, None when nothing did."""
+    killed = record.get("killed_by")
+    if not killed:
+        return None
+    return killed.get("kind"), killed.get("name"), current_cell_id(killed["cell"]) if killed.get("cell") else None
+
+
 def _comparison_section(record: dict, olmoe: list[dict]) -> list[str]:
     """Where this run differs from each OLMoE decision of the same seal: verdicts, killing gates, and the gates and
     traps that ran on both with different outcomes (values side by side)."""
-    from pytest_ladder.verdict import agreement
-
     if not olmoe:
         return []
     model = (record.get("model") or {}).get("name")
@@ -330,7 +336,7 @@ def _comparison_section(record: dict, olmoe: list[dict]) -> list[str]:
                      + (f" — {killed_by_sentence(record['killed_by'])}" if record.get("killed_by") else ""))
         if "INVALID" in (record.get("verdict"), other.get("verdict")):
             lines.append("- not comparable: an INVALID run decided nothing about the claim.")
-        elif agreement(record, other)["agrees"]:
+        elif record.get("verdict") == other.get("verdict") and _killing_gate(record) == _killing_gate(other):
             lines.append("- the verdict **transfers**: the same verdict" + (
                 " and the same killing gate" if record.get("verdict") == "KILL" else "") + " on both families.")
         elif record.get("verdict") == other.get("verdict"):

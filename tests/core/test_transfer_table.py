@@ -111,6 +111,7 @@ def test_a_second_family_postmortem_names_where_it_differs(transfer_archive, on_
     # cells compared in the current key:value spelling
     assert rows[2:] == [["gate", "activation_error", "layer:3-task:text", "0.31", "failed", "0.15", "passed"]]
     mixtral = json.loads((transfer_archive / "g4" / "20250101T000051Z-000001" / "decision.json").read_text())
+    mixtral["killed_by"]["cell"] = "layer:3-task:text"  # the same cell in the key:value spelling of newer records
     same = render_postmortem(mixtral, olmoe=olmoe_decisions(transfer_archive, mixtral))
     assert "- the verdict **transfers**: the same verdict and the same killing gate on both families." in same
     assert "- the 6 gates and traps that ran on both have the same outcome on both." in same
