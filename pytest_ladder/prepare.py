@@ -109,7 +109,7 @@ def _missing_packages(names: list[str]) -> list[str]:
 
 def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
     from pytest_ladder.fixtures import process_device, session_model_name
-    from pytest_ladder.models.loading import embedded_names, is_embedded
+    from pytest_ladder.models.loading import is_embedded
 
     options = ladder_options(config).model
     name = session_model_name(config)
@@ -131,8 +131,8 @@ def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
                        f"installed. Fix: pip install {' '.join(INSTALL[m] for m in missing)}")
     if not embedded and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise NotReady(f"--ladder-model {name!r}: no such folder ({Path(name).expanduser().resolve()}). Fix: pass the "
-                       "folder the model was saved to with save_pretrained, a Hugging Face hub id, or an embedded "
-                       f"model: {', '.join(embedded_names())} (the first is the default)")
+                       "folder the model was saved to with save_pretrained, a Hugging Face hub id, or 'embedded' "
+                       "(the default)")
 
     from pytest_ladder.models.embedded import passive_threads
 
