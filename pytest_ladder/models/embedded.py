@@ -149,7 +149,8 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_of(recipe: "Recipe") -> Family:
+def family_of(recipe: Recipe) -> Family:
+    """The Family of `recipe` (ValueError naming the known families for any other)."""
     try:
         return FAMILIES[recipe.family]
     except KeyError:
