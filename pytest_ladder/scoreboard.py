@@ -261,6 +261,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     if args.by_model:
+        if args.model:
+            print("ladder scoreboard: --by-model shows every model; pick and order its columns with --models A,B",
+                  file=sys.stderr)
+            return 2
         return _transfer_main(archive, args)
     try:
         rows = scoreboard_rows(archive, model=args.model, lean_dir=Path(args.lean_dir))

@@ -90,6 +90,8 @@ def test_cli_json_and_readme(transfer_archive, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"updated {readme} (5 rungs on 3 models)"
     table = render_transfer_markdown(transfer_table(transfer_archive))
     assert readme.read_text() == f"# x\n{TRANSFER_START}\n{table}\n{TRANSFER_END}\ntail\n"
+    assert main(["--archive", str(transfer_archive), "--by-model", "--model", "embedded"]) == 2
+    assert "--models A,B" in capsys.readouterr().err
     readme.write_text("no markers\n")
     assert main(["--archive", str(transfer_archive), "--by-model", "--update-readme", str(readme)]) == 2
     assert TRANSFER_START in capsys.readouterr().err

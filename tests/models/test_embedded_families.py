@@ -103,6 +103,12 @@ def test_each_family_loads_by_name(loaded, capsys):
     assert identity["config"]["moe_layers"] == list(range(8))
     assert model.max_length == RECIPE.seq_len and model.prefix_token_id == 0 and model.tokenizer.pad_token_id == 1
     assert main(["path", name]) == 0 and capsys.readouterr().out.strip() == str(model.path)
+    assert main(["build", name]) == 0  # cached: reports the earlier build, trains nothing
+    out = capsys.readouterr().out
+    assert "cached" in out and f"embedded {architecture} {model_key(recipe_named(name))}" in out
+    with pytest.raises(SystemExit) as refused:
+        main(["build", "embedded-llama"])
+    assert refused.value.code == 2 and "invalid choice: 'embedded-llama'" in capsys.readouterr().err
 
 
 def own_routing(model, adapter, ids):
