@@ -1,6 +1,14 @@
 """How a test binds to its rung: the `ladder` mark set by `ladder.gate/trap/prefilter`, the sealed prereg it is
 bound to (loaded once per process), the item's cell, and the fixtures a ladder test takes: `prereg`, `gate`,
 `trap`, `ladder_seeds`. Registered by the plugin (`pytest_plugins`); the standard library and pytest only.
+
+Parameter variants: a prereg whose "rung" field names another rung module (prereg/g4_rank4x/tau.json with
+"rung": "g4") is a claim of its own tested by that module's code. Collection gives each such prereg a group of its
+own inside the module (`pytest_pycollect_makeitem` on the module's `Rung`): a `pytest.Class` node named after the
+prereg whose tests are the module's ladder tests bound to the prereg's name, so node ids read
+`rungs/test_g4.py::g4_rank4x::test_activation_error[layer:3/16-task:text]`, the module's own tests keep theirs,
+`pytest rungs/test_g4.py` runs the rung and every variant, and `-k g4_rank4x` or the node id
+`rungs/test_g4.py::g4_rank4x` selects one. Each group has its own `rung_cache`, decision and archive folder.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ def cell_of(item: Any) -> Any:
 def bound_prereg(config: pytest.Config, bound: Rung) -> Any:
     """Load and validate the prereg a rung module is bound to (a UsageError naming file and field on bad content)."""
     from pytest_ladder.prereg import PreregError, check_requires_of, load_prereg, validate_against_rung
-
     from pytest_ladder.prereg_types import RUNG_NAME
 
     state = ladder_state(config)
@@ -50,7 +57,14 @@ def bound_prereg(config: pytest.Config, bound: Rung) -> Any:
             )
         try:
             prereg = load_prereg(path, root=config.rootpath)
+            if "rung" in prereg.raw and prereg.rung_module != bound.module_name:
+                raise PreregError(
+                    f"{shown}: field 'rung' binds it to the rung module {prereg.rung_module!r}, but it is loaded by "
+                    f"rung({bound.module_name!r}). Fix the field (the name given to rung(...) in the module that "
+                    f"tests it) and re-seal with: ladder seal {shown}")
             validate_against_rung(prereg, bound.gates, bound.traps, bound.prefilters)
+            if bound.check is not None:
+                bound.check(prereg, config.rootpath)
             if not bound.prereg:
                 check_requires_of(prereg, ladder_options(config).prereg_dir, root=config.rootpath)
         except PreregError as error:
@@ -146,3 +160,110 @@ def check_trap_references(prereg: Any, name: str, function: Any, where: str) -> 
             f"{', '.join(repr(m) for m in missing)}, but the test's trap.check(...) passes only "
             f"{sorted(passed) or 'no keyword'}: pass {', '.join(f'{m}=...' for m in missing)} to trap.check, or fix the "
             "expectation in a new prereg")
+
+
+# ----------------------------------------------------------------------------------------- parameter variants ---
+
+_claims_key = pytest.StashKey[dict]()
+
+
+def prereg_folder(config: pytest.Config) -> Path:
+    """The prereg folder (--ladder-prereg-dir / ladder_prereg_dir) as an absolute path."""
+    folder = ladder_options(config).prereg_dir
+    return folder if folder.is_absolute() else (ini_base(config) / folder).resolve()
+
+
+def scan_bindings(folder: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """({rung module: [prereg names bound to it by their "rung" field, sorted]}, [problems]) over `folder`/*/tau.json.
+    A prereg named after its module (prereg/g4 with "rung": "g4") is the module's own, not listed; a file whose
+    "rung" field cannot be read is a problem (it would silently bind to nothing)."""
+    import json
+
+    from pytest_ladder.prereg_types import RUNG_NAME
+
+    bound: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for path in sorted(folder.glob("*/tau.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as error:
+            problems.append(f"{path}: not read as JSON ({error}); the rung module it binds (field 'rung') is unknown")
+            continue
+        module = data.get("rung") if isinstance(data, dict) else None
+        if isinstance(module, str) and RUNG_NAME.fullmatch(module) and module != path.parent.name:
+            bound.setdefault(module, []).append(path.parent.name)
+    return bound, problems
+
+
+def bound_claims(config: pytest.Config, module: str) -> list[str]:
+    """The names of the preregs bound to the rung module `module` by their "rung" field (scanned once per process;
+    each unreadable prereg is reported once, as a warning)."""
+    import warnings
+
+    folder = prereg_folder(config)
+    scans = config.stash.setdefault(_claims_key, {})
+    if folder not in scans:
+        scans[folder], problems = scan_bindings(folder)
+        for problem in problems:
+            warnings.warn(pytest.PytestWarning(f"ladder: {problem}"), stacklevel=1)
+    return list(scans[folder].get(module, []))
+
+
+def _bound_copy(function: Any, claim: Rung) -> Any:
+    """A copy of the ladder test `function` whose `ladder` mark names `claim` (its other marks kept)."""
+    import types
+
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__dict__.update(function.__dict__)
+    copy.__qualname__, copy.__module__, copy.__doc__ = function.__qualname__, function.__module__, function.__doc__
+    copy.pytestmark = [
+        pytest.mark.ladder(rung=claim, kind=mark.kwargs["kind"], name=mark.kwargs["name"]).mark
+        if mark.name == "ladder" else mark
+        for mark in getattr(function, "pytestmark", [])
+    ]
+    return copy
+
+
+def _claim_namespace(module: Any, base: Rung, claim: Rung) -> type:
+    """The class a claim's group collects: each ladder test of `module` bound to `base`, bound to `claim` instead,
+    and a `rung_cache` of the group's own (the module's cache would be shared with the module's own claim)."""
+    members: dict[str, Any] = {"__module__": module.__name__, "__doc__": f"{claim.name}: the {base.name} tests"}
+    for name, value in vars(module).items():
+        marks = getattr(value, "pytestmark", None) if callable(value) else None
+        if marks and any(m.name == "ladder" and m.kwargs.get("rung") is base for m in marks):
+            members[name] = staticmethod(_bound_copy(value, claim))
+
+    @pytest.fixture(scope="class", name="rung_cache")
+    @classmethod
+    def claim_cache(cls: Any, rung_cache: dict) -> Any:
+        """This claim's part of the module's rung_cache, emptied when the claim's tests are done."""
+        cache = rung_cache.setdefault(("claim", claim.name), {})
+        yield cache
+        cache.clear()
+        rung_cache.pop(("claim", claim.name), None)
+
+    members["claim_cache"] = claim_cache
+    return type(claim.name, (), members)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: Any) -> Any:
+    """A rung module's `Rung` collects as one group per prereg bound to it (see the module docstring); the ladder
+    tests of a module declared `rung(..., own_prereg=False)` collect only inside those groups."""
+    if not isinstance(collector, pytest.Module):
+        return None
+    if isinstance(obj, Rung):
+        if obj.module is not None:
+            return []
+        groups = []
+        for claim_name in bound_claims(collector.config, obj.name):
+            group = pytest.Class.from_parent(collector, name=claim_name)
+            group.obj = _claim_namespace(collector.obj, obj, obj.claim(claim_name))
+            groups.append(group)
+        return groups
+    marker = next((m for m in getattr(obj, "pytestmark", []) if m.name == "ladder"), None) if callable(obj) else None
+    if marker is not None and not marker.kwargs["rung"].own_prereg:
+        return []
+    return None

@@ -116,6 +116,8 @@ def _item_info(config: pytest.Config, item: pytest.Item) -> Any:
     if marker is None:
         return ItemInfo(module, None, None, None, None, False)
     bound: Rung = marker.kwargs["rung"]
+    if bound.module is not None:  # a prereg bound to another rung's module orders as a module of its own
+        module = f"{module}::{bound.name}"
     prereg = bound_prereg(config, bound)
     cell = cell_of(item)
     cell_index = None if cell is None else [c.id for c in prereg.cells].index(cell.id)

@@ -75,13 +75,14 @@ def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list
     """(the Prereg, []) or (None, every problem found): each field is checked independently of the others."""
     r = _Reader(display, data)
     r.top_level()
-    rung = r.attempt(r.rung, path.parent.name)
+    rung, module = r.attempt(r.rung, path.parent.name) or (None, None)
     seeds = r.attempt(r.seeds)
     tau_margin = r.attempt(r.margin)
     cells = r.attempt(r.cells)
     requires = r.attempt(r.requires, rung)
     params = r.attempt(r.params)
     seal = r.attempt(r.seal)
+    r.attempt(r.field_notes)  # explanations only: checked, kept in `raw`
     fields = {
         "claim": r.attempt(r.required_text, "claim"),
         "metric": r.attempt(r.required_text, "metric"),
@@ -103,6 +104,7 @@ def _parse(data: dict, *, path: Path, display: str) -> tuple[Prereg | None, list
         path=path,
         display_path=display,
         rung=rung,
+        module=module,
         seeds=seeds[0],
         n_seeds=seeds[1],
         tau_margin=tau_margin,

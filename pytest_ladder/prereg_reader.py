@@ -164,23 +164,24 @@ class _Reader:
         for name in REQUIRED:
             self.attempt(self.required, name)
 
-    def rung(self, folder: str) -> str:
+    def rung(self, folder: str) -> tuple[str, str]:
+        """(the claim's name, the rung module that tests it): the claim is named by its folder; the optional "rung"
+        field names the rung module (`rung("<name>")`) when it is not the folder's own, so several preregs (a
+        seed rung and its parameter variants) can bind one module."""
         if "rung" not in self.data and not folder:
             raise PreregError(
                 f"{self.display}: cannot tell the rung: keep the file at prereg/<rung>/tau.json or add a 'rung' field"
             )
+        if not RUNG_NAME.fullmatch(folder or ""):
+            if "rung" in self.data:
+                self.name("rung", self.data["rung"])
+            raise PreregError(
+                f"{self.display}: the folder name {folder!r} is not a rung name (lowercase letters, digits and _ "
+                f"only). Move the file to prereg/<rung>/tau.json with such a name"
+            )
         if "rung" not in self.data:
-            if not RUNG_NAME.fullmatch(folder):
-                raise PreregError(
-                    f"{self.display}: the folder name {folder!r} is not a rung name (lowercase letters, digits and _ "
-                    f"only). Move the file to prereg/<rung>/tau.json with such a name"
-                )
-            return folder
-        rung = self.name("rung", self.data["rung"])
-        if rung != folder:
-            raise self.error("rung", f"is {rung!r} but the file lives in folder {folder!r}",
-                             "Make them agree (prereg/<rung>/tau.json)")
-        return rung
+            return folder, folder
+        return folder, self.name("rung", self.data["rung"])
 
     def margin(self) -> float:
         value = self.required("tau_margin")
@@ -211,6 +212,16 @@ class _Reader:
                 f"ladder seal {self.display}"
             )
         return seal
+
+    def field_notes(self) -> None:
+        """`field_notes`: {prereg field: what it means}, explanations kept beside the values (`ladder new` writes
+        one for every field); each key a prereg field, each note a non-empty string."""
+        notes = self.obj("field_notes", self.data.get("field_notes", {}))
+        for key, note in notes.items():
+            if key not in ALLOWED:
+                self.attempt(self.unknown_key, "field_notes", key, "prereg", ALLOWED)
+            else:
+                self.attempt(self.text, f"field_notes.{key}", note)
 
     def optional_text(self, name: str) -> str | None:
         return None if self.data.get(name) is None else self.text(name, self.data[name])

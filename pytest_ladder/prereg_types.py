@@ -16,7 +16,7 @@ REQUIRED = (
     "claim", "metric", "data_points", "random_seeds", "decision_threshold", "tau_margin", "model", "tasks", "cells",
     "hardest_cell", "gates", "traps",
 )
-OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "seal")
+OPTIONAL = ("rung", "prefilters", "requires", "params", "theorems", "label", "notes", "field_notes", "seal")
 ALLOWED = REQUIRED + OPTIONAL
 GATE_OPS = ("<", "<=", ">", ">=")
 GATE_KEYS = ("op", "threshold", "note", "vs_tau")
@@ -121,6 +121,12 @@ class Prereg:
     seal: str | None
     raw: dict
     notes: str | None = None
+    module: str | None = None  # the rung module that tests this claim (field "rung"; default: the claim's own name)
+
+    @property
+    def rung_module(self) -> str:
+        """The name of the rung module (`rung("<name>")`) that tests this prereg: its "rung" field, else its own."""
+        return self.module or self.rung
 
     def cell(self, id: str) -> Cell:
         """The cell with this id (KeyError listing the cells otherwise)."""

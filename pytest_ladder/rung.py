@@ -45,13 +45,32 @@ _context_key = pytest.StashKey[dict]()
 
 @dataclass
 class Rung:
-    """One claim: a name bound to `<prereg dir>/<name>/tau.json` and the gates/traps/prefilters its module declares."""
+    """One claim: a name bound to `<prereg dir>/<name>/tau.json` and the gates/traps/prefilters its module declares.
+
+    A rung module's own `Rung` is named after the module (`rung("g4")`); every other prereg whose "rung" field names
+    that module (e.g. prereg/g4_rank4x/tau.json with "rung": "g4") is tested by the same module as a claim of its own:
+    `claim("g4_rank4x")`, the same declarations under the prereg's name, with its own decision and archive folder.
+    """
 
     name: str
     prereg: str | None = None  # explicit path to tau.json (relative to rootdir); default <prereg dir>/<name>/tau.json
     gates: set[str] = field(default_factory=set)
     traps: set[str] = field(default_factory=set)
     prefilters: set[str] = field(default_factory=set)
+    module: str | None = None  # the rung module testing this claim when it is another prereg bound to it
+    own_prereg: bool = True  # False: the module has no prereg of its own and tests only the preregs bound to it
+    check: Callable[[Any, Any], None] | None = None  # check(prereg, rootdir) at collection: PreregError if unusable
+
+    @property
+    def module_name(self) -> str:
+        """The name of the rung module whose tests run this claim (`rung("<name>")`)."""
+        return self.module or self.name
+
+    def claim(self, name: str) -> Rung:
+        """The claim of the prereg `<prereg dir>/<name>/tau.json` bound to this module (its "rung" field): the
+        module's declarations under the prereg's name."""
+        return Rung(name=name, gates=self.gates, traps=self.traps, prefilters=self.prefilters, module=self.name,
+                    check=self.check)
 
     def _declare(self, kind: str, name: str, extra_marks: tuple) -> Callable:
         if not name or not isinstance(name, str):
@@ -79,9 +98,17 @@ class Rung:
         return self._declare("trap", name, (pytest.mark.trap,))
 
 
-def rung(name: str, *, prereg: str | None = None) -> Rung:
-    """Bind the calling test module to the rung `name` (its prereg is `<prereg dir>/<name>/tau.json`)."""
-    return Rung(name=name, prereg=prereg)
+def rung(name: str, *, prereg: str | None = None, own_prereg: bool = True,
+         check: Callable[[Any, Any], None] | None = None) -> Rung:
+    """Bind the calling test module to the rung `name` (its prereg is `<prereg dir>/<name>/tau.json`).
+
+    The module also tests, each as a claim of its own, every prereg in the prereg folder whose "rung" field is `name`
+    (parameter variants: no code copied). `own_prereg=False` declares a generic module with no prereg of its own
+    (e.g. `rung("expert_weights", own_prereg=False)`): it runs only the preregs bound to it, and none when there are
+    none. `check(prereg, rootdir)` runs at collection on every prereg the module binds and raises
+    `prereg.PreregError` (naming file, field and fix) for content it cannot run, e.g. a compressor that does not
+    import (compressors.check_expert_weights): the session ends as a usage error before anything is spent."""
+    return Rung(name=name, prereg=prereg, own_prereg=own_prereg, check=check)
 
 
 def record_context(config: pytest.Config, key: str, value: dict) -> None:

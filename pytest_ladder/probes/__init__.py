@@ -12,4 +12,5 @@ metrics of `pytest_ladder.measure` (never recomputing one it already has):
     expert_outputs   G10 (quantized routed expert outputs)
     attention        G10-scan, G10.5 (decaying scan, smooth + sparse split)
     rotorquant       R1 (SRHT + INT2/INT1 experts)
+    expert_weights   any expert-weight compressor (pytest_ladder.compressors) through the five gates; R1 runs on it
 """

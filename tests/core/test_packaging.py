@@ -73,6 +73,7 @@ def test_wheel_ships_py_typed_license_and_metadata(tmp_path):
         metadata = Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
         license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode()
     assert "pytest_ladder/py.typed" in names and "pytest_ladder/__main__.py" in names
+    assert "pytest_ladder/prereg.schema.json" in names
     assert license_text == (REPO / "LICENSE").read_text() and "Apache License" in license_text
     assert "Version 2.0, January 2004" in license_text
     assert (metadata["Version"], metadata["License-Expression"]) == (__version__, "Apache-2.0")

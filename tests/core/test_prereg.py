@@ -196,7 +196,6 @@ BAD = [
     ("rung", "../g4", "rung", 'must be a rung name of lowercase letters, digits and _ only (got "../g4", a string)'),
     ("theorems", [""], "theorems[0]", "must be a non-empty string"),
     ("label", 3, "label", "must be a non-empty string"),
-    ("rung", "g5", "rung", "is 'g5' but the file lives in folder 'g4'. Make them agree"),
     ("gate", {"x": 1}, "gate", "is not a prereg field (did you mean 'gates'?); allowed fields: claim, metric"),
     ("tau", 0.1, "tau", "is not a prereg field"),
 ]

@@ -180,7 +180,7 @@ def test_seal_lists_every_problem_and_seals_nothing(tmp_path, g4, write_prereg, 
         "ladder seal: nothing sealed: 4 problems to fix first:",
         f"  {SHOWN}: field 'claims' is not a prereg field (did you mean 'claim'?); allowed fields: "
         "claim, metric, data_points, random_seeds, decision_threshold, tau_margin, model, tasks, cells, hardest_cell, "
-        f"gates, traps, rung, prefilters, requires, params, theorems, label, notes, seal. Remove or rename it {fix}",
+        f"gates, traps, rung, prefilters, requires, params, theorems, label, notes, field_notes, seal. Remove or rename it {fix}",
         f"  {SHOWN}: field 'tau_margin' must be a number with 0 <= margin < 1 (got 1.5). Fix the value {fix}",
         f"  {SHOWN}: field 'requires[0]' must be a rung name of lowercase letters, digits and _ only (got \"../x\", a "
         f"string). Use the rung's folder name under prereg/ {fix}",
@@ -208,7 +208,7 @@ def test_seal_lists_every_problem_inside_gates_traps_and_cells_and_seals_nothing
         f"  {SHOWN}: field 'tresholds' is not a prereg field (thresholds belong to each gate: \"gates\": {{\"name\": "
         "{\"op\": \"<=\", \"threshold\": ...}}); allowed fields: claim, metric, data_points, random_seeds, "
         "decision_threshold, tau_margin, model, tasks, cells, hardest_cell, gates, traps, rung, prefilters, requires, "
-        f"params, theorems, label, notes, seal. Remove or rename it {fix}",
+        f"params, theorems, label, notes, field_notes, seal. Remove or rename it {fix}",
         f"  {SHOWN}: field 'cells[0].layer' must be a scalar: string, number or boolean (got [3], a list). "
         f"Fix the value {fix}",
         f"  {SHOWN}: field 'cells[1].task' must be a scalar: string, number or boolean (got null, null). "

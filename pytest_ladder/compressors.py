@@ -1,0 +1,221 @@
+"""The compressor interface: what a user's method does to the model, named in the prereg by import path.
+
+A prereg names its method in `params`::
+
+    "params": {
+        "compressor": "examples.int4_group64.compressor:make",   # "<importable module>:<factory>"
+        "compressor_params": {"bits": 4, "group_size": 64}       # keyword arguments of the factory (optional)
+    }
+
+The factory is called once, `factory(**compressor_params)`, and returns a plain object of one of the kinds below; a
+generic rung module per kind puts any such object through the five gates, the τ floor and the traps (for expert
+weights: rungs/test_expert_weights.py; docs/compressors.md walks through it). A prereg binds that module with
+`"rung": "expert_weights"`. Loading problems (module not found, attribute missing, factory raised, a method
+missing) are `PreregError`s naming the file, the field and the fix, raised at collection: a run with a broken
+compressor spends nothing.
+
+Kinds (`KINDS`):
+
+- **expert weights** (`ExpertWeightCompressor`, implemented in full): W -> W' for every routed expert's gate, up
+  and down projections, and the bytes the compressed experts store (quantizers, low rank, pruning, merging).
+- **expert outputs** (`ExpertOutputCompressor`, protocol only: no generic rung yet): what each routed expert's
+  output becomes before it is summed into the residual stream (G10-like activation quantization), calibrated on
+  calibration tokens, with the bytes the compressed outputs and their side data take per routed token.
+- **router** (`RouterCompressor`, protocol only: no generic rung yet): the router weight W_r -> W_r' (low rank,
+  quantized) and its stored bytes; judged by route flips and ΔNLL at full depth.
+
+Only the standard library is imported here (the plugin's collection calls `check_compressor`); torch loads with the
+user's module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pytest_ladder.prereg_types import PreregError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_ladder.measure.storage import Artifact
+
+FIELD = "params.compressor"
+PARAMS_FIELD = "params.compressor_params"
+STACK_KEYS = ("gate", "up", "down")  # a layer's expert stacks: gate (E, I, H), up (E, I, H), down (E, H, I)
+
+
+@runtime_checkable
+class ExpertWeightCompressor(Protocol):
+    """Expert weights W -> W′, with the bytes the compressed experts store.
+
+    `compress(layer, stacks, experts)`: `stacks` holds one MoE layer's expert matrices {"gate": (e, I, H), "up":
+    (e, I, H), "down": (e, H, I)} for the experts `experts` (a range of expert indices; the whole layer, or a chunk of
+    it when the GPU workspace is bounded), at their stored dtype on the device the study computes on. Return W′ of the
+    same keys and shapes (any float dtype; the gates read it in float64, the deployed model at the stored dtype). A
+    compressor whose W′ of one expert depends on other experts (merging, shared codebooks) sets `per_expert = False`
+    and is always given the whole layer.
+
+    `storage(stacks)`: what the compressed experts of the whole model store, as a `measure.storage.Artifact` (packed
+    codes, scales, zero points, factors, indices, codebooks, sign vectors...), from `stacks` = {"layers.L.<gate|up|
+    down>": (stored dtype, (E, out, in))} (shapes only). Gate 1 is `global_delta_bytes(storage, dense)`; bytes never
+    come from parameter counts.
+
+    Optional: `random_control(seed)` returns the τ floor's baseline, the same storage spent on random choices (e.g.
+    the same codes with random scales); without it the rung uses a random projection W Q Qᵀ whose factor W Q, kept at
+    the stored dtype, takes the method's bytes (`probes.expert_weights.RandomProjection`). `harmful_control()` returns
+    a compressor declared harmful (the harmful-control trap must see it fail the activation-error gate); without it,
+    symmetric INT2 with one scale per row (`probes.expert_weights.RowQuant(2)`).
+    """
+
+    def compress(self, layer: int, stacks: Mapping[str, torch.Tensor], experts: range
+                 ) -> Mapping[str, torch.Tensor]: ...
+
+    def storage(self, stacks: Mapping[str, tuple[torch.dtype, tuple[int, int, int]]]) -> Artifact: ...
+
+
+@runtime_checkable
+class ExpertOutputCompressor(Protocol):
+    """Routed expert outputs y -> y′ before they enter the residual stream (protocol only; no generic rung yet).
+
+    `calibrate(layer, outputs)` sees calibration outputs (N, H) of one layer's routed experts (with `experts` (N,), the
+    expert of each row) and returns the state `compress` applies; `compress(layer, outputs, experts, state)` returns
+    y′ (N, H); `storage(tokens, hidden, dtype)` the bytes per routed token and the side data (scales...) as an
+    Artifact. Left to do: the generic rung (ΔNLL at full depth with the outputs replaced, as probes.expert_outputs does
+    for G10) and its τ floor (random scales of the same storage).
+    """
+
+    def calibrate(self, layer: int, outputs: torch.Tensor, experts: torch.Tensor) -> Any: ...
+
+    def compress(self, layer: int, outputs: torch.Tensor, experts: torch.Tensor, state: Any) -> torch.Tensor: ...
+
+    def storage(self, tokens: int, hidden: int, dtype: torch.dtype) -> Artifact: ...
+
+
+@runtime_checkable
+class RouterCompressor(Protocol):
+    """The router W_r (E, H) -> W_r′ per MoE layer, with its stored bytes (protocol only; no generic rung yet).
+
+    Left to do: the generic rung (route_flip_rate and ΔNLL at full depth with every router replaced, as G6 does for
+    low rank) and its τ floor (a random projection of the same storage).
+    """
+
+    def compress(self, layer: int, router: torch.Tensor) -> torch.Tensor: ...
+
+    def storage(self, routers: Mapping[str, tuple[torch.dtype, tuple[int, int]]]) -> Artifact: ...
+
+
+KINDS: dict[str, type] = {
+    "expert_weights": ExpertWeightCompressor,
+    "expert_outputs": ExpertOutputCompressor,
+    "router": RouterCompressor,
+}
+
+
+def _fix(prereg: Any) -> str:
+    return f"re-seal with: ladder seal {prereg.display_path}"
+
+
+def compressor_spec(prereg: Any) -> tuple[str, str, dict]:
+    """(module, factory, keyword arguments) named by the prereg's `params.compressor` and `params.compressor_params`
+    (PreregError naming the file, the field and the fix)."""
+    params = prereg.params
+    shown = prereg.display_path
+    target = params.get("compressor")
+    if not isinstance(target, str) or target.count(":") != 1 or not all(target.split(":")):
+        got = "missing" if target is None else f"{json.dumps(target)}"
+        raise PreregError(
+            f"{shown}: field '{FIELD}' must name the method as \"<module>:<factory>\", e.g. "
+            f"\"examples.int4_group64.compressor:make\" (got {got}). Write the import path of the function that builds "
+            f"the compressor and {_fix(prereg)}")
+    kwargs = params.get("compressor_params", {})
+    if not isinstance(kwargs, dict):
+        raise PreregError(
+            f"{shown}: field '{PARAMS_FIELD}' must be an object of the factory's keyword arguments (got "
+            f"{json.dumps(kwargs)}). Fix the value and {_fix(prereg)}")
+    module, factory = target.split(":")
+    return module, factory, dict(kwargs)
+
+
+def _import(module: str, prereg: Any, root: Path | None) -> Any:
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # a compressor module beside the prereg folder imports like a test module
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name and (module == error.name or module.startswith(error.name + ".")):
+            raise PreregError(
+                f"{prereg.display_path}: field '{FIELD}' names the module {module!r}, which cannot be imported "
+                f"({error}). Fix the import path (a module importable from the rootdir"
+                f"{f' {root}' if root else ''} or an installed package; a folder needs no __init__.py) and "
+                f"{_fix(prereg)}") from None
+        raise PreregError(
+            f"{prereg.display_path}: field '{FIELD}': importing {module!r} failed: {type(error).__name__}: {error}. "
+            f"Install what it imports, or fix the module") from None
+    except Exception as error:  # the user's module raised while importing
+        raise PreregError(
+            f"{prereg.display_path}: field '{FIELD}': importing {module!r} raised {type(error).__name__}: {error}. "
+            f"Fix the module (it is user code: run `python -c \"import {module}\"` to see the traceback)") from None
+
+
+def load_compressor(prereg: Any, kind: str = "expert_weights", *, root: Path | None = None) -> Any:
+    """The compressor the prereg names, built by its factory and checked against the protocol of `kind` (its
+    required methods present and callable); PreregError naming the file, the field and the fix otherwise."""
+    if kind not in KINDS:
+        raise ValueError(f"load_compressor: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
+    module_name, factory_name, kwargs = compressor_spec(prereg)
+    module = _import(module_name, prereg, root)
+    factory = getattr(module, factory_name, None)
+    shown = prereg.display_path
+    if factory is None or not callable(factory):
+        found = sorted(name for name, value in vars(module).items() if callable(value) and not name.startswith("_")
+                       and getattr(value, "__module__", None) == module.__name__)
+        raise PreregError(
+            f"{shown}: field '{FIELD}' names {factory_name!r} in {module_name} ({getattr(module, '__file__', '?')}), "
+            f"which {'is not callable' if factory is not None else 'does not exist'}; the module defines: "
+            f"{', '.join(found) or '(no functions or classes)'}. Fix the name after ':' and {_fix(prereg)}")
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as error:
+        raise PreregError(
+            f"{shown}: field '{PARAMS_FIELD}' does not fit {module_name}:{factory_name}{_signature(factory)}: "
+            f"{error}. Fix the keyword arguments and {_fix(prereg)}") from None
+    except ValueError:
+        pass  # a builtin without a signature: call it and see
+    try:
+        compressor = factory(**kwargs)
+    except Exception as error:
+        raise PreregError(
+            f"{shown}: {module_name}:{factory_name}(**{json.dumps(kwargs)}) (fields '{FIELD}', '{PARAMS_FIELD}') "
+            f"raised {type(error).__name__}: {error}. Fix the parameters and {_fix(prereg)}, or fix the factory"
+        ) from None
+    missing = [name for name in _required(KINDS[kind]) if not callable(getattr(compressor, name, None))]
+    if missing:
+        raise PreregError(
+            f"{shown}: {module_name}:{factory_name} (field '{FIELD}') returned a {type(compressor).__name__}, which "
+            f"lacks {', '.join(f'{name}()' for name in missing)} of the {kind} compressor protocol "
+            f"(pytest_ladder.compressors.{KINDS[kind].__name__}; docs/compressors.md). Add the method(s) to the "
+            "compressor")
+    return compressor
+
+
+def _signature(function: Any) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _required(protocol: type) -> list[str]:
+    return [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
+
+
+def check_expert_weights(prereg: Any, root: Path | None = None) -> None:
+    """The generic expert-weights rung's collection check (`rung(..., check=check_expert_weights)`): the compressor
+    the prereg names loads and speaks the protocol (PreregError naming the file, the field and the fix)."""
+    load_compressor(prereg, "expert_weights", root=root)

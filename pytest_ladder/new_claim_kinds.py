@@ -1,0 +1,165 @@
+"""`ladder new NAME --kind expert-weights`: a new claim about a compressor of one kind, ready to edit, seal and run.
+
+Writes an unsealed `<prereg dir>/NAME/tau.json` bound to the kind's generic rung module (`"rung": "expert_weights"`,
+rungs/test_expert_weights.py) whose `params.compressor` names a skeleton compressor it writes beside it
+(`<compressor dir>/NAME/compressor.py`, importable from the project root), then prints the three commands to run
+next. Every field is present and says what it is for (gate and trap `note`s, the top-level `notes`). The standard
+library only; nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+KINDS = {"expert-weights": "expert_weights"}  # --kind -> the generic rung module it binds
+NAME = re.compile(r"[a-z0-9_]+")
+
+SKELETON = '''"""{name}: what the method does to every routed expert's weights (the claim of {prereg}).
+
+The rung (rungs/test_expert_weights.py) calls two methods (pytest_ladder.compressors.ExpertWeightCompressor):
+- compress(layer, stacks, experts): W′ for one MoE layer's experts, stacks = {{"gate": (e, I, H), "up": (e, I, H),
+  "down": (e, H, I)}} at their stored dtype, for the experts in `experts` (a range); return the same keys and shapes.
+- storage(stacks): every byte the compressed experts store, as a pytest_ladder.measure.storage.Artifact, from
+  stacks = {{"layers.L.<gate|up|down>": (dtype, (E, out, in))}}: gate 1 subtracts the dense experts' bytes.
+Optional: random_control(seed) (the τ floor's baseline: the same bytes spent on random choices; default a random
+projection of equal size) and harmful_control() (must fail the activation-error gate; default INT2 per row).
+
+This skeleton is a placeholder to replace: symmetric INT8 with one float16 scale per output row.
+"""
+
+from __future__ import annotations
+
+from pytest_ladder.measure.quant import QuantSpec, fake_quant
+from pytest_ladder.measure.storage import combine
+
+
+class Method:
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def spec(self, in_features: int) -> QuantSpec:
+        return QuantSpec(bits=self.bits, granularity="group", group_size=in_features, scale_dtype="float16")
+
+    def compress(self, layer, stacks, experts):
+        return {{name: fake_quant(w, self.spec(w.shape[-1])) for name, w in stacks.items()}}
+
+    def storage(self, stacks):
+        return combine(self.spec(shape[-1]).artifact(name, shape) for name, (dtype, shape) in stacks.items())
+
+
+def make(bits: int = 8) -> Method:
+    """Built once per run with params.compressor_params as keyword arguments."""
+    return Method(bits)
+'''
+
+
+def expert_weights_prereg(name: str, compressor: str) -> dict:
+    """The template prereg of an expert-weights claim (unsealed): the five gates at the protocol's defaults, the τ
+    floor against random controls of the same bytes, the two traps, relative layers that fit any depth."""
+    cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
+             for task in ("code", "math", "text")]
+    return {
+        "rung": "expert_weights",
+        "claim": f"{name}: EDIT ME, e.g. \"<method> on every routed expert takes bytes off the experts and passes all "
+                 "five gates\"",
+        "metric": "bytes (prefilter): the compressor's declared storage minus the dense experts at their stored dtype. "
+                  "activation_error per cell: sqrt(sum tr(D G D') / sum tr(W G W')) over the layer's experts and "
+                  "weight types on held-out routed inputs, against the tau floor (the best of B random controls "
+                  "spending the same bytes). task_conditioning: worst task of activation_error. route_flip_rate and "
+                  "delta_nll: every layer's experts replaced, worst task.",
+        "data_points": 1000,
+        "random_seeds": 10,
+        "decision_threshold": "value < tau * (1 - margin)",
+        "tau_margin": 0.1,
+        "model": "embedded",
+        "tasks": ["code", "math", "text"],
+        "requires": [],
+        "cells": cells,
+        "hardest_cell": "layer:3/16-task:text",
+        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: global_delta_bytes < 0 (must save)"}},
+        "gates": {
+            "activation_error": {"op": "<=", "threshold": 0.1, "vs_tau": True,
+                                 "note": "gate 2 per cell; must also beat the tau floor by tau_margin"},
+            "task_conditioning": {"op": "<=", "threshold": 0.1, "note": "gate 4: the worst task's activation error"},
+            "route_flip_rate": {"op": "<=", "threshold": 0.1, "note": "gate 3: full depth, worst task"},
+            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
+        },
+        "traps": {
+            "trivial_pass": {"expect": "observed == 0",
+                             "note": "W' = W through the whole pipeline: every gate exactly 0"},
+            "harmful_control": {"expect": "observed > threshold",
+                                "note": "the declared-harmful control fails the activation-error gate on the "
+                                        "hardest cell"},
+        },
+        "params": {"compressor": compressor, "compressor_params": {"bits": 8}},
+        "notes": "Written by `ladder new --kind expert-weights`. Edit claim, params (compressor_params are the "
+                 "factory's keyword arguments), thresholds, cells (layer 'a/b' is floor(a*n/b) of an n-layer model) "
+                 "and hardest_cell BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
+    }
+
+
+def write_kind_template(kind: str, name: str, prereg_dir: Path | str, *, compressor_dir: Path | str = "claims",
+                        root: Path | str = ".") -> tuple[Path, Path]:
+    """Write `<prereg_dir>/<name>/tau.json` (unsealed) and the skeleton `<compressor_dir>/<name>/compressor.py` it
+    names by import path (relative to `root`); returns both paths. ValueError naming the problem and the fix."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown --kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if not NAME.fullmatch(name):
+        raise ValueError(f"the claim name {name!r} becomes a folder name: use lowercase letters, digits and _ only")
+    root = Path(root).resolve()
+    prereg = Path(prereg_dir) / name / "tau.json"
+    module = Path(compressor_dir) / name / "compressor.py"
+    try:
+        parts = module.resolve().relative_to(root).with_suffix("").parts
+    except ValueError:
+        raise ValueError(f"--compressor-dir {compressor_dir} is outside the project root {root}: the compressor must "
+                         "import from the root (pass a folder inside it)") from None
+    if not all(part.isidentifier() for part in parts):
+        raise ValueError(f"{module}: every folder on the import path must be a Python name (got {'.'.join(parts)})")
+    for path in (prereg, module):
+        if path.exists():
+            raise ValueError(f"{path} exists already; pick another NAME (a sealed claim is never rewritten)")
+    prereg.parent.mkdir(parents=True, exist_ok=True)
+    module.parent.mkdir(parents=True, exist_ok=True)
+    module.write_text(SKELETON.format(name=name, prereg=prereg.as_posix()), encoding="utf-8")
+    data = expert_weights_prereg(name, f"{'.'.join(parts)}:make")
+    prereg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return prereg, module
+
+
+def next_steps(kind: str, name: str, prereg: Path, module: Path) -> str:
+    """The three commands to run after `ladder new`."""
+    return "\n".join([
+        f"wrote {prereg.as_posix()} (unsealed) and {module.as_posix()}",
+        "next:",
+        f"  1. edit {module.as_posix()} (your method) and {prereg.as_posix()} (claim, thresholds, cells)",
+        f"  2. ladder seal {prereg.as_posix()}",
+        f"  3. pytest rungs/test_{KINDS[kind]}.py -k {name}",
+    ])
+
+
+def main(argv: list[str]) -> int:
+    """`ladder new NAME --kind expert-weights [--prereg-dir DIR] [--compressor-dir DIR]`."""
+    parser = argparse.ArgumentParser(prog="ladder new", description="Write a new claim (unsealed) to edit and seal.")
+    parser.add_argument("name", help="the claim's name: its folder under the prereg dir ([a-z0-9_]+)")
+    parser.add_argument("--kind", required=True, choices=sorted(KINDS),
+                        help="the kind of compressor: its generic rung module tests the claim")
+    parser.add_argument("--prereg-dir", default="prereg", metavar="DIR", help="default: ./prereg")
+    parser.add_argument("--compressor-dir", default="claims", metavar="DIR",
+                        help="where the skeleton compressor goes, importable from the current folder (default: "
+                             "./claims)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    try:
+        prereg, module = write_kind_template(args.kind, args.name, args.prereg_dir, compressor_dir=args.compressor_dir)
+    except ValueError as error:
+        print(f"ladder new: {error}", file=sys.stderr)
+        return 2
+    print(next_steps(args.kind, args.name, prereg, module))
+    return 0
