@@ -192,7 +192,7 @@ class LadderSession:
         from pytest_ladder.archive import DECISION_FILE, RUN_FILE, new_run_id, write_run
         from pytest_ladder.binding import rung_seeds
         from pytest_ladder.model_choice import rung_model
-        from pytest_ladder.postmortem import render_plots, render_postmortem
+        from pytest_ladder.postmortem import olmoe_decisions, render_plots, render_postmortem
         from pytest_ladder.verdict import Outcome, agreement, build_record, decide, first_kill
 
         config, state = self.config, self.state
@@ -261,7 +261,8 @@ class LadderSession:
             if record["traps"]:
                 files["trap_results.json"] = {"rung": name, "run_id": run_id, "verdict": record["verdict"],
                                               "traps": record["traps"]}
-            files["postmortem.md"] = render_postmortem(record, sorted(plots))
+            files["postmortem.md"] = render_postmortem(record, sorted(plots),
+                                                       olmoe_decisions(self.options.archive_dir, record))
             files.update(plots)
             return files
 

@@ -2,7 +2,9 @@
 
 `render_postmortem(record)` turns a decision.json/run.json record into markdown: the claim, what killed it (or why it
 survived, why it is invalid, why it decides nothing), one `### gate <name> @ <cell>` section per failing gate (replay
-quotes it), the gate, trap and τ tables, and the identity of model, data, seeds, selection and software.
+quotes it), the gate, trap and τ tables, and the identity of model, data, seeds, selection and software. A run on
+another family than OLMoE, given the OLMoE decisions of the same seal (olmoe_decisions), says where it differs from
+them ("Compared with the OLMoE run").
 `render_plots(record)` draws the pictures that say more than numbers (matplotlib, imported lazily, Agg canvas).
 """
 
@@ -274,6 +276,87 @@ def _seed_section(record: dict) -> list[str]:
     return lines
 
 
+OLMOE = "OLMoE"
+
+
+def is_olmoe(model: dict | None) -> bool:
+    """Is the archived model record an OLMoE (its adapter's architecture; records without one: model_type, name)?"""
+    model = model or {}
+    if model.get("architecture"):
+        return model["architecture"] == OLMOE
+    model_type = (model.get("config") or {}).get("model_type")
+    return model_type == "olmoe" if model_type else OLMOE.lower() in str(model.get("name") or "").lower()
+
+
+def olmoe_decisions(archive_dir: Path, record: dict) -> list[dict]:
+    """The archived OLMoE decisions (kind "decision") of `record`'s rung under the same prereg seal, oldest first;
+    [] when `record` is itself on an OLMoE model or the archive holds none."""
+    from pytest_ladder.archive import iter_runs
+
+    if is_olmoe(record.get("model")):
+        return []
+    rung, seal = record.get("rung"), (record.get("prereg") or {}).get("seal")
+    return [run.record for run in iter_runs(Path(archive_dir))
+            if run.rung == rung and run.is_decision and run.record.get("kind") == "decision"
+            and (run.record.get("prereg") or {}).get("seal") == seal and is_olmoe(run.record.get("model"))]
+
+
+def _outcomes(record: dict) -> dict[tuple, tuple[Any, str]]:
+    """(kind, name, cell) -> (value or observed, outcome) of every gate and trap that ran to an outcome."""
+    found: dict[tuple, tuple[Any, str]] = {}
+    for gate in _gates(record):
+        if gate.outcome in ("passed", "failed"):
+            found[(gate.kind, gate.name, current_cell_id(gate.cell) if gate.cell else "")] = (gate.value, gate.outcome)
+    for trap in _traps(record):
+        if trap.outcome in ("passed", "failed"):
+            found[("trap", trap.name, current_cell_id(trap.cell) if trap.cell else "")] = (trap.observed, trap.outcome)
+    return found
+
+
+def _killing_gate(record: dict) -> tuple | None:
+    """(kind, name, cell in the current spelling) of what killed `record`, None when nothing did."""
+    killed = record.get("killed_by")
+    if not killed:
+        return None
+    return killed.get("kind"), killed.get("name"), current_cell_id(killed["cell"]) if killed.get("cell") else None
+
+
+def _comparison_section(record: dict, olmoe: list[dict]) -> list[str]:
+    """Where this run differs from each OLMoE decision of the same seal: verdicts, killing gates, and the gates and
+    traps that ran on both with different outcomes (values side by side)."""
+    if not olmoe:
+        return []
+    model = (record.get("model") or {}).get("name")
+    lines = ["", "## Compared with the OLMoE run", ""]
+    for other in olmoe:
+        other_model = (other.get("model") or {}).get("name")
+        lines.append(f"- OLMoE run `{other.get('run_id')}` on `{other_model}` (same seal): **{other.get('verdict')}**"
+                     + (f" — {killed_by_sentence(other['killed_by'])}" if other.get("killed_by") else ""))
+        lines.append(f"- this run on `{model}`: **{record.get('verdict')}**"
+                     + (f" — {killed_by_sentence(record['killed_by'])}" if record.get("killed_by") else ""))
+        if "INVALID" in (record.get("verdict"), other.get("verdict")):
+            lines.append("- not comparable: an INVALID run decided nothing about the claim.")
+        elif record.get("verdict") == other.get("verdict") and _killing_gate(record) == _killing_gate(other):
+            lines.append("- the verdict **transfers**: the same verdict" + (
+                " and the same killing gate" if record.get("verdict") == "KILL" else "") + " on both families.")
+        elif record.get("verdict") == other.get("verdict"):
+            lines.append("- the verdict transfers but the killing gate **differs**.")
+        else:
+            lines.append(f"- the verdict **differs**: {other.get('verdict')} on OLMoE, {record.get('verdict')} here.")
+        mine, theirs = _outcomes(record), _outcomes(other)
+        differing = [key for key in theirs if key in mine and mine[key][1] != theirs[key][1]]
+        if differing:
+            lines += ["", "Gates and traps that ran on both with different outcomes:", ""]
+            lines += _table([[kind, name, cell, fmt(theirs[(kind, name, cell)][0]), theirs[(kind, name, cell)][1],
+                              fmt(mine[(kind, name, cell)][0]), mine[(kind, name, cell)][1]]
+                             for kind, name, cell in differing],
+                            ["kind", "gate", "cell", "OLMoE value", "OLMoE outcome", "value here", "outcome here"])
+        else:
+            shared = sum(1 for key in theirs if key in mine)
+            lines.append(f"- the {shared} gates and traps that ran on both have the same outcome on both.")
+    return lines
+
+
 def _this_rung_cells(record: dict) -> dict:
     """What this rung recorded with record_cell (keys `rung` or `"<rung> <cell id>"`); older records hold every
     rung's of the session."""
@@ -334,8 +417,9 @@ def plain_skip_reason(text: str) -> str:
     return found.group(1) if found else text
 
 
-def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
-    """Markdown postmortem of one archived run (see module docstring); `plots` are PNG names beside it."""
+def render_postmortem(record: dict, plots: Iterable[str] = (), olmoe: Iterable[dict] = ()) -> str:
+    """Markdown postmortem of one archived run (see module docstring); `plots` are PNG names beside it; `olmoe` the
+    OLMoE decisions of the same seal to compare a run on another family with (olmoe_decisions)."""
     prereg = record.get("prereg") or {}
     timings = record.get("timings") or {}
     kind = record.get("kind")
@@ -357,6 +441,7 @@ def render_postmortem(record: dict, plots: Iterable[str] = ()) -> str:
         lines.append(f"- Lean theorems: {', '.join(f'`{t}`' for t in theorems)}")
     lines += ["", "## Verdict", ""] + _verdict_section(record) + _failing_sections(record)
     lines += _seed_section(record)
+    lines += _comparison_section(record, list(olmoe))
     lines += ["", "## Gates", ""] + _gate_table(record)
     lines += ["", "## Traps", ""] + _trap_table(record)
     lines += _tau_table(record)

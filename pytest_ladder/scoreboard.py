@@ -7,6 +7,11 @@ verdict and, for a KILL, the same killing gate: verdict.agreement), e.g. "2: 1 a
 human label when the prereg sets one, else the verdict (KILLED, PASSED, INVALID,
 prefilter passed, aborted, partial); "seeds" is the seeds' own OLMoE-1B-7B verdict from the prereg and whether this
 run agrees with it. Rows run in ladder order: G-rungs by number, then R-rungs (ordering.natural_key).
+
+`--by-model` prints the transfer table instead (transfer_table): a row per rung, a column per model with the verdict
+of its decision and the killing gate and value, and whether the verdict transfers (the same verdict, from the same
+seal, on every model), differs, or is not comparable (INVALID somewhere, a model without a decision, or decisions of
+different seals). It sits in the README between its own markers (TRANSFER_START, TRANSFER_END).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ STATUS = {
     "PARTIAL": "partial",
 }
 START, END = "<!-- scoreboard:start -->", "<!-- scoreboard:end -->"
+TRANSFER_START, TRANSFER_END = "<!-- transfer:start -->", "<!-- transfer:end -->"
+TRANSFERS, DIFFERS, NOT_COMPARABLE = "transfers", "differs", "not comparable"
 COLUMNS = ("rung", "claim", "status", "verdict", "killed_by", "seeds", "model", "date", "run_id", "replications",
            "theorems")
 
@@ -143,30 +150,107 @@ def render_markdown(rows: list[dict]) -> str:
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def update_readme(path: Path, text: str) -> None:
-    """Replace what stands between the scoreboard markers in `path` with `text` (ValueError if a marker is missing)."""
+def update_readme(path: Path, text: str, markers: tuple[str, str] = (START, END), table: str = "scoreboard") -> None:
+    """Replace what stands between the `markers` of `table` (default: the scoreboard's) in `path` with `text`
+    (ValueError if a marker is missing)."""
+    opening, closing = markers
     content = path.read_text(encoding="utf-8")
-    start, end = content.find(START), content.find(END)
+    start, end = content.find(opening), content.find(closing)
     if start < 0 or end < start:
         raise ValueError(
-            f"{path}: the scoreboard markers are missing or out of order; put the two lines {START} and {END} "
+            f"{path}: the {table} markers are missing or out of order; put the two lines {opening} and {closing} "
             "where the table belongs"
         )
-    updated = content[: start + len(START)] + "\n" + text.rstrip("\n") + "\n" + content[end:]
+    updated = content[: start + len(opening)] + "\n" + text.rstrip("\n") + "\n" + content[end:]
     if updated != content:
         path.write_text(updated, encoding="utf-8")
 
 
+# ------------------------------------------------------------------------------------------- transfer table ---
+
+
+def model_decisions(archive_dir: Path) -> dict[str, dict[str, ArchivedRun]]:
+    """rung -> model -> its original decision (kind "decision"; the newest seal's where there are several)."""
+    found: dict[str, dict[str, ArchivedRun]] = {}
+    for run in iter_runs(Path(archive_dir)):  # sorted by run id (time): a later decision is a newer seal's
+        if run.is_decision and run.record.get("kind") == "decision" and _model(run):
+            found.setdefault(run.rung, {})[_model(run)] = run
+    return found
+
+
+def transfer_cell(record: dict) -> dict:
+    """One model's decision in the transfer table: verdict, status, killing gate (or INVALID cause) and value."""
+    killed = record.get("killed_by") or {}
+    return {"verdict": record.get("verdict"), "status": STATUS.get(record.get("verdict"), str(record.get("verdict"))),
+            "label": record.get("label") or ((record.get("prereg") or {}).get("content") or {}).get("label"),
+            "killed_by": killed_by_text(record), "gate": killed.get("name"), "cell": killed.get("cell"),
+            "value": killed.get("value"), "run_id": record.get("run_id"),
+            "seal": (record.get("prereg") or {}).get("seal")}
+
+
+def transfer_verdict(cells: dict[str, dict | None]) -> tuple[str, str]:
+    """(transfers / differs / not comparable, why) over one rung's cells, a model -> cell (None: no decision)."""
+    missing = [model for model, cell in cells.items() if cell is None]
+    invalid = [model for model, cell in cells.items() if cell is not None and cell["verdict"] == "INVALID"]
+    if invalid:
+        return NOT_COMPARABLE, f"INVALID on {', '.join(invalid)}"
+    if missing:
+        return NOT_COMPARABLE, f"no decision on {', '.join(missing)}"
+    if len(cells) < 2:
+        return NOT_COMPARABLE, "decided on one model only"
+    if len({cell["seal"] for cell in cells.values()}) > 1:
+        return NOT_COMPARABLE, "decided under different seals of the prereg"
+    verdicts = {cell["verdict"] for cell in cells.values()}
+    if len(verdicts) == 1:
+        return TRANSFERS, f"{STATUS.get(next(iter(verdicts)), next(iter(verdicts)))} on every model"
+    return DIFFERS, "; ".join(f"{cell['status']} on {model}" for model, cell in cells.items())
+
+
+def transfer_table(archive_dir: Path, models: list[str] | None = None) -> dict:
+    """{"models": [...], "rows": [{rung, claim, cells: {model: cell or None}, transfer, why}]}: the decisions of every
+    rung on every model (all models holding a decision, sorted, unless `models` names them), in ladder order."""
+    decisions = model_decisions(archive_dir)
+    shown = list(models) if models else sorted({model for by_model in decisions.values() for model in by_model})
+    rows = []
+    for rung in sorted(decisions, key=natural_key):
+        by_model = decisions[rung]
+        cells = {model: transfer_cell(by_model[model].record) if model in by_model else None for model in shown}
+        transfer, why = transfer_verdict(cells)
+        claim = next((run.record.get("claim") for run in by_model.values()), None)
+        rows.append({"rung": rung, "claim": claim, "cells": cells, "transfer": transfer, "why": why})
+    return {"models": shown, "rows": rows}
+
+
+def render_transfer_markdown(table: dict) -> str:
+    """The transfer table as a GitHub markdown table: rung, a column per model, transfer (and why)."""
+    def text(cell: dict | None) -> str:
+        if cell is None:
+            return "—"
+        status = cell["status"] + (f" ({cell['label']})" if cell["label"] else "")
+        return f"{status}: {cell['killed_by']}" if cell["killed_by"] else status
+
+    headers = ["rung", *table["models"], "transfer"]
+    rows = [[row["rung"], *(text(row["cells"][model]) for model in table["models"]),
+             f"{row['transfer']} ({row['why']})"] for row in table["rows"]]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def main(argv: list[str]) -> int:
-    """`ladder scoreboard [--archive DIR] [--format markdown|json] [--model NAME] [--update-readme FILE]`."""
+    """`ladder scoreboard [--archive DIR] [--format markdown|json] [--model NAME] [--by-model [--models A,B]]
+    [--update-readme FILE]`."""
     parser = argparse.ArgumentParser(prog="ladder scoreboard", description="The ladder table, from the archive.")
     parser.add_argument("--archive", default="archive", metavar="DIR", help="archive folder (default: ./archive)")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
     parser.add_argument("--model", default=None, metavar="NAME", help="only runs on this model")
     parser.add_argument("--lean-dir", default="lean", metavar="DIR",
                         help="Lean sources whose theorem status the theorems column shows (default: ./lean)")
+    parser.add_argument("--by-model", action="store_true",
+                        help="the transfer table: a column per model, and whether each rung's verdict transfers")
+    parser.add_argument("--models", default=None, metavar="NAME,NAME",
+                        help="with --by-model: the model columns, in this order (default: every model with a decision)")
     parser.add_argument("--update-readme", default=None, metavar="FILE",
-                        help=f"write the markdown table into FILE between {START} and {END}")
+                        help=f"write the markdown table into FILE between {START} and {END} (with --by-model: "
+                             f"between {TRANSFER_START} and {TRANSFER_END})")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
@@ -176,6 +260,12 @@ def main(argv: list[str]) -> int:
         print(f"ladder scoreboard: no archive folder at {archive}; run a rung first or pass --archive DIR",
               file=sys.stderr)
         return 2
+    if args.by_model:
+        if args.model:
+            print("ladder scoreboard: --by-model shows every model; pick and order its columns with --models A,B",
+                  file=sys.stderr)
+            return 2
+        return _transfer_main(archive, args)
     try:
         rows = scoreboard_rows(archive, model=args.model, lean_dir=Path(args.lean_dir))
     except ArchiveError as error:
@@ -191,4 +281,26 @@ def main(argv: list[str]) -> int:
         print(f"updated {args.update_readme} ({len(rows)} rungs)")
         return 0
     print(output)
+    return 0
+
+
+def _transfer_main(archive: Path, args: argparse.Namespace) -> int:
+    """`ladder scoreboard --by-model`: print the transfer table, or write it into the README between its markers."""
+    try:
+        models = [name.strip() for name in (args.models or "").split(",") if name.strip()]
+        table = transfer_table(archive, models=models or None)
+    except ArchiveError as error:
+        print(f"ladder scoreboard: {error}", file=sys.stderr)
+        return 1
+    if args.update_readme:
+        try:
+            update_readme(Path(args.update_readme), render_transfer_markdown(table), (TRANSFER_START, TRANSFER_END),
+                          "transfer table")
+        except (OSError, ValueError) as error:
+            print(f"ladder scoreboard: {error}", file=sys.stderr)
+            return 2
+        n = len(table['models'])
+        print(f"updated {args.update_readme} ({len(table['rows'])} rungs on {n} model{'s' * (n != 1)})")
+        return 0
+    print(json.dumps(table, indent=2, ensure_ascii=False) if args.format == "json" else render_transfer_markdown(table))
     return 0

@@ -6,11 +6,17 @@ expert's gate/up/down weights in one orientation (gate, up: (I, H); down: (H, I)
 through pytest_ladder.models.weights. Expert e computes  y = down · (act(gate · x) ⊙ (up · x))  (+ biases for
 GPT-OSS, whose activation is its clamped SwiGLU).
 
+Each adapter also names how its checkpoint files store the MoE block (`StoredLayout`: save_pretrained writes
+Mixtral's as `block_sparse_moe.experts.E.w1/w3/w2`, the others' as `mlp.experts.E.gate_proj/up_proj/down_proj`, or
+fused `mlp.experts.gate_up_proj`), so that readers of the files (models/checkpoint.py, the byte counts of the
+probes) find experts and routers of every family without naming one.
+
 Supported: OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral, DeepSeek-V3, GPT-OSS.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,6 +43,23 @@ class ExpertWeights:
     down_bias: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class StoredLayout:
+    """Where a checkpoint file stores a layer's MoE block: `layers.L.<block>`, its router `<block>.<router>.weight`,
+    expert E's matrices `<block>.experts.E.<name>.weight` for gate, up and down (per-expert keys), or the fused
+    `<block>.experts.gate_up_proj` (E, 2I, H) and `<block>.experts.down_proj` (E, H, I)."""
+
+    block: str = "mlp"
+    router: str = "gate"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+
+    def names(self) -> dict[str, str]:
+        """{"gate" | "up" | "down": its per-expert key name}."""
+        return {"gate": self.gate, "up": self.up, "down": self.down}
+
+
 class MoEAdapter:
     """Base adapter for decoder models whose MoE blocks are `layers[i].mlp` with `.gate` (router) and `.experts`
     (fused `gate_up_proj` (E, 2I, H), gate rows first, and `down_proj` (E, H, I))."""
@@ -45,6 +68,7 @@ class MoEAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     router_attribute: ClassVar[str] = "gate"
     shared_attribute: ClassVar[str | None] = None
+    stored: ClassVar[StoredLayout] = StoredLayout()  # the checkpoint files' key names
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -200,6 +224,7 @@ class Qwen3MoeAdapter(Qwen2MoeAdapter):
 class MixtralAdapter(MoEAdapter):
     architecture = "Mixtral"
     model_types = ("mixtral",)
+    stored = StoredLayout(block="block_sparse_moe", gate="w1", up="w3", down="w2")
 
     def route(self, logits: torch.Tensor, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax in float32, top-k, always renormalised (weights stay float32)."""
@@ -306,6 +331,41 @@ ADAPTERS: tuple[type[MoEAdapter], ...] = (OlmoeAdapter, Qwen2MoeAdapter, Qwen3Mo
                                           DeepseekV3Adapter, GptOssAdapter)
 
 
+def stored_layout(model_type: str | None) -> StoredLayout:
+    """How checkpoints of `model_type` (config.json's) store their MoE blocks; the common layout when unknown."""
+    return next((a.stored for a in ADAPTERS if model_type in a.model_types), StoredLayout())
+
+
+def _stored_patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+    layouts = {a.stored for a in ADAPTERS}
+    blocks = "|".join(sorted({re.escape(s.block) for s in layouts}))
+    names = {n: "|".join(sorted({re.escape(s.names()[n]) for s in layouts})) for n in ("gate", "up", "down")}
+    per_expert = re.compile(rf"^(?:model\.)?layers\.(\d+)\.(?:{blocks})\.experts\.(\d+)\."
+                            rf"(?:(?P<gate>{names['gate']})|(?P<up>{names['up']})|(?P<down>{names['down']}))\.weight$")
+    fused = re.compile(rf"^(?:model\.)?layers\.(\d+)\.(?:{blocks})\.experts\.(gate_up|down)_proj$")
+    routers = "|".join(sorted({re.escape(f"{s.block}.{s.router}") for s in layouts}))
+    return per_expert, fused, re.compile(rf"^(?:model\.)?layers\.(\d+)\.(?:{routers})\.weight$")
+
+
+_PER_EXPERT, _FUSED, _ROUTER = _stored_patterns()
+
+
+def stored_expert_key(name: str) -> tuple[int, int, str] | tuple[int, None, str] | None:
+    """(layer, expert, "gate" | "up" | "down") of a per-expert checkpoint key, (layer, None, "gate_up" | "down") of
+    a fused one, in any supported family's layout; None for any other tensor."""
+    if match := _PER_EXPERT.match(name):
+        return int(match[1]), int(match[2]), next(p for p in ("gate", "up", "down") if match[p])
+    if match := _FUSED.match(name):
+        return int(match[1]), None, match[2]
+    return None
+
+
+def stored_router_layer(name: str) -> int | None:
+    """The layer of a router weight's checkpoint key in any supported family's layout (None for any other)."""
+    match = _ROUTER.match(name)
+    return int(match[1]) if match else None
+
+
 def supported_architectures() -> list[str]:
     return [f"{a.architecture} (model_type {', '.join(a.model_types)})" for a in ADAPTERS]
 
@@ -322,5 +382,6 @@ def adapter_for(model: nn.Module) -> MoEAdapter:
     )
 
 
-__all__ = ["ExpertWeights", "MoEAdapter", "adapter_for", "supported_architectures", "UnsupportedArchitecture",
+__all__ = ["ExpertWeights", "MoEAdapter", "StoredLayout", "stored_layout", "stored_expert_key",
+           "stored_router_layer", "adapter_for", "supported_architectures", "UnsupportedArchitecture",
            "ADAPTERS"]

@@ -3,7 +3,8 @@
 This is what the analytical prefilters use (`pytest -m analytical`): no forward pass, no accelerate hooks, no meta
 placeholders — each tensor is memory-mapped from disk on demand. MoE expert weights are found under either layout:
 per-expert keys as checkpoints store them (`model.layers.L.mlp.experts.E.gate_proj.weight`, (I, H)) or the fused
-layout of transformers 5.x modules (`model.layers.L.mlp.experts.gate_up_proj`, (E, 2I, H)).
+layout of transformers 5.x modules (`model.layers.L.mlp.experts.gate_up_proj`, (E, 2I, H)); the block, router and
+per-expert names are the family's (models.adapters.stored_layout: Mixtral's `block_sparse_moe.experts.E.w1`, ...).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -101,21 +103,30 @@ class Checkpoint:
                     out[name] = (getattr(torch, _DTYPES[sl.get_dtype()]), tuple(sl.get_shape()))
         return out
 
+    @cached_property
+    def layout(self) -> Any:
+        """How this family's checkpoints name the MoE block (models.adapters.StoredLayout)."""
+        from pytest_ladder.models.adapters import stored_layout
+
+        return stored_layout(self.config.get("model_type"))
+
     def _layer(self, layer: int) -> str:
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} outside 0..{self.n_layers - 1} of {self.folder}")
-        return f"{self._prefix}layers.{layer}.mlp"
+        return f"{self._prefix}layers.{layer}.{self.layout.block}"
+
+    def _per_expert(self, base: str, expert: int, projection: str) -> str:
+        return f"{base}.experts.{expert}.{self.layout.names()[projection]}.weight"
 
     def router(self, layer: int) -> torch.Tensor:
         """Router weight (E, H)."""
-        return self.tensor(f"{self._layer(layer)}.gate.weight")
+        return self.tensor(f"{self._layer(layer)}.{self.layout.router}.weight")
 
     def expert(self, layer: int, expert: int) -> ExpertWeights:
         """Expert `expert` of MoE layer `layer` in either checkpoint layout."""
         base = self._layer(layer)
-        per_expert = f"{base}.experts.{expert}.gate_proj.weight"
-        if per_expert in self._files:
-            return ExpertWeights(*(self.tensor(f"{base}.experts.{expert}.{p}.weight") for p in PROJECTIONS))
+        if self._per_expert(base, expert, "gate") in self._files:
+            return ExpertWeights(*(self.tensor(self._per_expert(base, expert, p)) for p in ("gate", "up", "down")))
         gate_up = self.tensor(f"{base}.experts.gate_up_proj")[expert]
         inter = gate_up.shape[0] // 2
         return ExpertWeights(gate_up[:inter], gate_up[inter:], self.tensor(f"{base}.experts.down_proj")[expert])
@@ -126,9 +137,8 @@ class Checkpoint:
         if projection not in ("gate", "up", "down"):
             raise ValueError(f"experts: projection must be gate, up or down, got {projection!r}")
         base = self._layer(layer)
-        if f"{base}.experts.0.gate_proj.weight" in self._files:
-            return torch.stack([self.tensor(f"{base}.experts.{e}.{projection}_proj.weight")
-                                for e in range(self.n_experts)])
+        if self._per_expert(base, 0, "gate") in self._files:
+            return torch.stack([self.tensor(self._per_expert(base, e, projection)) for e in range(self.n_experts)])
         if projection == "down":
             return self.tensor(f"{base}.experts.down_proj")
         gate_up = self.tensor(f"{base}.experts.gate_up_proj")

@@ -1,16 +1,23 @@
-"""The embedded default model: a tiny OLMoE trained here, on the calibration splits only.
+"""The embedded models: tiny MoE language models trained here, on the calibration splits only.
 
-`ladder model build [--force] [--seed N]` (and `ensure_embedded_model()` on first use, under a file lock so
+Three families, one build (`Recipe.family` picks the transformers class; EMBEDDED_MODELS names them):
+- `embedded` (the default): OlmoeForCausalLM, softmax top-2 of 16 experts, not renormalised;
+- `embedded-qwen`: Qwen3MoeForCausalLM, softmax top-4 of 16 finer experts (intermediate 64: the same active expert
+  width), renormalised, with per-head q/k norm — the router and expert grain of the Qwen3-MoE line;
+- `embedded-mixtral`: MixtralForCausalLM, softmax top-2 of 16, renormalised (w1/w2/w3 experts), no q/k norm.
+
+`ladder model build [NAME] [--force] [--seed N]` (and `ensure_embedded_model()` on first use, under a file lock so
 concurrent xdist workers build once) trains, deterministically from the seed:
 - a byte-level BPE tokenizer (tokenizers library) on the code, math and text calibration documents;
-- an OlmoeForCausalLM (RECIPE: 8 layers, hidden 128, 16 experts, top-2, expert intermediate 128, vocab 2048) on
-  those documents, each preceded by <|endoftext|>, packed into 128-token rows, two rows per task in every step
-  (420 steps), with OLMoE's load-balancing loss so the experts are used;
-and saves both with save_pretrained into <cache>/models/olmoe-tiny-<key> (cache: $LADDER_CACHE_DIR, default
-~/.cache/pytest-ladder), key = sha256 of the recipe, the seed and the corpus files' SHA-256. Determinism: fixed seed,
-torch.use_deterministic_algorithms, a fixed thread count, a seeded data order. Every CHECKPOINT_EVERY steps the
-training state goes to `.<folder>.checkpoint`; a build interrupted (killed, Ctrl-C) resumes from there with the
-same final weights.
+- the family's model (RECIPE, OLMoE: 8 layers, hidden 128, 16 experts, top-2, expert intermediate 128, vocab 2048)
+  on those documents, each preceded by <|endoftext|>, packed into 128-token rows, two rows per task in every step
+  (420 steps), with the family's load-balancing loss so the experts are used;
+and saves both with save_pretrained into <cache>/models/<family folder>-<key> (olmoe-tiny-, qwen3-moe-tiny-,
+mixtral-tiny-; cache: $LADDER_CACHE_DIR, default ~/.cache/pytest-ladder), key = sha256 of the recipe, the seed and
+the corpus files' SHA-256 (the OLMoE recipe's record leaves the family out, so its key predates the families).
+Determinism: fixed seed, torch.use_deterministic_algorithms, a fixed thread count, a seeded data order. Every
+CHECKPOINT_EVERY steps the training state goes to `.<folder>.checkpoint`; a build interrupted (killed, Ctrl-C)
+resumes from there with the same final weights.
 
 Threads: the count stays `Recipe.threads` whatever the machine, because on the CPU the weights depend on it (1 and
 2 threads train to different bits; the OpenMP wait policy does not change them). What a busy machine costs instead
@@ -56,6 +63,7 @@ PAD = "<|padding|>"
 class Recipe:
     """Everything that determines the embedded model's weights, apart from the seed and the data."""
 
+    family: str = "olmoe"  # a key of FAMILIES: the transformers class and its config
     vocab_size: int = 2048
     hidden_size: int = 128
     num_hidden_layers: int = 8
@@ -76,19 +84,93 @@ class Recipe:
     eval_documents: int = 48  # held-out documents per task for the NLL report
     eval_tokens: int = 4096  # held-out tokens per task for the routing report
 
-    def olmoe_config(self) -> dict:
+    def __post_init__(self) -> None:
+        family_of(self)  # an unknown family is refused here, naming the known ones
+
+    def record(self) -> dict:
+        """The recipe as keyed and reported: every field, the family left out for OLMoE (the first family, whose
+        key and cache folder predate the field)."""
+        fields = asdict(self)
+        if self.family == "olmoe":
+            del fields["family"]
+        return fields
+
+    def common_config(self) -> dict:
+        """Config fields every family takes alike."""
         return {
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_attention_heads,
-            "num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+            "num_hidden_layers": self.num_hidden_layers, "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_attention_heads, "num_experts_per_tok": self.num_experts_per_tok,
             "max_position_embeddings": self.seq_len, "router_aux_loss_coef": self.router_aux_loss_coef,
-            "norm_topk_prob": False, "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0,
-            "pad_token_id": 1,
+            "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1,
         }
+
+    def olmoe_config(self) -> dict:
+        return {**self.common_config(), "intermediate_size": self.intermediate_size, "num_experts": self.num_experts,
+                "norm_topk_prob": False}
+
+    def qwen3_moe_config(self) -> dict:
+        """Every layer MoE (decoder_sparse_step 1, no mlp_only_layers); head_dim hidden/heads; top-k renormalised."""
+        return {**self.common_config(), "moe_intermediate_size": self.intermediate_size,
+                "intermediate_size": self.intermediate_size, "num_experts": self.num_experts,
+                "head_dim": self.hidden_size // self.num_attention_heads, "norm_topk_prob": True,
+                "decoder_sparse_step": 1, "mlp_only_layers": [], "use_sliding_window": False}
+
+    def mixtral_config(self) -> dict:
+        """Full attention (no sliding window), no router jitter; Mixtral always renormalises its top-k."""
+        return {**self.common_config(), "intermediate_size": self.intermediate_size,
+                "num_local_experts": self.num_experts, "head_dim": self.hidden_size // self.num_attention_heads,
+                "sliding_window": None, "router_jitter_noise": 0.0}
+
+    def model_config(self) -> Any:
+        """The transformers config of this recipe's family."""
+        import transformers
+
+        family = family_of(self)
+        return getattr(transformers, family.config_class)(**getattr(self, family.config_method)())
+
+
+@dataclass(frozen=True)
+class Family:
+    """One MoE family the embedded build can train: its transformers classes and cache folder prefix."""
+
+    title: str  # in the build report: "embedded <title>"
+    config_class: str
+    model_class: str
+    config_method: str  # the Recipe method giving its config fields
+    folder: str  # cache folder prefix: <folder>-<key>
+
+
+FAMILIES: dict[str, Family] = {
+    "olmoe": Family("OLMoE", "OlmoeConfig", "OlmoeForCausalLM", "olmoe_config", "olmoe-tiny"),
+    "qwen3_moe": Family("Qwen3-MoE", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "qwen3_moe_config",
+                        "qwen3-moe-tiny"),
+    "mixtral": Family("Mixtral", "MixtralConfig", "MixtralForCausalLM", "mixtral_config", "mixtral-tiny"),
+}
+
+
+def family_of(recipe: Recipe) -> Family:
+    """The Family of `recipe` (ValueError naming the known families for any other)."""
+    try:
+        return FAMILIES[recipe.family]
+    except KeyError:
+        raise ValueError(f"Recipe.family {recipe.family!r} is not one of {', '.join(FAMILIES)}") from None
 
 
 RECIPE = Recipe()
+QWEN_RECIPE = Recipe(family="qwen3_moe", num_experts_per_tok=4, intermediate_size=64)
+MIXTRAL_RECIPE = Recipe(family="mixtral")
+DEFAULT_MODEL = "embedded"
+EMBEDDED_MODELS: dict[str, Recipe] = {DEFAULT_MODEL: RECIPE, "embedded-qwen": QWEN_RECIPE,
+                                      "embedded-mixtral": MIXTRAL_RECIPE}
+
+
+def recipe_named(name: str) -> Recipe:
+    """The recipe of embedded model `name` (a key of EMBEDDED_MODELS); ValueError lists the names."""
+    try:
+        return EMBEDDED_MODELS[name]
+    except KeyError:
+        raise ValueError(f"no embedded model {name!r}; the embedded models are {', '.join(EMBEDDED_MODELS)}") from None
 
 
 @dataclass
@@ -120,13 +202,13 @@ def model_key(recipe: Recipe = RECIPE, seed: int = 0) -> str:
     """sha256 (16 hex) of the build format, recipe, seed and the SHA-256 of the corpus files it trains on."""
     from pytest_ladder.models.corpora import source_fingerprint
 
-    payload = {"format": EMBEDDED_FORMAT, "recipe": asdict(recipe), "seed": seed,
+    payload = {"format": EMBEDDED_FORMAT, "recipe": recipe.record(), "seed": seed,
                "data": source_fingerprint(recipe.tasks)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def embedded_model_dir(recipe: Recipe = RECIPE, seed: int = 0) -> Path:
-    return cache_root() / "models" / f"olmoe-tiny-{model_key(recipe, seed)}"
+    return cache_root() / "models" / f"{family_of(recipe).folder}-{model_key(recipe, seed)}"
 
 
 def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = RECIPE,
@@ -149,7 +231,8 @@ def ensure_embedded_model(seed: int = 0, force: bool = False, recipe: Recipe = R
         if force:
             checkpoint.unlink(missing_ok=True)
         if not checkpoint.is_file():  # a resumed build says so itself
-            log(f"building the embedded model (once; a few minutes on 2 CPU cores) into {folder}")
+            log(f"building the embedded {family_of(recipe).title} model (once; a few minutes on 2 CPU cores) into "
+                f"{folder}")
         build_embedded_model(staging, recipe=recipe, seed=seed, log=log, checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every or CHECKPOINT_EVERY)
         if folder.exists():
@@ -310,7 +393,7 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
     the resumed build's weights are bit-identical to an uninterrupted one's (the tokenizer is retrained, which is
     deterministic). The caller removes the checkpoint once the model is in place."""
     import torch
-    from transformers import OlmoeConfig, OlmoeForCausalLM
+    import transformers
 
     from pytest_ladder.models.adapters import adapter_for
     from pytest_ladder.models.capture import CaptureSpec, capture
@@ -318,7 +401,8 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
     from pytest_ladder.models.nll import rolling_nll
 
     started = time.perf_counter()
-    report = BuildReport(key=model_key(recipe, seed), seed=seed, recipe=asdict(recipe))
+    family = family_of(recipe)
+    report = BuildReport(key=model_key(recipe, seed), seed=seed, recipe=recipe.record())
     saved_threads = torch.get_num_threads()
     saved_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(recipe.threads)
@@ -339,15 +423,15 @@ def build_embedded_model(out_dir: Path, recipe: Recipe = RECIPE, seed: int = 0,
         generator = torch.Generator().manual_seed(seed)
         streams = {task: _TaskStream(_rows(docs, bos, recipe.seq_len, generator), generator)
                    for task, docs in encoded.items()}
-        config = OlmoeConfig(**recipe.olmoe_config())
-        model = OlmoeForCausalLM(config)
+        model = getattr(transformers, family.model_class)(recipe.model_config())
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                       weight_decay=recipe.weight_decay)
         train_started = time.perf_counter()
         losses: list[float] = []
         first = _resume(checkpoint, report.key, model, optimizer, generator, streams, losses, log)
-        steps = bar(range(first, recipe.steps), desc="train embedded OLMoE", initial=first, total=recipe.steps)
+        steps = bar(range(first, recipe.steps), desc=f"train embedded {family.title}", initial=first,
+                    total=recipe.steps)
         for step in steps:
             batch = torch.cat([streams[task].take(recipe.rows_per_task) for task in recipe.tasks])
             for group in optimizer.param_groups:
@@ -462,7 +546,8 @@ def format_report(report: BuildReport) -> str:
     """The build summary: size, time, memory, held-out NLL vs unigram, per-layer JS divergence of expert usage."""
     recipe = report.recipe
     lines = [
-        f"embedded OLMoE {report.key} (seed {report.seed}): {recipe['num_hidden_layers']} layers, hidden "
+        f"embedded {FAMILIES[recipe.get('family', 'olmoe')].title} {report.key} (seed {report.seed}): "
+        f"{recipe['num_hidden_layers']} layers, hidden "
         f"{recipe['hidden_size']}, {recipe['num_experts']} experts top-{recipe['num_experts_per_tok']}, expert "
         f"intermediate {recipe['intermediate_size']}, vocab {recipe['vocab_size']}, {report.n_params / 1e6:.2f}M "
         "parameters",
@@ -494,26 +579,31 @@ def read_report(folder: Path) -> BuildReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ladder model build [--force] [--seed N]` | `ladder model path [--seed N]`."""
-    parser = argparse.ArgumentParser(prog="ladder model", description="the embedded default model (a tiny OLMoE)")
+    """`ladder model build [NAME] [--force] [--seed N]` | `ladder model path [NAME] [--seed N]` (NAME: one of
+    EMBEDDED_MODELS, default `embedded`)."""
+    parser = argparse.ArgumentParser(prog="ladder model", description="the embedded models (tiny MoE LMs built here)")
     commands = parser.add_subparsers(dest="command", required=True)
+    names = f"one of {', '.join(EMBEDDED_MODELS)} (default {DEFAULT_MODEL}: the tiny OLMoE)"
     build = commands.add_parser("build", help="train it (≤ 3 min on 2 CPU cores) unless already cached")
+    build.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=list(EMBEDDED_MODELS), help=names)
     build.add_argument("--force", action="store_true", help="rebuild even if the cache holds it")
     build.add_argument("--seed", type=int, default=0)
     path = commands.add_parser("path", help=f"print its cache folder (${CACHE_ENV} or ~/.cache/pytest-ladder)")
+    path.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=list(EMBEDDED_MODELS), help=names)
     path.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     passive_threads()
+    recipe = EMBEDDED_MODELS[args.name]
+    folder = embedded_model_dir(recipe, seed=args.seed)
     if args.command == "path":
-        folder = embedded_model_dir(seed=args.seed)
         print(folder)
         if not (folder / "build_report.json").is_file():
-            print("not built yet: run `ladder model build`", file=sys.stderr)
+            build_command = "ladder model build" + ("" if args.name == DEFAULT_MODEL else f" {args.name}")
+            print(f"not built yet: run `{build_command}`", file=sys.stderr)
             return 1
         return 0
-    folder = embedded_model_dir(seed=args.seed)
     cached = (folder / "build_report.json").is_file() and not args.force
-    folder = ensure_embedded_model(seed=args.seed, force=args.force, log=print)
+    folder = ensure_embedded_model(seed=args.seed, force=args.force, recipe=recipe, log=print)
     if cached:
         print("cached (built earlier); report of that build:")
         print(format_report(read_report(folder)))
@@ -521,5 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Recipe", "RECIPE", "BuildReport", "build_embedded_model", "ensure_embedded_model", "embedded_model_dir",
+__all__ = ["Recipe", "RECIPE", "QWEN_RECIPE", "MIXTRAL_RECIPE", "EMBEDDED_MODELS", "DEFAULT_MODEL", "FAMILIES",
+           "Family", "recipe_named", "BuildReport", "build_embedded_model", "ensure_embedded_model",
+           "embedded_model_dir",
            "model_key", "cache_root", "train_tokenizer", "js_divergence_bits", "format_report", "main"]

@@ -1,5 +1,6 @@
-"""Model loading: the embedded model, a local folder or a hub id, through transformers
-`from_pretrained` and accelerate (device_map / max_memory / offload_folder), with the identity the archive records.
+"""Model loading: an embedded model (`embedded`, `embedded-qwen`, `embedded-mixtral`), a local folder or a hub id,
+through transformers `from_pretrained` and accelerate (device_map / max_memory / offload_folder), with the identity
+the archive records.
 
 Placement: no --ladder-max-memory -> the whole model on `device` (plain CPU load, or device_map {"": "cuda:N"});
 with it -> device_map="auto" under those budgets, layers that do not fit go to CPU (offloaded behind the GPU) and
@@ -148,12 +149,24 @@ class LoadedModel:
         return default_max_length(self.model, self.tokenizer)
 
 
-def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """(local folder, hub revision or None) for "embedded", a folder, or a hub id (snapshot_download)."""
-    if source == EMBEDDED:
-        from pytest_ladder.models.embedded import ensure_embedded_model
+def embedded_names() -> tuple[str, ...]:
+    """The names of the embedded models (models/embedded.py EMBEDDED_MODELS), `embedded` first."""
+    from pytest_ladder.models.embedded import EMBEDDED_MODELS
 
-        return ensure_embedded_model(), None
+    return tuple(EMBEDDED_MODELS)
+
+
+def is_embedded(source: str) -> bool:
+    """Is `source` the name of an embedded model (built here on first use) rather than a folder or hub id?"""
+    return source in embedded_names()
+
+
+def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """(local folder, hub revision or None) for an embedded model's name, a folder, or a hub id (snapshot_download)."""
+    if is_embedded(source):
+        from pytest_ladder.models.embedded import ensure_embedded_model, recipe_named
+
+        return ensure_embedded_model(recipe=recipe_named(source)), None
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve(), None
@@ -168,7 +181,8 @@ def resolve_source(source: str, revision: str | None = None) -> tuple[Path, str 
     except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
         raise ModelLoadError(
             f"--ladder-model {source!r} is not a local folder and could not be fetched from the Hugging Face hub "
-            f"({type(error).__name__}: {error}). Pass a local folder saved with save_pretrained, or 'embedded'."
+            f"({type(error).__name__}: {error}). Pass a local folder saved with save_pretrained, or one "
+            f"of the embedded models ({', '.join(embedded_names())})."
         ) from None
     folder = Path(folder)
     return folder, folder.name  # snapshots/<commit hash>
@@ -241,8 +255,8 @@ def model_identity(model: Any, adapter: Any, spec: ModelSpec, path: Path, revisi
     from pytest_ladder.models.nll import default_max_length
 
     return {
-        "name": spec.source if spec.source == EMBEDDED else (Path(spec.source).name or spec.source),
-        "source": spec.source if spec.source == EMBEDDED or revision else str(path),
+        "name": spec.source if is_embedded(spec.source) else (Path(spec.source).name or spec.source),
+        "source": spec.source if is_embedded(spec.source) or revision else str(path),
         "path": str(path),
         "revision": revision,
         "weights_sha256": combined,
@@ -342,4 +356,4 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 __all__ = ["ModelSpec", "LoadedModel", "load_model", "parse_max_memory", "parse_device", "parse_dtype",
            "parse_size", "worker_device", "worker_max_memory", "weights_sha256", "resolve_source",
-           "ModelLoadError", "EMBEDDED"]
+           "ModelLoadError", "EMBEDDED", "embedded_names", "is_embedded"]

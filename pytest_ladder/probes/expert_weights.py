@@ -18,7 +18,6 @@ control: symmetric INT-b with one scale per row).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,22 +36,24 @@ if TYPE_CHECKING:
 F64 = torch.float64
 PROJECTIONS = ("gate", "up", "down")
 
-_PER_EXPERT = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
-_FUSED = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp\.experts\.(gate_up|down)_proj$")
-
-
 def expert_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]
                   ) -> dict[str, tuple[torch.dtype, tuple[int, int, int]]]:
     """{"layers.L.<gate|up|down>": (stored dtype, (E, out, in))} from a checkpoint's {name: (dtype, shape)} headers
-    (models.checkpoint.Checkpoint.dtype_bytes), per-expert keys or transformers 5's fused stacks."""
+    (models.checkpoint.Checkpoint.dtype_bytes), per-expert keys or transformers 5's fused stacks, in any supported
+    family's layout (models.adapters.stored_expert_key)."""
+    from pytest_ladder.models.adapters import stored_expert_key
+
     per_expert: dict[tuple[int, str], dict[int, tuple[torch.dtype, tuple[int, ...]]]] = {}
     stacks: dict[str, tuple[torch.dtype, tuple[int, int, int]]] = {}
     for name, (dtype, shape) in tensors.items():
-        if match := _PER_EXPERT.match(name):
-            layer, expert, projection = int(match[1]), int(match[2]), match[3]
+        key = stored_expert_key(name)
+        if key is None:
+            continue
+        layer, expert, projection = key
+        if expert is not None:
             per_expert.setdefault((layer, projection), {})[expert] = (dtype, tuple(shape))
-        elif match := _FUSED.match(name):
-            layer, kind = int(match[1]), match[2]
+        else:
+            kind = projection
             e, out, inp = (int(s) for s in shape)
             if kind == "gate_up":
                 stacks[f"layers.{layer}.gate"] = (dtype, (e, out // 2, inp))
@@ -64,7 +65,8 @@ def expert_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]
         stacks[f"layers.{layer}.{projection}"] = (dtype, (len(experts), shape[0], shape[1]))
     if not stacks:
         raise ValueError("expert_stacks: no routed-expert tensors found (expected layers.L.mlp.experts.E.<gate|up|"
-                         "down>_proj.weight or layers.L.mlp.experts.<gate_up|down>_proj); is this an MoE checkpoint?")
+                         "down>_proj.weight, layers.L.block_sparse_moe.experts.E.<w1|w3|w2>.weight or "
+                         "layers.L.mlp.experts.<gate_up|down>_proj); is this an MoE checkpoint?")
     return dict(sorted(stacks.items(), key=lambda item: (int(item[0].split(".")[1]), item[0])))
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -281,15 +280,17 @@ class RoutingStudy:
         return self.adapter.route(logits, layer)[0]
 
 
-_ROUTER = re.compile(r"^(?:model\.)?layers\.(\d+)\.mlp\.gate\.weight$")
-
-
 def router_delta_bytes(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]], rank: int | None) -> int:
     """Gate 1 for G6: rank-r factors of every MoE layer's router (E, H) minus the dense routers, at their stored dtype,
-    from a checkpoint's {name: (dtype, shape)} headers. `rank=None` keeps the dense routers: exactly 0."""
-    routers = [(dtype, tuple(shape)) for name, (dtype, shape) in tensors.items() if _ROUTER.match(name)]
+    from a checkpoint's {name: (dtype, shape)} headers, in any supported family's layout
+    (models.adapters.stored_router_layer). `rank=None` keeps the dense routers: exactly 0."""
+    from pytest_ladder.models.adapters import stored_router_layer
+
+    routers = [(dtype, tuple(shape)) for name, (dtype, shape) in tensors.items()
+               if stored_router_layer(name) is not None]
     if not routers:
-        raise ValueError("router_delta_bytes: no router weights (layers.L.mlp.gate.weight) in the checkpoint")
+        raise ValueError("router_delta_bytes: no router weights (layers.L.mlp.gate.weight or "
+                         "layers.L.block_sparse_moe.gate.weight) in the checkpoint")
     if rank is None:
         return 0
     return sum(lowrank_delta_bytes(shape, rank, dtype) for dtype, shape in routers)
