@@ -22,8 +22,18 @@ def test_archived_rows_round_trip_unchanged(path):
         assert json.dumps(TrapRecord.from_dict(row).row()) == json.dumps(row)
 
 
-def test_the_archive_is_there():
-    assert len(DECISIONS) == 13
+def test_the_archive_decides_every_prereg_once_on_each_embedded_model():
+    """archive/ holds one decision per sealed prereg and embedded model (OLMoE, Qwen3-MoE, Mixtral), replications
+    beside them."""
+    decided: dict[str, list[str]] = {}
+    for path in DECISIONS:
+        record = json.loads(path.read_text())
+        if record["kind"] == "decision":
+            decided.setdefault(record["model"]["name"], []).append(record["rung"])
+    preregs = sorted(p.parent.name for p in (ARCHIVE.parent / "prereg").glob("*/tau.json"))
+    assert sorted(decided) == ["embedded", "embedded-mixtral", "embedded-qwen"]
+    for model, rungs in decided.items():
+        assert sorted(rungs) == preregs, model
 
 
 def test_measurements_round_trip():
