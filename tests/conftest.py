@@ -1,8 +1,13 @@
-"""Fixtures shared by the test folders."""
+"""Fixtures shared by the test folders; OpenMP threads that sleep while they wait (set before any test module loads
+torch: two xdist workers building the embedded models on two cores would otherwise spin against each other)."""
 
 from __future__ import annotations
 
 import pytest
+
+from pytest_ladder.models.embedded import passive_threads
+
+passive_threads()
 
 
 @pytest.fixture(scope="module")
