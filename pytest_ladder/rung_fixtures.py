@@ -50,6 +50,19 @@ def cell_layers(prereg: Any, n_layers: int) -> dict[str, int]:
     return {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells if "layer" in c.params}
 
 
+def budget_ranks(request: pytest.FixtureRequest, cell: Any, prereg: Any, n_layers: int,
+                 spectra: Any) -> tuple[int, dict[str, int]]:
+    """(layer index, {matrix kind: budget rank}) of a cell that names a layer and a prereg with `rank_fraction`, the
+    ranks from `spectra(index)` ({kind: singular values}); recorded in the decision's context under
+    "<rung> <cell id>" (G0 and its corrected claims)."""
+    from pytest_ladder.rung import record_cell
+
+    index = resolve_layer(cell.params["layer"], n_layers)
+    ranks = {k: resolve_size(prereg.params["rank_fraction"], s.shape[-1]) for k, s in spectra(index).items()}
+    record_cell(request.config, f"{prereg.rung} {cell.id}", {"layer": index, "ranks": ranks})
+    return index, ranks
+
+
 @pytest.fixture(scope="module")
 def rung_cache() -> Any:
     """A dict that lives as long as the rung module: what its fixtures compute once for all its tests. When the

@@ -9,8 +9,7 @@ claim judged on its own words. g0's archived decision (KILL at effective_rank) i
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+from pytest_ladder.rung_fixtures import budget_ranks, resolve_layer
 
 ladder = rung("g0")
 
@@ -26,11 +25,7 @@ def held(rung_cache, ladder_weights):
 @pytest.fixture
 def layer(cell, prereg, ladder_weights, held, request):
     """The cell's layer on this model, with each matrix kind's budget rank (recorded in the decision's context)."""
-    index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
-    fraction = prereg.params["rank_fraction"]
-    ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in held.spectra(index).items()}
-    record_cell(request.config, f"g0 {cell.id}", {"layer": index, "ranks": ranks})
-    return index, ranks
+    return budget_ranks(request, cell, prereg, ladder_weights.n_layers, held.spectra)
 
 
 @ladder.trap("trivial_pass")

@@ -9,8 +9,7 @@ rank r_eff / r <= 1 its claim does not state; that condition is g0_seeds' claim.
 import pytest
 
 from pytest_ladder import rung
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import resolve_layer, resolve_size
+from pytest_ladder.rung_fixtures import budget_ranks, resolve_layer
 
 ladder = rung("g0_worded")
 
@@ -26,11 +25,7 @@ def held(rung_cache, ladder_weights):
 @pytest.fixture
 def layer(cell, prereg, ladder_weights, held, request):
     """The cell's layer on this model, with each matrix kind's budget rank (recorded in the decision's context)."""
-    index = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
-    fraction = prereg.params["rank_fraction"]
-    ranks = {k: resolve_size(fraction, s.shape[-1]) for k, s in held.spectra(index).items()}
-    record_cell(request.config, f"g0_worded {cell.id}", {"layer": index, "ranks": ranks})
-    return index, ranks
+    return budget_ranks(request, cell, prereg, ladder_weights.n_layers, held.spectra)
 
 
 def hardest_layer(prereg, weights):
