@@ -2,7 +2,7 @@
 
     python benchmarks/scale_check.py --out OUT [--model DIR] [--phase memory|offload|both] [--cap 8GiB]
                                      [--workspace 4GiB] [--offload-workspace 2GiB] [--rungs g4,g6] [--deadline S]
-                                     [-- PYTEST ARGS]
+                                     [--profile] [-- PYTEST ARGS]
 
 Makes the OLMoE-1B-7B-shaped bf16 model with benchmarks/make_olmoe_shaped.py when `--model` does not exist yet,
 then runs every rung kill-fast in one pytest session per phase (`pytest rungs/ --ladder-kill-fast --ladder-device
@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+SEED_LADDER = ("g0", "g1_0", "g2", "g3", "g4", "g5", "g6", "g7", "g10", "g10_5", "g10_scan", "r1", "r2")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -62,7 +63,8 @@ def verdicts(archive: Path) -> dict[str, str]:
 def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[dict]:
     archive = args.out / f"archive_{phase}"
     probe = args.out / f"probe_{phase}.json"
-    command = [sys.executable, "-m", "pytest", *args.rungs, "--ladder-kill-fast", "--ladder-device", "cuda",
+    runner = ["-m", "cProfile", "-o", str(args.out / f"profile_{phase}.out")] if args.profile else []
+    command = [sys.executable, *runner, "-m", "pytest", *args.rungs, "--ladder-kill-fast", "--ladder-device", "cuda",
                "--ladder-model", str(args.model), "--ladder-archive-dir", str(archive), "-p", "scale_probe",
                "-p", "no:cacheprovider", "-q", "-rN"]
     if phase == "memory":
@@ -90,6 +92,8 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
                 session.kill()
                 session.wait()
     completed = session
+    if args.profile and (args.out / f"profile_{phase}.out").is_file():
+        print_profile(args.out / f"profile_{phase}.out", args.out / f"profile_{phase}.txt")
     wall = time.perf_counter() - start
     rows = json.loads(probe.read_text()) if probe.is_file() else []
     found = verdicts(archive)
@@ -102,6 +106,19 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
     (args.out / f"scale_{phase}.json").write_text(json.dumps(summary, indent=1))
     print(f"[{phase}] session {wall:.1f} s, pytest exit {completed.returncode}", flush=True)
     return rows
+
+
+def print_profile(raw: Path, text: Path) -> None:
+    """The session's hottest functions (cProfile: own time, then cumulative) as text beside the raw profile. CUDA work
+    is asynchronous: its time lands on the call that waits for it (a .item(), an eigensolver, a copy to the CPU)."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(raw), stream=out)
+    stats.sort_stats("tottime").print_stats(45)
+    stats.sort_stats("cumulative").print_stats(90)
+    text.write_text(out.getvalue())
 
 
 def table(summaries: dict[str, dict]) -> None:
@@ -129,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--offload-workspace", default="2GiB", help="--ladder-gpu-workspace offloaded")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds after which a phase's session gets SIGTERM (what it decided is kept)")
-    parser.add_argument("--rungs", default="", help="comma-separated rung names (default: every rung)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run each session under cProfile; OUT/profile_<phase>.txt lists the hottest functions")
+    parser.add_argument("--rungs", default=",".join(SEED_LADDER),
+                        help="comma-separated rung names (default: the seed ladder, the 13 rungs of protocol.md)")
     args = parser.parse_args(argv)
-    args.rungs = [f"rungs/test_{r}.py" for r in args.rungs.split(",") if r] or ["rungs/"]
+    args.rungs = [f"rungs/test_{r}.py" for r in args.rungs.split(",") if r]
     args.out.mkdir(parents=True, exist_ok=True)
     ensure_model(args.model)
     for phase in (["memory", "offload"] if args.phase == "both" else [args.phase]):
