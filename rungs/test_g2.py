@@ -44,9 +44,11 @@ def g2(rung_cache, ladder_weights, ladder_workspace, prereg, ladder_seeds):
             found = rung_cache.setdefault("hosvd", {})
             if projection not in found:
                 t, ranks = self.tensor(projection), self.floor(projection).ranks
-                tau = tau_floor(lambda seed: spectral.random_factors(t.shape, ranks, seed, device=t.device),
-                                lambda factors: spectral.projection_residual(t, factors), seeds)
-                found[projection] = (spectral.projection_residual(t, spectral.hosvd_factors(t, ranks)), tau)
+                # the HOSVD and every seed's random factors projected in one pass over the tensor
+                hosvd, *baselines = spectral.projection_residuals(t, [spectral.hosvd_factors(t, ranks)] + [
+                    spectral.random_factors(t.shape, ranks, seed, device=t.device) for seed in seeds])
+                by_seed = dict(zip(seeds, baselines))
+                found[projection] = (hosvd, tau_floor(lambda seed: seed, by_seed.__getitem__, seeds))
             return found[projection]
 
     return G2()

@@ -226,30 +226,58 @@ class StackedTensor:
 
     def projection_residual(self, factors: Sequence[torch.Tensor]) -> float:
         """‖T − T ×_k U_k U_kᵀ‖² / ‖T‖² for factors U_k (d_k, r_k) with orthonormal columns (any rank 0: T̂ = 0)."""
-        if len(factors) != 4:
-            raise ValueError(f"projection_residual: a 4-mode tensor needs 4 factors, got {len(factors)}")
-        u0, u1, u2, u3 = (self._on(u) for u in factors)
-        for mode, u in enumerate((u0, u1, u2, u3)):
-            if u.shape[0] != self.shape[mode]:
-                raise ValueError(f"projection_residual: factor {mode} has {u.shape[0]} rows, mode {mode} has "
-                                 f"{self.shape[mode]}")
+        return self.projection_residuals([factors])[0]
+
+    def projection_residuals(self, factor_sets: Sequence[Sequence[torch.Tensor]]) -> list[float]:
+        """`projection_residual` of every factor set, in one pass over T: each piece of T is moved to the device and
+        made float64 once and projected by every set there (G2's HOSVD and its ten τ baselines read the 4.3 GB tensor
+        of OLMoE-1B-7B once, not eleven times). Each set's value is the one `projection_residual` gives it alone (the
+        same products; only the split of the experts into pieces may differ, which reorders no sum)."""
         norm_sq = self.norm_sq()
         if not float(norm_sq) > 0:
             raise ValueError("projection_residual: the tensor is zero")
-        if min(u.shape[1] for u in (u0, u1, u2, u3)) == 0:
-            return 1.0
+        sets = []
+        for factors in factor_sets:
+            if len(factors) != 4:
+                raise ValueError(f"projection_residual: a 4-mode tensor needs 4 factors, got {len(factors)}")
+            on = tuple(self._on(u) for u in factors)
+            for mode, u in enumerate(on):
+                if u.shape[0] != self.shape[mode]:
+                    raise ValueError(f"projection_residual: factor {mode} has {u.shape[0]} rows, mode {mode} has "
+                                     f"{self.shape[mode]}")
+            sets.append(on)
+        live = [i for i, on in enumerate(sets) if min(u.shape[1] for u in on) > 0]
         _, d1, d2, d3 = self.shape
-        r1, r2, r3 = u1.shape[1], u2.shape[1], u3.shape[1]
-        z_home, y_home = self._home(d1 * r2 * r3), self._home(r1 * r2 * r3)
-        projected = []
-        for piece in self.slices:
-            z = torch.cat([(u2.mT @ self._on(piece[rows]) @ u3).to(z_home)
-                           for rows in self._rows((d2 * d3 + d2 * r3 + r2 * r3) * 8)]).reshape(d1, r2 * r3)
-            projected.append(torch.cat([(u1.mT @ self._on(z[:, columns])).to(y_home)
-                                        for columns in self.workspace.spans(r2 * r3, (d1 + r1) * 8)], dim=1))
-            del z
-        core_sq = self._chunked_norm_sq(projected, u0)
-        return max(1.0 - float(core_sq / norm_sq), 0.0)
+        projected: dict[int, list[torch.Tensor]] = {i: [] for i in live}
+        if live:
+            widest = max(sets[i][2].shape[1] * sets[i][3].shape[1] for i in live)
+            widest_r3 = max(sets[i][3].shape[1] for i in live)
+            # every set's Z (d1, r2·r3) and Y (L, r1·r2·r3) are held at once: kept on the device only if all fit
+            z_home = self._home(sum(d1 * sets[i][2].shape[1] * sets[i][3].shape[1] for i in live))
+            y_home = self._home(sum(self.shape[0] * math.prod(u.shape[1] for u in sets[i][1:]) for i in live))
+            for piece in self.slices:
+                z_parts: dict[int, list[torch.Tensor]] = {i: [] for i in live}
+                for rows in self._rows((d2 * d3 + d2 * widest_r3 + widest) * 8):
+                    s = self._on(piece[rows])
+                    for i in live:
+                        _, _, u2, u3 = sets[i]
+                        z_parts[i].append((u2.mT @ s @ u3).to(z_home))
+                    del s
+                for i in live:
+                    u1, u2, u3 = sets[i][1:]
+                    r1, r23 = u1.shape[1], u2.shape[1] * u3.shape[1]
+                    z = torch.cat(z_parts[i]).reshape(d1, r23)
+                    projected[i].append(torch.cat([(u1.mT @ self._on(z[:, columns])).to(y_home)
+                                                   for columns in self.workspace.spans(r23, (d1 + r1) * 8)], dim=1))
+                del z_parts
+        residuals = []
+        for i, on in enumerate(sets):
+            if i not in projected:
+                residuals.append(1.0)
+                continue
+            core_sq = self._chunked_norm_sq(projected.pop(i), on[0])
+            residuals.append(max(1.0 - float(core_sq / norm_sq), 0.0))
+        return residuals
 
     def hosvd_factors(self, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """The truncated HOSVD's factors: top-r_k eigenvectors of each mode Gram (a zero rank: empty factors)."""

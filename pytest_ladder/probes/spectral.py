@@ -284,6 +284,11 @@ def projection_residual(t: torch.Tensor | StackedTensor, factors: Sequence[torch
     return StackedTensor.of(t).projection_residual(factors)
 
 
+def projection_residuals(t: torch.Tensor | StackedTensor, factor_sets: Sequence[Sequence[torch.Tensor]]) -> list[float]:
+    """`projection_residual` of every factor set in one pass over T (each value as computed alone)."""
+    return StackedTensor.of(t).projection_residuals(factor_sets)
+
+
 def hosvd_factors(t: torch.Tensor | StackedTensor, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
     """The truncated HOSVD's factor matrices at `ranks` (top eigenvectors of each mode Gram); a zero rank anywhere
     (nothing fits the budget) gives empty factors, i.e. T̂ = 0."""

@@ -63,3 +63,27 @@ def test_unfoldings_and_their_spectra():
         assert torch.allclose(mode_spectra(t)[mode], singular_values(unfold(t, mode)), rtol=1e-9)
     assert unfold(t, 1)[2, 0] == t[0, 2, 0] and unfold(t, 1)[2, 1] == t[0, 2, 1]
     assert all(1 <= r <= n for r, n in zip(mode_effective_ranks(t), t.shape))
+
+
+def test_one_pass_over_the_tensor_gives_each_factor_sets_own_residual():
+    """G2's HOSVD and τ baselines projected together equal each set projected alone, bit for bit, under an unbounded
+    and a tiny workspace (the tiny one holds a few experts at a time and keeps Z and Y on the CPU); a set with a
+    zero rank projects T to 0 (residual exactly 1) and identity factors give exactly 0."""
+    from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+    from pytest_ladder.measure.tucker import StackedTensor
+    from pytest_ladder.measure.workspace import Workspace
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(3, 5, 6, 7, generator=g, dtype=torch.float64).to(torch.bfloat16)
+    ranks = (2, 3, 4, 5)
+    sets = [tuple(random_orthonormal_columns(d, r, seed) for d, r in zip(t.shape, ranks)) for seed in range(4)]
+    sets.append(tuple(torch.eye(d, dtype=torch.float64) for d in t.shape))
+    sets.append(tuple(torch.zeros(d, 0 if k == 1 else 1, dtype=torch.float64) for k, d in enumerate(t.shape)))
+    sets.append(tuple(random_orthonormal_columns(d, r, 9) for d, r in zip(t.shape, (1, 2, 2, 3))))
+    for limit in (None, 2048):
+        stacked = StackedTensor.of(t, Workspace.on("cpu", limit))
+        together = stacked.projection_residuals(sets)
+        alone = [stacked.projection_residual(s) for s in sets]
+        assert together == alone
+        assert together[4] == 0.0 and together[5] == 1.0
+        assert all(0.0 < r < 1.0 for r in together[:4] + together[6:])
