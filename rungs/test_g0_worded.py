@@ -15,11 +15,11 @@ ladder = rung("g0_worded")
 
 
 @pytest.fixture
-def held(rung_cache, ladder_weights):
+def held(rung_cache, ladder_weights, ladder_workspace):
     """The rung's layer matrices and spectra (probes.spectral.HeldLayers), gone when the rung ends."""
     from pytest_ladder.probes.spectral import HeldLayers
 
-    return HeldLayers(ladder_weights, rung_cache)
+    return HeldLayers(ladder_weights, rung_cache, ladder_workspace)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ pipeline projects T on factor matrices U_k (HOSVD, Haar-random, or identity for 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,57 +159,157 @@ def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
 
 
 class HeldLayers:
-    """G0's matrices and spectra per layer, read from a checkpoint view (`experts(layer, projection)`) into `store`
-    (the rung's cache, so they go when the rung ends): one layer's float64 matrices at a time (OLMoE-1B-7B: ~6 GB;
-    the previous layer's go before the next's load), every layer's spectra kept."""
+    """G0's layers read from a checkpoint view (`experts(layer, projection)`), worked on in float64 pieces that fit the
+    run's GPU workspace: one layer's weights held as read (on the CPU under a bounded workspace: OLMoE-1B-7B's are
+    0.8 GB in bf16; the float64 matrices would be 6.4 GB), every layer's spectra kept in `store` (the rung's cache,
+    so they go when the rung ends).
 
-    def __init__(self, weights: Any, store: dict) -> None:
-        self.weights, self.store = weights, store
+    A batched kind (gate, up, down) goes a few experts at a time; the stacked layer matrix (3·E·I, H) a block of rows
+    at a time: its Gram, its regauge error (Σ of the blocks' ‖W − W'‖² over Σ ‖W‖²) and its singular values (a QR of
+    the blocks stacked under the running triangular factor, then σ of the H × H factor: σ(W) = σ(R)) never form it.
+    Per-expert values do not depend on the pieces; the layer matrix's sums are reordered by them only."""
 
-    def _read(self, layer: int) -> list[torch.Tensor]:
-        return [self.weights.experts(layer, p) for p in ("gate", "up", "down")]
+    def __init__(self, weights: Any, store: dict, workspace: Workspace | None = None) -> None:
+        self.workspace = workspace or Workspace.on(weights.device, None)
+        self.weights = weights.on(self.workspace.home) if self.workspace.bounded else weights
+        self.store = store
 
-    def matrices(self, layer: int) -> dict[str, torch.Tensor]:
-        found = self.store.setdefault("matrices", {})
+    @property
+    def device(self) -> torch.device:
+        return self.workspace.device
+
+    def _read(self, layer: int) -> dict[str, torch.Tensor]:
+        """gate, up (E, I, H) and down (E, H, I) of one layer as stored (the previous layer's go)."""
+        found = self.store.setdefault("read", {})
         if layer not in found:
             found.clear()
-            found[layer] = layer_matrices(*self._read(layer))
+            read = {p: self.weights.experts(layer, p) for p in ("gate", "up", "down")}
+            if read["gate"].device.type == "cpu" and self.device.type == "cuda":
+                read = {p: w.contiguous().pin_memory() for p, w in read.items()}
+            found[layer] = read
         return found[layer]
 
+    def _spans(self, w: torch.Tensor, copies: int = 4) -> list[slice]:
+        return self.workspace.spans(w.shape[0], copies * 8 * math.prod(w.shape[1:]))
+
+    def _batched(self, layer: int, kind: str) -> Any:
+        """(experts span, the span's matrices in float64 on the device), a few experts at a time."""
+        w = self._read(layer)[kind]
+        for span in self._spans(w):
+            yield span, w[span].to(device=self.device, dtype=F64)
+
+    def _layer_rows(self, layer: int) -> Any:
+        """Blocks of rows (rows, H) of the stacked layer matrix [gate_e; up_e; down_eᵀ]_e, float64 on the device."""
+        read = self._read(layer)
+        for kind in ("gate", "up", "down"):
+            w = read[kind]
+            for span in self._spans(w):
+                block = w[span].mT if kind == "down" else w[span]
+                yield block.reshape(-1, block.shape[-1]).to(device=self.device, dtype=F64)
+
     def spectra(self, layer: int) -> dict[str, torch.Tensor]:
+        """σ of every matrix kind (see `layer_spectra`), by eigh of the smaller Gram; the layer matrix's from its
+        H × H Gram, kept for the best regauge."""
         found = self.store.setdefault("spectra", {})
         if layer not in found:
-            found[layer] = layer_spectra(*self._read(layer))
+            spectra = {kind: torch.cat([singular_values(block, method="gram") for _, block in
+                                        self._batched(layer, kind)]) for kind in ("gate", "up", "down")}
+            gram = None
+            for rows in self._layer_rows(layer):
+                part = rows.mT @ rows
+                gram = part if gram is None else gram + part
+            self.store.setdefault("layer_gram", {})[layer] = gram
+            spectra["layer"] = singular_values_from_gram(gram).unsqueeze(0)
+            found[layer] = spectra
         return found[layer]
 
     def floor(self, layer: int, ranks: dict[str, int]) -> RegaugeFloor:
         return regauge_floor(self.spectra(layer), ranks)
 
+    def errors(self, layer: int, regauge_sets: Sequence[dict[str, torch.Tensor]]) -> list[RegaugeError]:
+        """`regauge_error` of the layer under each set of regauges ({kind: Q}, Q (n, r) shared or (E, n, r) per
+        expert), every set in one pass over the layer's pieces."""
+        per_set: list[dict[str, torch.Tensor]] = [{} for _ in regauge_sets]
+        for kind in ("gate", "up", "down"):
+            parts: list[list[torch.Tensor]] = [[] for _ in regauge_sets]
+            for span, block in self._batched(layer, kind):
+                for i, regauges in enumerate(regauge_sets):
+                    q = regauges[kind]
+                    q = q[span] if q.dim() == 3 else q
+                    parts[i].append(frobenius_relative_error(block, regauge_truncate(block, q.to(self.device))).cpu())
+            for i, found in enumerate(parts):
+                per_set[i][kind] = torch.cat(found)
+        removed = [torch.zeros((), dtype=F64, device=self.device) for _ in regauge_sets]
+        total = torch.zeros((), dtype=F64, device=self.device)
+        qs = [regauges["layer"].to(self.device).reshape(-1, regauges["layer"].shape[-1]) for regauges in regauge_sets]
+        for rows in self._layer_rows(layer):
+            total += rows.square().sum()
+            for i, q in enumerate(qs):
+                removed[i] += (rows - project_inputs(rows, q)).square().sum()
+        for i in range(len(regauge_sets)):
+            per_set[i]["layer"] = (removed[i] / total).sqrt().reshape(1).cpu()
+        results = []
+        for errors in per_set:
+            best = min((float(e.min()), f"{kind}[{int(e.argmin())}]") for kind, e in errors.items())
+            results.append(RegaugeError(best[0], best[1], {kind: float(e.min()) for kind, e in errors.items()}))
+        return results
+
+    def _layer_singular_values(self, layer: int, q: torch.Tensor | None) -> torch.Tensor:
+        """σ of the stacked layer matrix W (or of W Q), from the triangular factor of its row blocks stacked."""
+        r = None
+        for rows in self._layer_rows(layer):
+            rows = rows if q is None else rows @ q
+            r = torch.linalg.qr(rows if r is None else torch.cat([r, rows]), mode="r").R
+        return torch.linalg.svdvals(r)
+
+    def drift(self, layer: int, rotation: Callable[[int], torch.Tensor]) -> float:
+        """max |σ(W') − σ(W)| / σ_max(W) over the layer's matrices for the full regauge W' = Q W (left) or W Q (right)
+        of each matrix's smaller side, Q = rotation(n) (n, n): 0 up to rounding for any orthogonal Q."""
+        worst = 0.0
+        for kind in ("gate", "up", "down"):
+            for _, block in self._batched(layer, kind):
+                q = rotation(min(block.shape[-2:])).to(device=self.device, dtype=F64)
+                worst = max(worst, singular_value_drift(block, q))
+        hidden = self._read(layer)["gate"].shape[-1]
+        q = rotation(hidden).to(device=self.device, dtype=F64)
+        before, after = self._layer_singular_values(layer, None), self._layer_singular_values(layer, q)
+        return max(worst, float(((after - before).abs() / before[..., :1]).max()))
+
     def trivial_pass(self, layer: int) -> dict[str, float]:
         """Q = I at full rank through the executed pipeline, the floor at full rank and σ drift under Q = I: each
         exactly 0 for a working pipeline (G0's trivial-pass trap)."""
-        mats, svs = self.matrices(layer), self.spectra(layer)
-        error = regauge_error(mats, {k: identity_regauge(w) for k, w in mats.items()}).value
+        svs = self.spectra(layer)
+        identity = {k: torch.eye(s.shape[-1], dtype=F64, device=self.device) for k, s in svs.items()}
+        error = self.errors(layer, [identity])[0].value
         floor = regauge_floor(svs, {k: s.shape[-1] for k, s in svs.items()}).residual
-        drift = max(singular_value_drift(w, identity_regauge(w)) for w in mats.values())
+        drift = self.drift(layer, lambda n: torch.eye(n, dtype=F64))
         return {"error": error, "floor_residual": floor, "sigma_drift": drift}
 
+    def best_regauges(self, layer: int, ranks: dict[str, int]) -> dict[str, torch.Tensor]:
+        """The optimal regauge's kept coordinates per kind: each expert matrix's top singular vectors on its smaller
+        side (E, n, r), and the layer matrix's from its Gram (H, r)."""
+        found = {kind: torch.cat([best_regauge(block, ranks[kind]) for _, block in self._batched(layer, kind)])
+                 for kind in ("gate", "up", "down")}
+        self.spectra(layer)
+        found["layer"] = input_basis(self.store["layer_gram"][layer], ranks["layer"])
+        return found
+
     def best_and_tau(self, layer: int, ranks: dict[str, int], seeds: Sequence[Seed]) -> tuple[RegaugeError, Any]:
-        """The best regauge's executed error on the layer and the τ floor of Haar-random regauges (measure.tau)."""
+        """The best regauge's executed error on the layer and the τ floor of Haar-random regauges (measure.tau), all
+        in one pass over the layer."""
         from pytest_ladder.measure.tau import tau_floor
 
-        mats = self.matrices(layer)
-        best = regauge_error(mats, {k: best_regauge(w, ranks[k]) for k, w in mats.items()})
-        tau = tau_floor(lambda seed: {k: random_regauge(w, ranks[k], seed) for k, w in mats.items()},
-                        lambda regauges: regauge_error(mats, regauges).value, seeds)
-        return best, tau
+        svs = self.spectra(layer)
+        randoms = [{k: random_orthonormal_columns(svs[k].shape[-1], ranks[k], seed) for k in KINDS} for seed in seeds]
+        best, *baselines = self.errors(layer, [self.best_regauges(layer, ranks)] + randoms)
+        by_seed = dict(zip(seeds, baselines))
+        return best, tau_floor(lambda seed: seed, lambda seed: by_seed[seed].value, seeds)
 
     def random_drift(self, layer: int, seed: Seed) -> float:
         """max |Δσ| / σ_max of the layer's matrices under one Haar-random orthogonal regauge (0 up to rounding)."""
         from pytest_ladder.measure.orthogonal import random_orthogonal
 
-        return max(singular_value_drift(w, random_orthogonal(min(w.shape[-2:]), seed))
-                   for w in self.matrices(layer).values())
+        return self.drift(layer, lambda n: random_orthogonal(n, seed))
 
 
 # --------------------------------------------------------------------------------------------------- G2 --------

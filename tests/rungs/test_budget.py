@@ -146,3 +146,39 @@ def test_g2_does_not_depend_on_the_budget():
                                                                             rel=1e-10)
     assert spectral.projection_residual(tiny, spectral.identity_factors(tiny.shape)) == 0.0
     assert spectral.projection_residual(free, spectral.identity_factors(free.shape)) == 0.0
+
+
+def test_g0_does_not_depend_on_the_budget():
+    """G0's layer under TINY (a few experts per piece, the stacked layer matrix a block of rows at a time, its σ from
+    the stacked triangular factors) equals the unbounded run's: spectra, floors, the best regauge's error and every
+    τ baseline to float64 rounding; the trivial pass is exactly 0 and a random regauge's σ drift is rounding under
+    both. The layer matrix's σ by the QR route equal a plain SVD of the formed matrix."""
+    from pytest_ladder.measure.orthogonal import random_orthogonal
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.embedded import embedded_model_dir
+    from pytest_ladder.probes import spectral
+
+    weights = Checkpoint(embedded_model_dir())
+    free = spectral.HeldLayers(weights, {}, Workspace.on("cpu", None))
+    tiny = spectral.HeldLayers(weights, {}, Workspace.on("cpu", TINY))
+    assert len(tiny._spans(tiny._read(3)["gate"])) > 1 and len(free._spans(free._read(3)["gate"])) == 1
+    for layer in (0, 3):
+        s_free, s_tiny = free.spectra(layer), tiny.spectra(layer)
+        for kind in spectral.KINDS:
+            torch.testing.assert_close(s_tiny[kind], s_free[kind], rtol=1e-10, atol=1e-12)
+        ranks = {k: max(1, s.shape[-1] // 8) for k, s in s_free.items()}
+        f_free, f_tiny = free.floor(layer, ranks), tiny.floor(layer, ranks)
+        assert f_tiny.residual == pytest.approx(f_free.residual, rel=1e-10) and f_tiny.residual_at == f_free.residual_at
+        (b_free, t_free), (b_tiny, t_tiny) = free.best_and_tau(layer, ranks, [1, 2]), tiny.best_and_tau(layer, ranks, [1, 2])
+        assert b_tiny.value == pytest.approx(b_free.value, rel=1e-10) and b_tiny.at == b_free.at
+        assert t_tiny.values == pytest.approx(t_free.values, rel=1e-10)
+        assert free.trivial_pass(layer) == tiny.trivial_pass(layer) == {
+            "error": 0.0, "floor_residual": 0.0, "sigma_drift": 0.0}
+        assert 0 < tiny.random_drift(layer, 7) < 1e-12 and 0 < free.random_drift(layer, 7) < 1e-12
+    matrices = spectral.layer_matrices(*(weights.experts(3, p) for p in ("gate", "up", "down")))
+    torch.testing.assert_close(tiny._layer_singular_values(3, None), torch.linalg.svdvals(matrices["layer"][0]),
+                               rtol=1e-12, atol=1e-12)
+    q = random_orthogonal(matrices["layer"].shape[-1], 4)
+    torch.testing.assert_close(tiny._layer_singular_values(3, q), torch.linalg.svdvals(matrices["layer"][0]),
+                               rtol=1e-12, atol=1e-12)
