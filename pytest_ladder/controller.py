@@ -171,6 +171,7 @@ class LadderSession:
         self.state.aborted = f"an xdist worker crashed while running {crashitem}"
         self.state.crashed.add(crashitem)
 
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: every item gets its rung's ladder_verdict
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self._restore_signals()
         if is_worker(self.config):
@@ -187,6 +188,12 @@ class LadderSession:
                      and any(item.nodeid in state.outcomes for item in plan.items)}
         for name in rung_order(in_flight):
             self._archive(name, state.plans[name], aborted=state.aborted)
+        from pytest_ladder.properties import add_verdicts_to_junit
+
+        records = {name: record for name, record, _ in state.written}
+        add_verdicts_to_junit(self.config, records,
+                              {name: [item.nodeid for item in state.plans[name].items] for name in records
+                               if name in state.plans})
 
     def _archive(self, name: str, plan: Any, aborted: str | None = None) -> None:
         from pytest_ladder.archive import DECISION_FILE, RUN_FILE, new_run_id, write_run

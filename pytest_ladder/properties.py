@@ -105,3 +105,33 @@ def attach_verdict(report: Any, record: dict) -> None:
     """Put the rung's `ladder_verdict` on `report` (once), as JSON text."""
     if not any(key == VERDICT_KEY for key, _ in report.user_properties):
         report.user_properties.append((VERDICT_KEY, to_json(verdict_property(record))))
+
+
+def add_verdicts_to_junit(config: pytest.Config, records: dict[str, dict], nodeids: dict[str, list[str]]) -> None:
+    """Give every item of each rung archived this session its `ladder_verdict` in the JUnit XML, also the items
+    logged before the verdict was known and those of rungs archived at session end (`records`: rung -> archived
+    record, `nodeids`: rung -> its items). junitxml freezes a test case's XML element when its teardown is logged
+    and writes the file at session end; the property is added to those elements before it does."""
+    from _pytest.junitxml import mangle_test_address, xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None or not records:
+        return
+    cases = {}
+    for reporter in getattr(xml, "node_reporters_ordered", []):
+        element = reporter.to_xml()
+        cases.setdefault((element.get("classname"), element.get("name")), element)
+    for rung, record in records.items():
+        value = to_json(verdict_property(record))
+        for nodeid in nodeids.get(rung, []):
+            names = mangle_test_address(nodeid)
+            classnames = ([xml.prefix] if xml.prefix else []) + names[:-1]
+            element = cases.get((".".join(classnames), names[-1]))
+            if element is None:
+                continue
+            properties = element.find("properties")
+            if properties is None:
+                properties = element.makeelement("properties", {})
+                element.insert(0, properties)
+            if not any(p.get("name") == VERDICT_KEY for p in properties.findall("property")):
+                properties.append(properties.makeelement("property", {"name": VERDICT_KEY, "value": value}))

@@ -57,21 +57,30 @@ def test_properties_are_json_and_the_verdict_follows_the_kill(toy):
                               "tau": tau["tau"], "tau_rule": "value < tau * (1 - margin)",
                               "beats_tau": True},
                 "invalid_because": None}
-    # the verdict is known when the kill and the traps have reported: the items logged from then on carry it
-    with_verdict = [name for name, props in cases.items() if "ladder_verdict" in props]
-    assert with_verdict == list(cases)[3:]
-    assert all(cases[name]["ladder_verdict"] == [expected] for name in with_verdict)
+    # every item of the rung carries it, also those logged before the kill and the traps settled the verdict
+    assert all(cases[name]["ladder_verdict"] == [expected] for name in cases)
 
 
-def test_a_full_run_puts_the_verdict_on_the_last_item(toy):
+def test_a_full_run_puts_the_verdict_on_every_item(toy):
     toy.rung()
     toy.pytester.runpytest("--junitxml=junit.xml").assert_outcomes(passed=5, failed=1)
     cases = junit_cases(toy.root / "junit.xml")
-    with_verdict = {name: props["ladder_verdict"] for name, props in cases.items() if "ladder_verdict" in props}
-    assert list(with_verdict) == ["test_relative_error[layer:1-true_rank:2]"]
-    (verdict,) = with_verdict["test_relative_error[layer:1-true_rank:2]"]
+    verdicts = [props["ladder_verdict"] for props in cases.values()]
+    assert len(verdicts) == 6 and all(v == verdicts[-1] for v in verdicts)
+    (verdict,) = verdicts[-1]
     assert (verdict["verdict"], verdict["killed_by"]["name"], verdict["killed_by"]["cell"]) == (
         "KILL", "relative_error", "layer:3-true_rank:8")
+
+
+def test_a_rung_archived_at_session_end_puts_its_verdict_on_its_items(toy):
+    """A selection of two items leaves the rung unsettled until the session ends, when it is archived (a partial
+    run); the items that ran carry that record's verdict."""
+    toy.rung()
+    toy.pytester.runpytest("-k", "trivial_pass or bytes", "--junitxml=junit.xml").assert_outcomes(passed=2)
+    cases = junit_cases(toy.root / "junit.xml")
+    assert list(cases) == ["test_trivial_pass", "test_bytes"]
+    verdicts = [props["ladder_verdict"] for props in cases.values()]
+    assert verdicts[0] == verdicts[1] and verdicts[0][0]["verdict"] == toy.record(toy.runs()[0])["verdict"]
 
 
 def test_a_replayed_archive_carries_the_same_properties(toy):
