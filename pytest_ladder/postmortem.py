@@ -145,8 +145,8 @@ def passing_point(gate: GateRecord) -> str:
     if not passing:
         return f"no measured {param} meets the threshold ({measured})"
     x, y = min(passing, key=lambda point: _number(point[0]))
-    return (f"would pass at {param} {fmt(x)} (value {fmt(y)} {gate.op} {fmt(gate.threshold)}; the τ floor was "
-            f"measured only at the claim's own {param}); {measured}")
+    tau = f"; the τ floor was measured only at the claim's own {param}" if gate.tau else ""
+    return f"would pass at {param} {fmt(x)} (value {fmt(y)} {gate.op} {fmt(gate.threshold)}{tau}); {measured}"
 
 
 def _passes(value: float, op: str, threshold: float) -> bool:

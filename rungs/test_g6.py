@@ -65,4 +65,5 @@ def test_route_flip_rate(cell, gate, routing, rung_cache, prereg, ladder_seeds):
     curve = routes.router_flip_curve(hidden, weight, rung_cache["curve"], gram, route)
     value = routes.router_flip_rate(hidden, weight, routes.lowrank_router_weight(weight, rank, gram), route)
     gate.check(value, tau=tau, layer=layer, rank=rank, curve_ranks=list(curve),
-               series={"flip_rate_by_rank": list(curve.values())})
+               series={"flip_rate_by_rank": list(curve.values())},
+               sweep=None if gate.passes(value) else ("rank", curve))  # where the killed claim would pass

@@ -47,4 +47,5 @@ def test_top_pair_coverage(cell, gate, routing, rung_cache, prereg):
     gate.check(found.coverage, layer=layer, cache_size=found.cache_size, n_pairs=found.n_pairs,
                c_pair_effective_rank=found.effective_rank, dominant_pairs=found.n_dominant,
                curve_sizes=list(found.coverage_curve), series={"coverage_by_cache_size":
-                                                                 list(found.coverage_curve.values())})
+                                                                 list(found.coverage_curve.values())},
+               sweep=None if gate.passes(found.coverage) else ("cache size", found.coverage_curve))

@@ -46,6 +46,16 @@ def test_a_killed_gate_says_how_far_it_was_and_where_it_would_pass(record):
     ]
 
 
+def test_a_gate_without_tau_names_its_passing_point_without_one(record):
+    """G7's cache coverage has no τ floor: its passing cache size is stated without a word on τ."""
+    data = g4_kill(record)
+    gate = data["gates"][1]
+    gate["tau"] = None
+    gate["extra"]["sweep"] = {"param": "cache size", "values": [6, 12, 24], "results": [0.5, 0.1, 0.0]}
+    assert ("- would pass at cache size 12 (value 0.1 <= 0.2); measured at cache size 6, 12, 24"
+            in render_postmortem(data).splitlines())
+
+
 def test_a_sweep_where_nothing_passes_says_so(record):
     data = g4_kill(record)
     data["gates"][1]["extra"]["sweep"] = {"param": "rank", "values": [2, 4], "results": [0.5, 0.31]}
