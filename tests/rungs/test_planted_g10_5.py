@@ -6,8 +6,12 @@
   sequences draw differently): no static rule recovers them, Jaccard far below 0.5.
 - hybrid_error: with k at least the context the sparse part is the whole attention and the hybrid is exact on a real
   tiny OLMoE (the threshold part of the gate passes); k random keys then are every key too, so τ ties and the gate's
-  "beats k random keys by the margin" cannot pass on such a model. A planted PASS of the whole gate needs heads whose
-  top-k keys beat random ones, which this file does not build.
+  "beats k random keys by the margin" cannot pass on such a model.
+- hybrid_error and key_jaccard PASS on a real tiny OLMoE with planted local attention: every query and key is one
+  constant vector (q/k projections read a channel the embeddings hold constant, and q/k norm removes its size), so
+  RoPE alone sets the scores, A·Σ_i cos(Δ θ_i) over three rotation frequencies, which fall steeply with the offset
+  Δ: the top-8 keys hold all but ~1e-7 of the attention, k random keys do not (errors ≈ 0.2), and the most recent
+  keys are the top keys of every held-out query often enough for a static rule (Jaccard ≈ 0.78).
 """
 
 from __future__ import annotations
@@ -78,3 +82,47 @@ def test_k_covering_the_context_makes_the_hybrid_exact_and_ties_tau(one_thread):
     assert result.hybrid_error < 1e-5 and result.sparse_mass == pytest.approx(1.0, abs=1e-6)
     assert gate_spec("g10_5", "hybrid_error").passes(result.hybrid_error)
     assert min(result.random_errors) < 1e-5  # k random keys of a context no longer than k are every key
+
+
+def local_attention_model(tokenizer, amplitude: float = 40.0):
+    """A tiny OLMoE whose every head attends by offset alone (module docstring): channel 0 of every embedding is 10,
+    q_proj and k_proj read only channel 0 into the RoPE pairs of frequencies 0.1, 0.032 and 0.01, q/k norm weights
+    set the score amplitude, and o_proj leaves channel 0 alone."""
+    model = tiny_forward_model(tokenizer)
+    config = model.config
+    heads, d = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    theta = getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]
+    frequencies = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    pairs = [int((frequencies - f).abs().argmin()) for f in (0.1, 0.0316, 0.01)]
+    direction = torch.zeros(d)
+    direction[pairs] = 1.0  # rotate_half turns dims (i, i + d/2) at frequencies[i]; only the first of each is set
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        for layer in model.model.layers:
+            attention_module = layer.self_attn
+            for projection in (attention_module.q_proj, attention_module.k_proj):
+                projection.weight.zero_()
+                projection.weight[:, 0] = direction.repeat(heads)
+            for norm in (attention_module.q_norm, attention_module.k_norm):
+                norm.weight.fill_((amplitude * d ** 0.5 / len(pairs)) ** 0.5)
+            attention_module.o_proj.weight[0].zero_()
+    return model
+
+
+def test_local_attention_passes_hybrid_error_and_key_jaccard(one_thread):
+    from pytest_ladder.models.corpora import load_corpora
+
+    tokenizer = tokenizer_for_tests()
+    p = json.loads((ROOT / "prereg" / "g10_5" / "tau.json").read_text())["params"]
+    margin = json.loads((ROOT / "prereg" / "g10_5" / "tau.json").read_text())["tau_margin"]
+    study = attention.AttentionStudy(loaded_model(local_attention_model(tokenizer), tokenizer), load_corpora(), [1],
+                                     n_points=160, decays=p["decays"], ridges=p["ridges"],
+                                     calibration_tokens_per_feature=p["calibration_tokens_per_feature"],
+                                     sparse=attention.SparseSpec(K, (1, 2, 3)))
+    result = study.hybrid(1, "text")
+    assert result.sparse_mass > 0.999999 and result.hybrid_error < 1e-5
+    tau = min(result.random_errors)
+    assert tau > 0.1 and result.hybrid_error < tau * (1 - margin)  # the sealed decision_threshold against τ
+    assert gate_spec("g10_5", "hybrid_error").passes(result.hybrid_error)
+    jaccard = study.key_stability(1, "text").jaccard
+    assert 0.7 < jaccard < 1 and gate_spec("g10_5", "key_jaccard").passes(jaccard)
