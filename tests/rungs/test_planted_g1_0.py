@@ -10,7 +10,11 @@ rotation, is not twice as good as the best Haar rotation.
 - g1_0_control: KILLED at the hardest cell's vs_orthogonal_ratio, every trap fired as declared (the orthogonal round
   trip equals the quantization of the rotated weights; a signed permutation keeps the grid, a Haar rotation does not).
 A planted PASS is not constructed: the claim is about the learned gauge (100 Adam steps on a straight-through loss from
-a Haar start), and no choice of weights steers that optimiser to a known gauge.
+a Haar start), and no choice of weights steers that optimiser to a known gauge. Not even weights planted at its own
+start: W = M₀ᵀ S with M₀ the gauge's seeded Haar start and S on the grid, so the start is an exact gauge; Adam's steps
+are scaled by the gradient's running size, so rounding-level gradients still move M by ~lr per step, and after the
+sealed 100 steps the gauge has walked off (cond 1.4) to an error of ~0.085 against the null's ~0.14 at INT4: ratio
+0.6, not ≤ 0.5 (`test_the_sealed_optimiser_walks_off_an_exact_gauge`).
 """
 
 from __future__ import annotations
@@ -78,3 +82,27 @@ def test_on_grid_weights_make_g1_0_no_decision_and_g1_0_control_a_kill(on_grid, 
     assert traps["permutation_gauge"]["refs"]["haar"] > 0.05
     gate = next(g for g in record["gates"] if g["name"] == "vs_orthogonal_ratio" and g["value"] is not None)
     assert gate["extra"]["identity_error"] == 0.0
+
+
+def test_the_sealed_optimiser_walks_off_an_exact_gauge():
+    """Weights planted at the gauge's own seeded start (an exact gauge: M₀ W = S on the INT4 grid) with the sealed
+    g1_0 params: the learned gauge leaves it and is not twice as good as the Haar null."""
+    import json
+
+    from planted import ROOT
+
+    params = json.loads((ROOT / "prereg" / "g1_0" / "tau.json").read_text())["params"]
+    spec = QuantSpec(bits=4, symmetric=params["symmetric"], granularity=params["granularity"],
+                     scale_dtype=params["scale_dtype"])
+    generator, gauge_seed = torch.Generator().manual_seed(4), 1000
+    planted = []
+    for i in range(4):
+        codes = torch.randint(-7, 8, (32, 48), generator=generator).to(torch.float64)
+        codes[0, 0] = 7
+        start = random_orthogonal(32, gauge_seed + i, dtype=torch.float32).to(torch.float64)
+        planted.append(start.mT @ (0.25 * codes))
+    cell = quant_weights.gauge_vs_orthogonal(torch.stack(planted), spec, kappa_max=params["kappa_max"],
+                                             steps=params["steps"], lr=params["lr"], gauge_seed=gauge_seed,
+                                             null_seeds=list(range(1, 11)))
+    assert min(cell.kappas) > 1.2  # the gauge moved: an orthogonal start has cond 1
+    assert 0.05 < cell.gauge_error and cell.gauge_error / min(cell.orthogonal_errors) > 0.5
