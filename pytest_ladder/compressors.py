@@ -21,8 +21,8 @@ Kinds (`KINDS`):
 - **expert outputs** (`ExpertOutputCompressor`, protocol only: no generic rung yet): what each routed expert's
   output becomes before it is summed into the residual stream (G10-like activation quantization), calibrated on
   calibration tokens, with the bytes the compressed outputs and their side data take per routed token.
-- **router** (`RouterCompressor`, protocol only: no generic rung yet): the router weight W_r -> W_r' (low rank,
-  quantized) and its stored bytes; judged by route flips and ΔNLL at full depth.
+- **router** (`RouterCompressor`, implemented in full): the router weight W_r -> W_r' (low rank, quantized) and its
+  stored bytes; judged by route flips per cell and ΔNLL at full depth (rungs/test_router.py, `"rung": "router"`).
 
 Only the standard library is imported here (the plugin's collection calls `check_compressor`); torch loads with the
 user's module.
@@ -100,10 +100,18 @@ class ExpertOutputCompressor(Protocol):
 
 @runtime_checkable
 class RouterCompressor(Protocol):
-    """The router W_r (E, H) -> W_r′ per MoE layer, with its stored bytes (protocol only; no generic rung yet).
+    """The router W_r (E, H) -> W_r′ per MoE layer, with its stored bytes.
 
-    Left to do: the generic rung (route_flip_rate and ΔNLL at full depth with every router replaced, as G6 does for
-    low rank) and its τ floor (a random projection of the same storage).
+    `compress(layer, router)`: the layer's router (E, H) at its stored dtype on the device the study computes on;
+    return W_r′ of the same shape (any float dtype; flips are computed in float64, the deployed model gets it at the
+    stored dtype). `storage(routers)`: what the compressed routers of the whole model store, as a
+    `measure.storage.Artifact`, from `routers` = {"layers.L.router": (stored dtype, (E, H))} (shapes only); gate 1
+    subtracts the dense routers' bytes.
+
+    Optional: `random_control(seed)` (the τ floor's baseline: the same bytes spent on random choices; default a
+    random projection W_r Q Qᵀ whose factor takes the method's bytes, `probes.routers.RandomProjectionRouter`) and
+    `harmful_control()` (must fail the route-flip gate on the hardest cell; default every logit read off one random
+    input direction, `probes.routers.RandomRankOneRouter`).
     """
 
     def compress(self, layer: int, router: torch.Tensor) -> torch.Tensor: ...
@@ -202,6 +210,19 @@ def load_compressor(prereg: Any, kind: str = "expert_weights", *, root: Path | N
             f"lacks {', '.join(f'{name}()' for name in missing)} of the {kind} compressor protocol "
             f"(pytest_ladder.compressors.{KINDS[kind].__name__}; docs/compressors.md). Add the method(s) to the "
             "compressor")
+    for name in _required(KINDS[kind]):
+        expected = _parameters(getattr(KINDS[kind], name))
+        try:
+            inspect.signature(getattr(compressor, name)).bind(*expected)
+        except TypeError:
+            raise PreregError(
+                f"{shown}: {module_name}:{factory_name} (field '{FIELD}') returned a {type(compressor).__name__}, "
+                f"whose {name}{_signature(getattr(compressor, name))} cannot be called as {name}"
+                f"({', '.join(expected)}) of the {kind} compressor protocol (pytest_ladder.compressors."
+                f"{KINDS[kind].__name__}; docs/compressors.md). Is it a compressor of another kind? Bind the prereg "
+                "to that kind's rung, or give the method those parameters") from None
+        except ValueError:
+            pass  # no signature to check: the rung will call it
     return compressor
 
 
@@ -210,6 +231,11 @@ def _signature(function: Any) -> str:
         return str(inspect.signature(function))
     except (TypeError, ValueError):
         return "(...)"
+
+
+def _parameters(function: Any) -> list[str]:
+    """The positional parameters a protocol method is called with (self left out)."""
+    return [p.name for p in inspect.signature(function).parameters.values() if p.name != "self"]
 
 
 def _required(protocol: type) -> list[str]:
@@ -236,3 +262,9 @@ def check_expert_weights(prereg: Any, root: Path | None = None) -> None:
     rung runs): the compressor the prereg names loads and speaks the protocol (PreregError naming the file, the
     field and the fix)."""
     load_compressor(prereg, "expert_weights", root=root)
+
+
+def check_router(prereg: Any, root: Path | None = None) -> None:
+    """The generic router rung's session preparation: the compressor the prereg names loads and speaks the router
+    protocol (PreregError naming the file, the field and the fix)."""
+    load_compressor(prereg, "router", root=root)

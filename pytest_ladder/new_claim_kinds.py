@@ -1,7 +1,9 @@
-"""`ladder new NAME --kind expert-weights`: a new claim about a compressor of one kind, ready to edit, seal and run.
+"""`ladder new NAME --kind expert-weights|router`: a new claim about a compressor of one kind, ready to edit, seal
+and run.
 
 Writes an unsealed `<prereg dir>/NAME/tau.json` bound to the kind's generic rung module (`"rung": "expert_weights"`,
-rungs/test_expert_weights.py) whose `params.compressor` names a skeleton compressor it writes beside it
+rungs/test_expert_weights.py; `"rung": "router"`, rungs/test_router.py) whose `params.compressor` names a skeleton
+compressor it writes beside it
 (`<compressor dir>/NAME/compressor.py`, importable from the project root), then prints the three commands to run
 next. Every field is present and says what it is for (gate and trap `note`s, the top-level `notes`). The standard
 library only; nothing is overwritten.
@@ -15,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-KINDS = {"expert-weights": "expert_weights"}  # --kind -> the generic rung module it binds
+KINDS = {"expert-weights": "expert_weights", "router": "router"}  # --kind -> the generic rung module it binds
 NAME = re.compile(r"[a-z0-9_]+")
 
 SKELETON = '''"""{name}: what the method does to every routed expert's weights (the claim of {prereg}).
@@ -55,6 +57,85 @@ def make(bits: int = 8) -> Method:
     """Built once per run with params.compressor_params as keyword arguments."""
     return Method(bits)
 '''
+
+
+ROUTER_SKELETON = '''"""{name}: what the method does to every MoE layer's router (the claim of {prereg}).
+
+The rung (rungs/test_router.py) calls two methods (pytest_ladder.compressors.RouterCompressor):
+- compress(layer, router): W_r′ for one MoE layer's router (E, H) at its stored dtype; return the same shape.
+- storage(routers): every byte the compressed routers store, as a pytest_ladder.measure.storage.Artifact, from
+  routers = {{"layers.L.router": (dtype, (E, H))}}: gate 1 subtracts the dense routers' bytes.
+Optional: random_control(seed) (the τ floor's baseline: the same bytes spent on random choices; default a random
+projection of equal size) and harmful_control() (must fail the route-flip gate; default a rank-one router).
+
+This skeleton is a placeholder to replace: symmetric INT8 with one float16 scale per router row.
+"""
+
+from __future__ import annotations
+
+from pytest_ladder.measure.quant import QuantSpec, fake_quant
+from pytest_ladder.measure.storage import combine
+
+
+class Method:
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def spec(self, hidden: int) -> QuantSpec:
+        return QuantSpec(bits=self.bits, granularity="group", group_size=hidden, scale_dtype="float16")
+
+    def compress(self, layer, router):
+        return fake_quant(router, self.spec(router.shape[-1]))
+
+    def storage(self, routers):
+        return combine(self.spec(shape[-1]).artifact(name, shape) for name, (dtype, shape) in routers.items())
+
+
+def make(bits: int = 8) -> Method:
+    """Built once per run with params.compressor_params as keyword arguments."""
+    return Method(bits)
+'''
+
+
+def router_prereg(name: str, compressor: str) -> dict:
+    """The template prereg of a router claim (unsealed): the bytes prefilter, route flips per cell against the τ
+    floor of random controls of the same bytes, ΔNLL with every router replaced, the two traps."""
+    cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
+             for task in ("code", "math", "text")]
+    return {
+        "rung": "router",
+        "claim": f"{name}: EDIT ME, e.g. \"<method> on every MoE layer's router takes bytes off the routers, flips at "
+                 "most 10% of routes and raises no task's NLL by more than 5%\"",
+        "metric": "bytes (prefilter): the compressor's declared storage minus the dense routers at their stored dtype. "
+                  "route_flip_rate per cell: the share of held-out tokens whose top-k set changes under the "
+                  "compressed router (the dense model's router inputs), against the tau floor (the best of B random "
+                  "controls storing the same bytes). delta_nll: every router replaced, worst task.",
+        "data_points": 1000,
+        "random_seeds": 10,
+        "decision_threshold": "value < tau * (1 - margin)",
+        "tau_margin": 0.1,
+        "model": "embedded",
+        "tasks": ["code", "math", "text"],
+        "requires": [],
+        "cells": cells,
+        "hardest_cell": "layer:3/16-task:text",
+        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: global_delta_bytes < 0 (must save)"}},
+        "gates": {
+            "route_flip_rate": {"op": "<=", "threshold": 0.1, "vs_tau": True,
+                                "note": "gate 3 per cell; must also beat the tau floor by tau_margin"},
+            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
+        },
+        "traps": {
+            "trivial_pass": {"expect": "observed == 0",
+                             "note": "W_r' = W_r through the whole pipeline: every gate exactly 0"},
+            "harmful_control": {"expect": "observed > threshold",
+                                "note": "the declared-harmful control fails the route-flip gate on the hardest cell"},
+        },
+        "params": {"compressor": compressor, "compressor_params": {"bits": 8}},
+        "notes": "Written by `ladder new --kind router`. Edit claim, params (compressor_params are the factory's "
+                 "keyword arguments), thresholds, cells (layer 'a/b' is floor(a*n/b) of an n-layer model) and "
+                 "hardest_cell BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
+    }
 
 
 def expert_weights_prereg(name: str, compressor: str) -> dict:
@@ -125,8 +206,10 @@ def write_kind_template(kind: str, name: str, prereg_dir: Path | str, *, compres
             raise ValueError(f"{path} exists already; pick another NAME (a sealed claim is never rewritten)")
     prereg.parent.mkdir(parents=True, exist_ok=True)
     module.parent.mkdir(parents=True, exist_ok=True)
-    module.write_text(SKELETON.format(name=name, prereg=prereg.as_posix()), encoding="utf-8")
-    data = expert_weights_prereg(name, f"{'.'.join(parts)}:make")
+    skeleton, template = {"expert-weights": (SKELETON, expert_weights_prereg),
+                          "router": (ROUTER_SKELETON, router_prereg)}[kind]
+    module.write_text(skeleton.format(name=name, prereg=prereg.as_posix()), encoding="utf-8")
+    data = template(name, f"{'.'.join(parts)}:make")
     prereg.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return prereg, module
 
@@ -143,7 +226,7 @@ def next_steps(kind: str, name: str, prereg: Path, module: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`ladder new NAME --kind expert-weights [--prereg-dir DIR] [--compressor-dir DIR]`."""
+    """`ladder new NAME --kind expert-weights|router [--prereg-dir DIR] [--compressor-dir DIR]`."""
     parser = argparse.ArgumentParser(prog="ladder new", description="Write a new claim (unsealed) to edit and seal.")
     parser.add_argument("name", help="the claim's name: its folder under the prereg dir ([a-z0-9_]+)")
     parser.add_argument("--kind", required=True, choices=sorted(KINDS),
