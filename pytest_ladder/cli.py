@@ -9,7 +9,8 @@ import sys
 # subcommand -> (module, function, help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "new": ("pytest_ladder.new_claim", "main", "start a claim: an unsealed prereg with every field explained (--from "
-            "RUNG: a variant of that rung; --kind expert-weights|router: your compressor through the generic rung)"),
+            "RUNG: a variant of that rung; --kind expert-weights|expert-outputs|router: your compressor through a "
+            "generic rung)"),
     "seal": ("pytest_ladder.seal", "seal_main", "validate prereg tau.json files, then write their SHA-256 seals"),
     "verify": ("pytest_ladder.seal", "verify_main", "exit 0 only when every tau.json holds its seal and the schema"),
     "schema": ("pytest_ladder.prereg_schema", "main", "print the prereg JSON Schema (--markdown: its reference page)"),

@@ -18,9 +18,9 @@ Kinds (`KINDS`):
 
 - **expert weights** (`ExpertWeightCompressor`, implemented in full): W -> W' for every routed expert's gate, up
   and down projections, and the bytes the compressed experts store (quantizers, low rank, pruning, merging).
-- **expert outputs** (`ExpertOutputCompressor`, protocol only: no generic rung yet): what each routed expert's
-  output becomes before it is summed into the residual stream (G10-like activation quantization), calibrated on
-  calibration tokens, with the bytes the compressed outputs and their side data take per routed token.
+- **expert outputs** (`ExpertOutputCompressor`, implemented in full): what each routed expert's output becomes
+  before it is summed into the residual stream (G10-like activation quantization), calibrated on calibration tokens,
+  with the bytes one token's compressed outputs take (rungs/test_expert_outputs.py, `"rung": "expert_outputs"`).
 - **router** (`RouterCompressor`, implemented in full): the router weight W_r -> W_r' (low rank, quantized) and its
   stored bytes; judged by route flips per cell and ΔNLL at full depth (rungs/test_router.py, `"rung": "router"`).
 
@@ -82,20 +82,26 @@ class ExpertWeightCompressor(Protocol):
 
 @runtime_checkable
 class ExpertOutputCompressor(Protocol):
-    """Routed expert outputs y -> y′ before they enter the residual stream (protocol only; no generic rung yet).
+    """Routed expert outputs y -> y′ before the routing weight and the sum into the residual stream (G10-like).
 
-    `calibrate(layer, outputs)` sees calibration outputs (N, H) of one layer's routed experts (with `experts` (N,), the
-    expert of each row) and returns the state `compress` applies; `compress(layer, outputs, experts, state)` returns
-    y′ (N, H); `storage(tokens, hidden, dtype)` the bytes per routed token and the side data (scales...) as an
-    Artifact. Left to do: the generic rung (ΔNLL at full depth with the outputs replaced, as probes.expert_outputs does
-    for G10) and its τ floor (random scales of the same storage).
+    `calibrate(layer, outputs)`: the dense model's calibration outputs of one MoE layer, {expert: (rows, H)} for the
+    experts that saw calibration tokens; return the state `compress` needs (scales, codebooks; None if nothing).
+    `compress(layer, expert, outputs, state)`: y′ (rows, H) of one routed expert's outputs (rows, H), at the model's
+    dtype on its device; the rung runs it on held-out outputs (output error) and inside the running model (ΔNLL).
+    `storage(top_k, hidden, dtype)`: what one token's k routed outputs occupy, as a `measure.storage.Artifact` (codes,
+    per-token scales, kept outliers); gate 1 subtracts the dense (k, H) outputs at `dtype`. Static side data
+    (calibrated scales) is stored once, not per token.
+
+    Optional: `random_control(seed)` (the τ floor's baseline: the same bytes spent on random choices; default a random
+    projection y Q Qᵀ whose r coordinates per output take those bytes) and `harmful_control()` (must fail the
+    output-error gate on the hardest cell; default a rank-one projection).
     """
 
-    def calibrate(self, layer: int, outputs: torch.Tensor, experts: torch.Tensor) -> Any: ...
+    def calibrate(self, layer: int, outputs: Mapping[int, torch.Tensor]) -> Any: ...
 
-    def compress(self, layer: int, outputs: torch.Tensor, experts: torch.Tensor, state: Any) -> torch.Tensor: ...
+    def compress(self, layer: int, expert: int, outputs: torch.Tensor, state: Any) -> torch.Tensor: ...
 
-    def storage(self, tokens: int, hidden: int, dtype: torch.dtype) -> Artifact: ...
+    def storage(self, top_k: int, hidden: int, dtype: torch.dtype) -> Artifact: ...
 
 
 @runtime_checkable
@@ -268,3 +274,9 @@ def check_router(prereg: Any, root: Path | None = None) -> None:
     """The generic router rung's session preparation: the compressor the prereg names loads and speaks the router
     protocol (PreregError naming the file, the field and the fix)."""
     load_compressor(prereg, "router", root=root)
+
+
+def check_expert_outputs(prereg: Any, root: Path | None = None) -> None:
+    """The generic expert-outputs rung's session preparation: the compressor the prereg names loads and speaks the
+    expert-outputs protocol (PreregError naming the file, the field and the fix)."""
+    load_compressor(prereg, "expert_outputs", root=root)

@@ -300,7 +300,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", default="embedded", metavar="embedded|PATH",
                         help="the model whose depth lays out the cells, written as the prereg's model "
                              "(default: embedded)")
-    parser.add_argument("--kind", choices=["expert-weights", "router"],
+    parser.add_argument("--kind", choices=["expert-weights", "expert-outputs", "router"],
                         help="a claim about your own compressor, tested by the kind's generic rung module "
                              "(see docs/compressors.md; with --compressor-dir)")
     parser.add_argument("--compressor-dir", default="claims", metavar="DIR",

@@ -1,8 +1,9 @@
-"""`ladder new NAME --kind expert-weights|router`: a new claim about a compressor of one kind, ready to edit, seal
-and run.
+"""`ladder new NAME --kind expert-weights|expert-outputs|router`: a new claim about a compressor of one kind, ready
+to edit, seal and run.
 
 Writes an unsealed `<prereg dir>/NAME/tau.json` bound to the kind's generic rung module (`"rung": "expert_weights"`,
-rungs/test_expert_weights.py; `"rung": "router"`, rungs/test_router.py) whose `params.compressor` names a skeleton
+rungs/test_expert_weights.py; `"rung": "expert_outputs"`, rungs/test_expert_outputs.py; `"rung": "router"`,
+rungs/test_router.py) whose `params.compressor` names a skeleton
 compressor it writes beside it
 (`<compressor dir>/NAME/compressor.py`, importable from the project root), then prints the three commands to run
 next. Every field is present and says what it is for (gate and trap `note`s, the top-level `notes`). The standard
@@ -17,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-KINDS = {"expert-weights": "expert_weights", "router": "router"}  # --kind -> the generic rung module it binds
+# --kind -> the generic rung module it binds
+KINDS = {"expert-weights": "expert_weights", "expert-outputs": "expert_outputs", "router": "router"}
 NAME = re.compile(r"[a-z0-9_]+")
 
 SKELETON = '''"""{name}: what the method does to every routed expert's weights (the claim of {prereg}).
@@ -95,6 +97,92 @@ def make(bits: int = 8) -> Method:
     """Built once per run with params.compressor_params as keyword arguments."""
     return Method(bits)
 '''
+
+
+OUTPUTS_SKELETON = '''"""{name}: what the method does to every routed expert's output (the claim of {prereg}).
+
+The rung (rungs/test_expert_outputs.py) calls three methods (pytest_ladder.compressors.ExpertOutputCompressor):
+- calibrate(layer, outputs): the state compress needs, from the dense model's calibration outputs of one MoE layer,
+  outputs = {{expert: (rows, H)}} (every task's calibration tokens).
+- compress(layer, expert, outputs, state): y′ (rows, H) for one expert's routed outputs; return the same shape.
+- storage(top_k, hidden, dtype): what one token's k outputs occupy, as a pytest_ladder.measure.storage.Artifact:
+  gate 1 subtracts the dense (k, H) outputs at `dtype` (static scales are stored once, not per token).
+Optional: random_control(seed) (the τ floor's baseline: the same bytes spent on random choices; default a random
+projection of equal size) and harmful_control() (must fail the output-error gate; default a rank-one projection).
+
+This skeleton is a placeholder to replace: symmetric INT8 with one static scale per (layer, expert, channel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant
+from pytest_ladder.measure.storage import Artifact, TensorStorage
+
+
+class Method:
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.spec = QuantSpec(bits=bits, granularity="channel", axis=-1, scale_dtype="float32")
+
+    def calibrate(self, layer, outputs):
+        return {{"experts": {{e: calibrate(y, self.spec) for e, y in outputs.items()}},
+                "layer": calibrate(torch.cat(list(outputs.values())), self.spec)}}
+
+    def compress(self, layer, expert, outputs, state):
+        return fake_quant(outputs, self.spec, params=state["experts"].get(expert, state["layer"]))
+
+    def storage(self, top_k, hidden, dtype):
+        return Artifact((TensorStorage("token.expert_outputs.codes", (top_k, hidden), bits=self.bits, kind="codes"),))
+
+
+def make(bits: int = 8) -> Method:
+    """Built once per run with params.compressor_params as keyword arguments."""
+    return Method(bits)
+'''
+
+
+def expert_outputs_prereg(name: str, compressor: str) -> dict:
+    """The template prereg of an expert-outputs claim (unsealed): the per-token bytes prefilter, the output error per
+    cell against the τ floor of random controls of the same bytes, ΔNLL with every layer's outputs compressed, the
+    two traps."""
+    cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
+             for task in ("code", "math", "text")]
+    return {
+        "rung": "expert_outputs",
+        "claim": f"{name}: EDIT ME, e.g. \"<method> on every routed expert's output takes bytes off each token's "
+                 "routed outputs, keeps them within 5% and raises no task's NLL by more than 5%\"",
+        "metric": "bytes (prefilter): one token's k compressed outputs as declared minus the dense (k, H) outputs. "
+                  "output_error per cell: ||y' - y|| / ||y|| pooled over the layer's experts on held-out routed "
+                  "outputs, against the tau floor (the best of B random controls storing the same bytes). delta_nll: "
+                  "every layer's outputs compressed, worst task.",
+        "data_points": 1000,
+        "random_seeds": 10,
+        "decision_threshold": "value < tau * (1 - margin)",
+        "tau_margin": 0.1,
+        "model": "embedded",
+        "tasks": ["code", "math", "text"],
+        "requires": [],
+        "cells": cells,
+        "hardest_cell": "layer:3/16-task:text",
+        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: per-token wire bytes < 0 (must save)"}},
+        "gates": {
+            "output_error": {"op": "<=", "threshold": 0.05, "vs_tau": True,
+                             "note": "gate 2 per cell; must also beat the tau floor by tau_margin"},
+            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
+        },
+        "traps": {
+            "trivial_pass": {"expect": "observed == 0",
+                             "note": "y' = y through the whole pipeline: every gate exactly 0"},
+            "harmful_control": {"expect": "observed > threshold",
+                                "note": "the declared-harmful control fails the output-error gate on the hardest cell"},
+        },
+        "params": {"compressor": compressor, "compressor_params": {"bits": 8}, "calibration_tokens": 1000},
+        "notes": "Written by `ladder new --kind expert-outputs`. Edit claim, params (compressor_params are the "
+                 "factory's keyword arguments; calibration_tokens per task), thresholds, cells and hardest_cell "
+                 "BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
+    }
 
 
 def router_prereg(name: str, compressor: str) -> dict:
@@ -207,6 +295,7 @@ def write_kind_template(kind: str, name: str, prereg_dir: Path | str, *, compres
     prereg.parent.mkdir(parents=True, exist_ok=True)
     module.parent.mkdir(parents=True, exist_ok=True)
     skeleton, template = {"expert-weights": (SKELETON, expert_weights_prereg),
+                          "expert-outputs": (OUTPUTS_SKELETON, expert_outputs_prereg),
                           "router": (ROUTER_SKELETON, router_prereg)}[kind]
     module.write_text(skeleton.format(name=name, prereg=prereg.as_posix()), encoding="utf-8")
     data = template(name, f"{'.'.join(parts)}:make")
@@ -226,7 +315,7 @@ def next_steps(kind: str, name: str, prereg: Path, module: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`ladder new NAME --kind expert-weights|router [--prereg-dir DIR] [--compressor-dir DIR]`."""
+    """`ladder new NAME --kind expert-weights|expert-outputs|router [--prereg-dir DIR] [--compressor-dir DIR]`."""
     parser = argparse.ArgumentParser(prog="ladder new", description="Write a new claim (unsealed) to edit and seal.")
     parser.add_argument("name", help="the claim's name: its folder under the prereg dir ([a-z0-9_]+)")
     parser.add_argument("--kind", required=True, choices=sorted(KINDS),
