@@ -263,20 +263,51 @@ def find_compressor(prereg: Any, root: Path | None = None) -> None:
         _import(module_name, prereg, root)  # names what is missing, as an import would
 
 
-def check_expert_weights(prereg: Any, root: Path | None = None) -> None:
+def _dry_run_storage(prereg: Any, kind: str, compressor: Any, measure: Any) -> None:
+    """Call the compressor's storage() on the session model's shapes before anything is measured: an exception or a
+    wrong return there is a usage error naming the file and the fix, never an INVALID decision."""
+    try:
+        measure(compressor)
+    except Exception as error:  # noqa: BLE001 - user code: whatever it raises is reported, nothing runs
+        raise PreregError(
+            f"{prereg.display_path}: the {kind} compressor named in '{FIELD}' ({type(compressor).__name__}) failed "
+            f"its storage() on this model's shapes: {type(error).__name__}: {error}. Fix storage() (docs/"
+            "compressors.md: every stored part a measure.storage.TensorStorage) and run again; nothing was measured "
+            "or archived") from None
+
+
+def check_expert_weights(prereg: Any, root: Path | None = None, weights: Any = None) -> None:
     """The generic expert-weights rung's session preparation (`rung(..., prepare=check_expert_weights)`, before any
-    rung runs): the compressor the prereg names loads and speaks the protocol (PreregError naming the file, the
-    field and the fix)."""
-    load_compressor(prereg, "expert_weights", root=root)
+    rung runs): the compressor the prereg names loads and speaks the protocol, and, given the session model's
+    checkpoint view `weights`, its storage() describes that model's experts (PreregError naming the file, the field
+    and the fix)."""
+    compressor = load_compressor(prereg, "expert_weights", root=root)
+    if weights is not None:
+        from pytest_ladder.probes.expert_weights import compressor_bytes, expert_stacks
+
+        _dry_run_storage(prereg, "expert_weights", compressor,
+                         lambda c: compressor_bytes(c, expert_stacks(weights.dtype_bytes())))
 
 
-def check_router(prereg: Any, root: Path | None = None) -> None:
+def check_router(prereg: Any, root: Path | None = None, weights: Any = None) -> None:
     """The generic router rung's session preparation: the compressor the prereg names loads and speaks the router
-    protocol (PreregError naming the file, the field and the fix)."""
-    load_compressor(prereg, "router", root=root)
+    protocol, and its storage() describes the session model's routers (PreregError naming the file, the field and
+    the fix)."""
+    compressor = load_compressor(prereg, "router", root=root)
+    if weights is not None:
+        from pytest_ladder.probes.routers import router_bytes, router_stacks
+
+        _dry_run_storage(prereg, "router", compressor, lambda c: router_bytes(c, router_stacks(weights.dtype_bytes())))
 
 
-def check_expert_outputs(prereg: Any, root: Path | None = None) -> None:
+def check_expert_outputs(prereg: Any, root: Path | None = None, weights: Any = None) -> None:
     """The generic expert-outputs rung's session preparation: the compressor the prereg names loads and speaks the
-    expert-outputs protocol (PreregError naming the file, the field and the fix)."""
-    load_compressor(prereg, "expert_outputs", root=root)
+    expert-outputs protocol, and its storage() describes one token's routed outputs of the session model
+    (PreregError naming the file, the field and the fix)."""
+    compressor = load_compressor(prereg, "expert_outputs", root=root)
+    if weights is not None:
+        from pytest_ladder.probes.expert_outputs import checkpoint_dtype
+        from pytest_ladder.probes.output_compressors import output_bytes
+
+        _dry_run_storage(prereg, "expert_outputs", compressor, lambda c: output_bytes(
+            c, weights.top_k, weights.config["hidden_size"], checkpoint_dtype(weights.config)))

@@ -96,6 +96,7 @@ def prepare_session(config: pytest.Config, items: list[pytest.Item]) -> None:
         _prepare_rungs(config, items)
         if wanted:
             _prepare(config, wanted, prepared(config))
+            _prepare_rungs(config, items, weights=_session_weights(config))
     except (NotReady, pytest.UsageError) as error:
         message = f"{error}\n({NOTHING_RAN})"
         if not is_worker(config):
@@ -103,9 +104,20 @@ def prepare_session(config: pytest.Config, items: list[pytest.Item]) -> None:
         prepared(config).error = message
 
 
-def _prepare_rungs(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _session_weights(config: pytest.Config) -> Any:
+    """The session model's checkpoint view (shapes and dtypes from its safetensors headers), once it is in place."""
+    from pytest_ladder.fixtures import session_model_name
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.loading import resolve_source
+
+    return Checkpoint(resolve_source(session_model_name(config))[0])
+
+
+def _prepare_rungs(config: pytest.Config, items: list[pytest.Item], weights: Any = None) -> None:
     """Each selected rung's own preparation (`rung(..., prepare=...)`, e.g. its compressor importing and speaking
-    the protocol), once per claim that will run; a PreregError is a usage error."""
+    the protocol), once per claim that will run; a PreregError is a usage error. Called before the model is in
+    place, then, with `weights` (the session model's checkpoint view), again after it: a preparation that takes a
+    third argument then checks what needs the model's shapes (a compressor's declared storage)."""
     from pytest_ladder.binding import bound_prereg, ladder_marker
     from pytest_ladder.guard import rung_guard
     from pytest_ladder.prereg import PreregError
@@ -121,9 +133,21 @@ def _prepare_rungs(config: pytest.Config, items: list[pytest.Item]) -> None:
         if guard.refused or guard.requires_killed:
             continue
         try:
-            bound.prepare(bound_prereg(config, bound), config.rootpath)
+            if weights is None:
+                bound.prepare(bound_prereg(config, bound), config.rootpath)
+            elif _takes_weights(bound.prepare):
+                bound.prepare(bound_prereg(config, bound), config.rootpath, weights)
         except PreregError as error:
             raise NotReady(str(error)) from None
+
+
+def _takes_weights(function: Any) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(function).parameters) >= 3
+    except (TypeError, ValueError):
+        return False
 
 
 def _missing_packages(names: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ KINDS = (
     "factor",  # low-rank or Tucker factor matrices
     "core",  # a Tucker core
     "indices",  # any integer index table (outlier positions, routes, permutations)
+    "mask",  # which entries are kept (a pruning mask, usually one bit per entry)
     "codebook",  # vector-quantization codebooks
     "outlier_values",  # values kept at high precision next to low-bit codes
     "outlier_indices",  # where those values go

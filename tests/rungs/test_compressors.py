@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -256,3 +257,26 @@ def test_a_compressor_that_does_not_import_spends_nothing(tmp_path):
     assert ("typo/tau.json: field 'params.compressor' names the module 'examples.int4_group64.compresor', which "
             "cannot be imported (No module named 'examples.int4_group64.compresor')") in done.stdout + done.stderr
     assert not (tmp_path / "archive").exists()
+
+
+def test_a_storage_that_fails_on_the_models_shapes_spends_nothing(tmp_path, monkeypatch):
+    """storage() is called on the session model's experts before any rung runs: an unknown storage kind (here a
+    typo) is a usage error naming the prereg and the problem, and nothing is archived."""
+    (tmp_path / "user_methods").mkdir()
+    (tmp_path / "user_methods" / "prune.py").write_text(
+        "from pytest_ladder.measure.storage import Artifact, TensorStorage\n"
+        "from pytest_ladder.probes.expert_weights import Identity\n\n"
+        "class Prune(Identity):\n"
+        "    def storage(self, stacks):\n"
+        "        return Artifact(tuple(TensorStorage(name + '.mask', shape, bits=1, kind='masks')\n"
+        "                              for name, (dtype, shape) in stacks.items()))\n\n"
+        "def make():\n    return Prune()\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    example = json.loads(EXAMPLE.read_text())
+    example["params"] = {"compressor": "user_methods.prune:make", "compressor_params": {}}
+    done = run_generic_rung(tmp_path / "run", Path("embedded"), example, "masks_typo")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(r"masks_typo/tau\.json: the expert_weights compressor named in 'params\.compressor' \(Prune\) "
+                     r"failed its storage\(\) on this model's shapes: ValueError: storage part 'layers\.0\.\w+\.mask': "
+                     r"unknown kind 'masks'; use one of weight, codes", done.stdout + done.stderr)
+    assert not (tmp_path / "run" / "archive").exists()
