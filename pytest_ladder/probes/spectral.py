@@ -255,21 +255,41 @@ class HeldLayers:
         return results
 
     def _layer_singular_values(self, layer: int, q: torch.Tensor | None) -> torch.Tensor:
-        """σ of the stacked layer matrix W (or of W Q), from the triangular factor of its row blocks stacked."""
+        """σ of the stacked layer matrix W (or of W Q), from the triangular factor of its row blocks stacked. σ(W) is
+        computed once per rung; when every rotated block equals its block bit for bit (Q = I), it is σ(W Q) too: the
+        same input to the same deterministic factorisations."""
+        unrotated = self.store.setdefault("layer_sigma", {})
+        if layer in unrotated and (q is None or all(torch.equal(rows @ q, rows) for rows in self._layer_rows(layer))):
+            return unrotated[layer]
         r = None
         for rows in self._layer_rows(layer):
             rows = rows if q is None else rows @ q
             r = torch.linalg.qr(rows if r is None else torch.cat([r, rows]), mode="r").R
-        return torch.linalg.svdvals(r)
+        found = torch.linalg.svdvals(r)
+        if q is None:
+            unrotated[layer] = found
+        return found
+
+    def _expert_singular_values(self, layer: int, kind: str, span: slice, block: torch.Tensor) -> torch.Tensor:
+        """σ of a piece of a batched kind's matrices, kept for the rung (both traps compare with it)."""
+        found = self.store.setdefault("expert_sigma", {})
+        key = (layer, kind, span.start, span.stop)
+        if key not in found:
+            found[key] = singular_values(block)
+        return found[key]
 
     def drift(self, layer: int, rotation: Callable[[int], torch.Tensor]) -> float:
         """max |σ(W') − σ(W)| / σ_max(W) over the layer's matrices for the full regauge W' = Q W (left) or W Q (right)
-        of each matrix's smaller side, Q = rotation(n) (n, n): 0 up to rounding for any orthogonal Q."""
+        of each matrix's smaller side, Q = rotation(n) (n, n): 0 up to rounding for any orthogonal Q. σ(W) is
+        computed once per rung; σ(W′) is σ(W) itself where W′ equals W bit for bit (Q = I)."""
         worst = 0.0
         for kind in ("gate", "up", "down"):
-            for _, block in self._batched(layer, kind):
+            for span, block in self._batched(layer, kind):
                 q = rotation(min(block.shape[-2:])).to(device=self.device, dtype=F64)
-                worst = max(worst, singular_value_drift(block, q))
+                before = self._expert_singular_values(layer, kind, span, block)
+                rotated = block @ q if _rotated_side(block) == "right" else q @ block
+                after = before if torch.equal(rotated, block) else singular_values(rotated)
+                worst = max(worst, float(((after - before).abs() / before[..., :1]).max()))
         hidden = self._read(layer)["gate"].shape[-1]
         q = rotation(hidden).to(device=self.device, dtype=F64)
         before, after = self._layer_singular_values(layer, None), self._layer_singular_values(layer, q)

@@ -182,3 +182,24 @@ def test_g0_does_not_depend_on_the_budget():
     q = random_orthogonal(matrices["layer"].shape[-1], 4)
     torch.testing.assert_close(tiny._layer_singular_values(3, q), torch.linalg.svdvals(matrices["layer"][0]),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_g0_reuses_sigma_only_where_the_rotated_matrices_are_bit_for_bit_the_same():
+    """σ(W) is computed once per rung; the trivial pass (Q = I: W Q = W exactly) reuses it, a random Q does not (its
+    drift is rounding, not 0), and the drift values equal a fresh computation's."""
+    from pytest_ladder.measure.orthogonal import random_orthogonal
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.embedded import embedded_model_dir
+    from pytest_ladder.probes import spectral
+
+    weights = Checkpoint(embedded_model_dir())
+    held = spectral.HeldLayers(weights, {}, Workspace.on("cpu", TINY))
+    assert held.trivial_pass(3)["sigma_drift"] == 0.0
+    assert set(held.store["layer_sigma"]) == {3} and len(held.store["expert_sigma"]) > 3
+    drift = held.random_drift(3, 7)
+    fresh = spectral.HeldLayers(weights, {}, Workspace.on("cpu", TINY)).random_drift(3, 7)
+    assert drift == fresh and 0 < drift < 1e-12
+    hidden = weights.experts(3, "gate").shape[-1]
+    q = random_orthogonal(hidden, 7)
+    assert not torch.equal(held._layer_singular_values(3, q), held._layer_singular_values(3, None))
