@@ -92,6 +92,9 @@ def prepare_session(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.option.collectonly:
         return
     wanted = needs(config, items)
+    from pytest_ladder.models.embedded import passive_threads
+
+    passive_threads()  # before a rung's preparation imports a compressor, and with it torch
     try:
         _prepare_rungs(config, items)
         if wanted:

@@ -141,3 +141,22 @@ def test_the_model_was_loaded_before_this_test(request, ladder_model):
 def test_the_model_is_built_or_found_and_loaded_before_any_test_runs(pytester):
     pytester.makepyfile(READY)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--ladder-device", "cpu").assert_outcomes(passed=1)
+
+
+def test_threads_sleep_before_a_compressor_brings_torch_in(tmp_path):
+    """The session sets OMP_WAIT_POLICY=PASSIVE before a generic rung's preparation imports the compressor (and with
+    it torch): set after torch loads, it would do nothing, and an embedded build beside other work would spin."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import os, sys, pytest\n"
+            f"pytest.main(['rungs/test_expert_weights.py', '-q', '-p', 'no:cacheprovider', '--ladder-archive-dir', "
+            f"{str(tmp_path / 'archive')!r}, '--ladder-model', {str(tmp_path / 'nowhere')!r}])\n"
+            "print('POLICY', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert "POLICY PASSIVE True" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "no such folder" in run.stdout + run.stderr and not (tmp_path / "archive").exists()
