@@ -60,7 +60,7 @@ class Rung:
     module: str | None = None  # the rung module testing this claim when it is another prereg bound to it
     own_prereg: bool = True  # False: the module has no prereg of its own and tests only the preregs bound to it
     check: Callable[[Any, Any], None] | None = None  # check(prereg, rootdir) at collection: PreregError if unusable
-    prepare: Callable[[Any, Any], None] | None = None  # the same, before any rung runs (may import heavy code)
+    prepare: Callable[..., None] | None = None  # the same, before any rung runs (may import heavy code)
 
     @property
     def module_name(self) -> str:
@@ -100,7 +100,7 @@ class Rung:
 
 
 def rung(name: str, *, prereg: str | None = None, own_prereg: bool = True,
-         check: Callable[[Any, Any], None] | None = None, prepare: Callable[[Any, Any], None] | None = None) -> Rung:
+         check: Callable[[Any, Any], None] | None = None, prepare: Callable[..., None] | None = None) -> Rung:
     """Bind the calling test module to the rung `name` (its prereg is `<prereg dir>/<name>/tau.json`).
 
     The module also tests, each as a claim of its own, every prereg in the prereg folder whose "rung" field is `name`
@@ -110,7 +110,9 @@ def rung(name: str, *, prereg: str | None = None, own_prereg: bool = True,
     `prereg.PreregError` (naming file, field and fix) for content it cannot run, e.g. a compressor module that does
     not exist (compressors.find_compressor): the session ends as a usage error before anything is spent. Collection
     stays light (no torch); `prepare(prereg, rootdir)` runs the checks that import heavy code once per session
-    before any rung (compressors.check_expert_weights), with the same outcome."""
+    before any rung (compressors.check_expert_weights), with the same outcome; a `prepare` that takes a third
+    argument is called again once the session model is in place, with its checkpoint view (models.checkpoint), for
+    checks that need the model's shapes (a compressor's declared storage)."""
     return Rung(name=name, prereg=prereg, own_prereg=own_prereg, check=check, prepare=prepare)
 
 
