@@ -143,20 +143,16 @@ def make(bits: int = 8) -> Method:
 '''
 
 
-def expert_outputs_prereg(name: str, compressor: str) -> dict:
-    """The template prereg of an expert-outputs claim (unsealed): the per-token bytes prefilter, the output error per
-    cell against the τ floor of random controls of the same bytes, ΔNLL with every layer's outputs compressed, the
-    two traps."""
+def _kind_prereg(rung: str, claim: str, metric: str, bytes_note: str, gates: dict, unchanged: str, harmful: str,
+                 params: dict, notes: str) -> dict:
+    """The fields every kind's template shares (N, B, the τ rule, model, tasks, relative cells, the two traps) around
+    what differs: the claim, the metric, the gates and their notes."""
     cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
              for task in ("code", "math", "text")]
     return {
-        "rung": "expert_outputs",
-        "claim": f"{name}: EDIT ME, e.g. \"<method> on every routed expert's output takes bytes off each token's "
-                 "routed outputs, keeps them within 5% and raises no task's NLL by more than 5%\"",
-        "metric": "bytes (prefilter): one token's k compressed outputs as declared minus the dense (k, H) outputs. "
-                  "output_error per cell: ||y' - y|| / ||y|| pooled over the layer's experts on held-out routed "
-                  "outputs, against the tau floor (the best of B random controls storing the same bytes). delta_nll: "
-                  "every layer's outputs compressed, worst task.",
+        "rung": rung,
+        "claim": claim,
+        "metric": metric,
         "data_points": 1000,
         "random_seeds": 10,
         "decision_threshold": "value < tau * (1 - margin)",
@@ -166,109 +162,87 @@ def expert_outputs_prereg(name: str, compressor: str) -> dict:
         "requires": [],
         "cells": cells,
         "hardest_cell": "layer:3/16-task:text",
-        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: per-token wire bytes < 0 (must save)"}},
-        "gates": {
-            "output_error": {"op": "<=", "threshold": 0.05, "vs_tau": True,
-                             "note": "gate 2 per cell; must also beat the tau floor by tau_margin"},
-            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
-        },
+        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": bytes_note}},
+        "gates": gates,
         "traps": {
             "trivial_pass": {"expect": "observed == 0",
-                             "note": "y' = y through the whole pipeline: every gate exactly 0"},
+                             "note": f"{unchanged} through the whole pipeline: every gate exactly 0"},
             "harmful_control": {"expect": "observed > threshold",
-                                "note": "the declared-harmful control fails the output-error gate on the hardest cell"},
+                                "note": f"the declared-harmful control fails the {harmful} gate on the hardest cell"},
         },
-        "params": {"compressor": compressor, "compressor_params": {"bits": 8}, "calibration_tokens": 1000},
-        "notes": "Written by `ladder new --kind expert-outputs`. Edit claim, params (compressor_params are the "
-                 "factory's keyword arguments; calibration_tokens per task), thresholds, cells and hardest_cell "
-                 "BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
+        "params": params,
+        "notes": notes,
     }
+
+
+DELTA_NLL = {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"}
+BEATS_TAU = "must also beat the tau floor by tau_margin"
+EDIT = ("thresholds, cells (layer 'a/b' is floor(a*n/b) of an n-layer model) and hardest_cell BEFORE sealing; after "
+        "`ladder seal` the file is locked and gets one decision.")
+
+
+def expert_outputs_prereg(name: str, compressor: str) -> dict:
+    """The template prereg of an expert-outputs claim (unsealed): the per-token bytes prefilter, the output error per
+    cell against the τ floor of random controls of the same bytes, ΔNLL with every layer's outputs compressed, the
+    two traps."""
+    return _kind_prereg(
+        "expert_outputs",
+        f"{name}: EDIT ME, e.g. \"<method> on every routed expert's output takes bytes off each token's routed "
+        "outputs, keeps them within 5% and raises no task's NLL by more than 5%\"",
+        "bytes (prefilter): one token's k compressed outputs as declared minus the dense (k, H) outputs. output_error "
+        "per cell: ||y' - y|| / ||y|| pooled over the layer's experts on held-out routed outputs, against the tau "
+        "floor (the best of B random controls storing the same bytes). delta_nll: every layer's outputs compressed, "
+        "worst task.",
+        "gate 1: per-token wire bytes < 0 (must save)",
+        {"output_error": {"op": "<=", "threshold": 0.05, "vs_tau": True, "note": f"gate 2 per cell; {BEATS_TAU}"},
+         "delta_nll": dict(DELTA_NLL)},
+        "y' = y", "output-error",
+        {"compressor": compressor, "compressor_params": {"bits": 8}, "calibration_tokens": 1000},
+        "Written by `ladder new --kind expert-outputs`. Edit claim, params (compressor_params are the factory's "
+        f"keyword arguments; calibration_tokens per task), {EDIT}")
 
 
 def router_prereg(name: str, compressor: str) -> dict:
     """The template prereg of a router claim (unsealed): the bytes prefilter, route flips per cell against the τ
     floor of random controls of the same bytes, ΔNLL with every router replaced, the two traps."""
-    cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
-             for task in ("code", "math", "text")]
-    return {
-        "rung": "router",
-        "claim": f"{name}: EDIT ME, e.g. \"<method> on every MoE layer's router takes bytes off the routers, flips at "
-                 "most 10% of routes and raises no task's NLL by more than 5%\"",
-        "metric": "bytes (prefilter): the compressor's declared storage minus the dense routers at their stored dtype. "
-                  "route_flip_rate per cell: the share of held-out tokens whose top-k set changes under the "
-                  "compressed router (the dense model's router inputs), against the tau floor (the best of B random "
-                  "controls storing the same bytes). delta_nll: every router replaced, worst task.",
-        "data_points": 1000,
-        "random_seeds": 10,
-        "decision_threshold": "value < tau * (1 - margin)",
-        "tau_margin": 0.1,
-        "model": "embedded",
-        "tasks": ["code", "math", "text"],
-        "requires": [],
-        "cells": cells,
-        "hardest_cell": "layer:3/16-task:text",
-        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: global_delta_bytes < 0 (must save)"}},
-        "gates": {
-            "route_flip_rate": {"op": "<=", "threshold": 0.1, "vs_tau": True,
-                                "note": "gate 3 per cell; must also beat the tau floor by tau_margin"},
-            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
-        },
-        "traps": {
-            "trivial_pass": {"expect": "observed == 0",
-                             "note": "W_r' = W_r through the whole pipeline: every gate exactly 0"},
-            "harmful_control": {"expect": "observed > threshold",
-                                "note": "the declared-harmful control fails the route-flip gate on the hardest cell"},
-        },
-        "params": {"compressor": compressor, "compressor_params": {"bits": 8}},
-        "notes": "Written by `ladder new --kind router`. Edit claim, params (compressor_params are the factory's "
-                 "keyword arguments), thresholds, cells (layer 'a/b' is floor(a*n/b) of an n-layer model) and "
-                 "hardest_cell BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
-    }
+    return _kind_prereg(
+        "router",
+        f"{name}: EDIT ME, e.g. \"<method> on every MoE layer's router takes bytes off the routers, flips at most "
+        "10% of routes and raises no task's NLL by more than 5%\"",
+        "bytes (prefilter): the compressor's declared storage minus the dense routers at their stored dtype. "
+        "route_flip_rate per cell: the share of held-out tokens whose top-k set changes under the compressed router "
+        "(the dense model's router inputs), against the tau floor (the best of B random controls storing the same "
+        "bytes). delta_nll: every router replaced, worst task.",
+        "gate 1: global_delta_bytes < 0 (must save)",
+        {"route_flip_rate": {"op": "<=", "threshold": 0.1, "vs_tau": True, "note": f"gate 3 per cell; {BEATS_TAU}"},
+         "delta_nll": dict(DELTA_NLL)},
+        "W_r' = W_r", "route-flip",
+        {"compressor": compressor, "compressor_params": {"bits": 8}},
+        f"Written by `ladder new --kind router`. Edit claim, params (compressor_params are the factory's keyword "
+        f"arguments), {EDIT}")
 
 
 def expert_weights_prereg(name: str, compressor: str) -> dict:
     """The template prereg of an expert-weights claim (unsealed): the five gates at the protocol's defaults, the τ
     floor against random controls of the same bytes, the two traps, relative layers that fit any depth."""
-    cells = [{"layer": layer, "task": task} for layer in ("0/16", "3/16", "8/16", "15/16")
-             for task in ("code", "math", "text")]
-    return {
-        "rung": "expert_weights",
-        "claim": f"{name}: EDIT ME, e.g. \"<method> on every routed expert takes bytes off the experts and passes all "
-                 "five gates\"",
-        "metric": "bytes (prefilter): the compressor's declared storage minus the dense experts at their stored dtype. "
-                  "activation_error per cell: sqrt(sum tr(D G D') / sum tr(W G W')) over the layer's experts and "
-                  "weight types on held-out routed inputs, against the tau floor (the best of B random controls "
-                  "spending the same bytes). task_conditioning: worst task of activation_error. route_flip_rate and "
-                  "delta_nll: every layer's experts replaced, worst task.",
-        "data_points": 1000,
-        "random_seeds": 10,
-        "decision_threshold": "value < tau * (1 - margin)",
-        "tau_margin": 0.1,
-        "model": "embedded",
-        "tasks": ["code", "math", "text"],
-        "requires": [],
-        "cells": cells,
-        "hardest_cell": "layer:3/16-task:text",
-        "prefilters": {"bytes": {"op": "<", "threshold": 0, "note": "gate 1: global_delta_bytes < 0 (must save)"}},
-        "gates": {
-            "activation_error": {"op": "<=", "threshold": 0.1, "vs_tau": True,
-                                 "note": "gate 2 per cell; must also beat the tau floor by tau_margin"},
-            "task_conditioning": {"op": "<=", "threshold": 0.1, "note": "gate 4: the worst task's activation error"},
-            "route_flip_rate": {"op": "<=", "threshold": 0.1, "note": "gate 3: full depth, worst task"},
-            "delta_nll": {"op": "<=", "threshold": 0.05, "note": "gate 5: (NLL' - NLL) / NLL, full depth, worst task"},
-        },
-        "traps": {
-            "trivial_pass": {"expect": "observed == 0",
-                             "note": "W' = W through the whole pipeline: every gate exactly 0"},
-            "harmful_control": {"expect": "observed > threshold",
-                                "note": "the declared-harmful control fails the activation-error gate on the "
-                                        "hardest cell"},
-        },
-        "params": {"compressor": compressor, "compressor_params": {"bits": 8}},
-        "notes": "Written by `ladder new --kind expert-weights`. Edit claim, params (compressor_params are the "
-                 "factory's keyword arguments), thresholds, cells (layer 'a/b' is floor(a*n/b) of an n-layer model) "
-                 "and hardest_cell BEFORE sealing; after `ladder seal` the file is locked and gets one decision.",
-    }
+    return _kind_prereg(
+        "expert_weights",
+        f"{name}: EDIT ME, e.g. \"<method> on every routed expert takes bytes off the experts and passes all five "
+        "gates\"",
+        "bytes (prefilter): the compressor's declared storage minus the dense experts at their stored dtype. "
+        "activation_error per cell: sqrt(sum tr(D G D') / sum tr(W G W')) over the layer's experts and weight types "
+        "on held-out routed inputs, against the tau floor (the best of B random controls spending the same bytes). "
+        "task_conditioning: worst task of activation_error. route_flip_rate and delta_nll: every layer's experts "
+        "replaced, worst task.",
+        "gate 1: global_delta_bytes < 0 (must save)",
+        {"activation_error": {"op": "<=", "threshold": 0.1, "vs_tau": True, "note": f"gate 2 per cell; {BEATS_TAU}"},
+         "task_conditioning": {"op": "<=", "threshold": 0.1, "note": "gate 4: the worst task's activation error"},
+         "route_flip_rate": {"op": "<=", "threshold": 0.1, "note": "gate 3: full depth, worst task"},
+         "delta_nll": dict(DELTA_NLL)},
+        "W' = W", "activation-error",
+        {"compressor": compressor, "compressor_params": {"bits": 8}},
+        f"Written by `ladder new --kind expert-weights`. Edit claim, params (compressor_params are the factory's "
+        f"keyword arguments), {EDIT}")
 
 
 def write_kind_template(kind: str, name: str, prereg_dir: Path | str, *, compressor_dir: Path | str = "claims",
