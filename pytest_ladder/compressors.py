@@ -232,6 +232,30 @@ def load_compressor(prereg: Any, kind: str = "expert_weights", *, root: Path | N
     return compressor
 
 
+def own_or(compressor: Any, method: str, default: Any, *args: Any) -> Any:
+    """The compressor's own optional `method(*args)` (`random_control(seed)`, `harmful_control()`) when it defines
+    one, else `default` (the generic rung's built-in control of the kind)."""
+    own = getattr(compressor, method, None)
+    return own(*args) if callable(own) else default
+
+
+def named_compressor(compressors: Mapping[tuple, Any], key: tuple, identity: Any, owner: str) -> Any:
+    """A study's compressor named `key`: `identity` for ("identity",) (the uncompressed pipeline), else
+    `compressors[key]` (KeyError listing the known keys)."""
+    if key == ("identity",):
+        return identity
+    if key not in compressors:
+        raise KeyError(f"{owner}: unknown compressor {key!r}; known: {sorted(compressors)}")
+    return compressors[key]
+
+
+def rung_compressor(cache: dict, prereg: Any, kind: str, root: Path | None) -> Any:
+    """The compressor a generic rung's prereg names, loaded once per rung (kept in the rung's cache)."""
+    if "compressor" not in cache:
+        cache["compressor"] = load_compressor(prereg, kind, root=root)
+    return cache["compressor"]
+
+
 def _signature(function: Any) -> str:
     try:
         return str(inspect.signature(function))

@@ -27,11 +27,9 @@ ladder = rung("expert_outputs", own_prereg=False, check=find_compressor, prepare
 
 @pytest.fixture
 def compressor(rung_cache, request, prereg):
-    from pytest_ladder.compressors import load_compressor
+    from pytest_ladder.compressors import rung_compressor
 
-    if "compressor" not in rung_cache:
-        rung_cache["compressor"] = load_compressor(prereg, "expert_outputs", root=request.config.rootpath)
-    return rung_cache["compressor"]
+    return rung_compressor(rung_cache, prereg, "expert_outputs", request.config.rootpath)
 
 
 @pytest.fixture

@@ -28,11 +28,9 @@ HARMFUL = ("harmful",)
 
 @pytest.fixture
 def compressor(rung_cache, request, prereg):
-    from pytest_ladder.compressors import load_compressor
+    from pytest_ladder.compressors import rung_compressor
 
-    if "compressor" not in rung_cache:
-        rung_cache["compressor"] = load_compressor(prereg, root=request.config.rootpath)
-    return rung_cache["compressor"]
+    return rung_compressor(rung_cache, prereg, "expert_weights", request.config.rootpath)
 
 
 @pytest.fixture
@@ -51,10 +49,6 @@ def study(rung_cache, request, compressor, ladder_routing, ladder_layers, ladder
                                                   "random_control": type(baselines[("random", ladder_seeds[0])]).__name__,
                                                   "storage_fraction": fraction})
     return rung_cache["study"]
-
-
-def per_task(study, prereg, index: int) -> dict:
-    return {task: study.deploy(task)[index] for task in prereg.tasks}
 
 
 @ladder.trap("trivial_pass")
@@ -87,21 +81,19 @@ def test_activation_error(cell, gate, study, rung_cache, ladder_seeds):
 
 @ladder.gate("task_conditioning")
 def test_task_conditioning(gate, study, rung_cache, prereg):
-    layers = sorted(set(rung_cache["layers"].values()))
-    errors = {layer: {task: study.error(layer, task).pooled for task in prereg.tasks} for layer in layers}
-    worst = max(layers, key=lambda layer: max(errors[layer].values()))
-    gate.check(max(errors[worst].values()), worst_layer=worst, per_layer_task=errors)
+    value, worst, errors = study.task_conditioning(rung_cache["layers"].values(), prereg.tasks)
+    gate.check(value, worst_layer=worst, per_layer_task=errors)
 
 
 @ladder.gate("route_flip_rate")
 def test_route_flip_rate(gate, study, prereg):
-    flips = per_task(study, prereg, 0)
+    flips, _ = study.per_task(prereg.tasks)
     gate.check(max(flips.values()), per_task=flips)
 
 
 @ladder.gate("delta_nll")
 def test_delta_nll(gate, study, prereg):
-    losses = per_task(study, prereg, 1)
+    _, losses = study.per_task(prereg.tasks)
     gate.check(max(losses.values()), series={"delta_nll_per_task": list(losses.values())}, per_task=losses)
 
 

@@ -27,10 +27,6 @@ def study(rung_cache, request, ladder_routing, ladder_layers, prereg):
     return rung_cache["study"]
 
 
-def per_task(study, prereg, index: int) -> dict:
-    return {task: study.deploy(task)[index] for task in prereg.tasks}
-
-
 @ladder.trap("trivial_pass")
 def test_trivial_pass(trap, study, rung_cache, prereg, ladder_weights):
     from pytest_ladder.probes.rotorquant import expert_stacks
@@ -69,21 +65,19 @@ def test_activation_error(cell, gate, study, rung_cache, prereg):
 
 @ladder.gate("task_conditioning")
 def test_task_conditioning(gate, study, rung_cache, prereg):
-    layers = sorted(set(rung_cache["layers"].values()))
-    errors = {layer: {task: study.error(layer, task).pooled for task in prereg.tasks} for layer in layers}
-    worst = max(layers, key=lambda layer: max(errors[layer].values()))
-    gate.check(max(errors[worst].values()), worst_layer=worst, per_layer_task=errors)
+    value, worst, errors = study.task_conditioning(rung_cache["layers"].values(), prereg.tasks)
+    gate.check(value, worst_layer=worst, per_layer_task=errors)
 
 
 @ladder.gate("route_flip_rate")
 def test_route_flip_rate(gate, study, prereg):
-    flips = per_task(study, prereg, 0)
+    flips, _ = study.per_task(prereg.tasks)
     gate.check(max(flips.values()), per_task=flips)
 
 
 @ladder.gate("delta_nll")
 def test_delta_nll(gate, study, prereg):
-    losses = per_task(study, prereg, 1)
+    _, losses = study.per_task(prereg.tasks)
     gate.check(max(losses.values()), series={"delta_nll_per_task": list(losses.values())}, per_task=losses)
 
 

@@ -25,11 +25,9 @@ ladder = rung("router", own_prereg=False, check=find_compressor, prepare=check_r
 
 @pytest.fixture
 def compressor(rung_cache, request, prereg):
-    from pytest_ladder.compressors import load_compressor
+    from pytest_ladder.compressors import rung_compressor
 
-    if "compressor" not in rung_cache:
-        rung_cache["compressor"] = load_compressor(prereg, "router", root=request.config.rootpath)
-    return rung_cache["compressor"]
+    return rung_compressor(rung_cache, prereg, "router", request.config.rootpath)
 
 
 @pytest.fixture

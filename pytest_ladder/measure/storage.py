@@ -15,6 +15,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import torch
 
 KINDS = (
@@ -146,6 +148,31 @@ def combine(artifacts: Iterable[Artifact]) -> Artifact:
 def global_delta_bytes(compressed: Artifact, dense: Artifact) -> int:
     """Gate 1: bytes the compressed artifact stores minus the dense original's bytes at its stored dtype (< 0 saves)."""
     return compressed.nbytes - dense.nbytes
+
+
+@dataclass(frozen=True)
+class DeclaredBytes:
+    """Gate 1 of a compressor of any kind: the bytes its storage() declares minus the dense original's (< 0 saves),
+    both artifacts."""
+
+    delta: int
+    compressed: Artifact
+    dense: Artifact
+
+    @property
+    def fraction(self) -> float:
+        """compressed / dense bytes (the share of the dense bytes the method stores)."""
+        return self.compressed.nbytes / self.dense.nbytes
+
+
+def declared_bytes(compressor: Any, dense: Artifact, *shapes: Any) -> DeclaredBytes:
+    """`global_delta_bytes` of `compressor.storage(*shapes)` against `dense`; a storage() that returns anything but
+    an Artifact is a TypeError saying what to return."""
+    compressed = compressor.storage(*shapes)
+    if not isinstance(compressed, Artifact):
+        raise TypeError(f"{type(compressor).__name__}.storage() must return a pytest_ladder.measure.storage.Artifact, "
+                        f"got {type(compressed).__name__}: describe every stored part with TensorStorage")
+    return DeclaredBytes(global_delta_bytes(compressed, dense), compressed, dense)
 
 
 def dense_artifact(name: str, shape: Sequence[int], dtype: DtypeLike, *, kind: str = "weight") -> Artifact:

@@ -27,7 +27,15 @@ import torch
 from pytest_ladder.measure.errors import activation_error
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.quant import fake_quant
-from pytest_ladder.measure.storage import Artifact, TensorStorage, combine, dense_artifact, global_delta_bytes
+from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.measure.storage import (
+    Artifact,
+    DeclaredBytes,
+    TensorStorage,
+    combine,
+    declared_bytes,
+    dense_artifact,
+)
 from pytest_ladder.measure.workspace import Workspace, nbytes
 
 if TYPE_CHECKING:
@@ -221,41 +229,23 @@ def dense_stacks_artifact(stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]
     return combine(dense_artifact(name, shape, dtype) for name, (dtype, shape) in stacks.items())
 
 
-@dataclass(frozen=True)
-class CompressorBytes:
-    """Gate 1 of a compressor: bytes its storage declares minus the dense experts' (< 0 saves), both artifacts."""
-
-    delta: int
-    compressed: Artifact
-    dense: Artifact
-
-    @property
-    def fraction(self) -> float:
-        """compressed / dense bytes (the share of the dense experts' bytes the method stores)."""
-        return self.compressed.nbytes / self.dense.nbytes
+CompressorBytes = DeclaredBytes  # gate 1 of an expert-weights compressor
 
 
-def compressor_bytes(compressor: Any, stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> CompressorBytes:
+def compressor_bytes(compressor: Any, stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> DeclaredBytes:
     """global_delta_bytes of the compressor's declared storage of every expert stack against the dense stacks."""
-    compressed = compressor.storage(stacks)
-    if not isinstance(compressed, Artifact):
-        raise TypeError(f"{type(compressor).__name__}.storage() must return a pytest_ladder.measure.storage.Artifact, "
-                        f"got {type(compressed).__name__}: describe every stored part with TensorStorage")
-    dense = dense_stacks_artifact(stacks)
-    return CompressorBytes(global_delta_bytes(compressed, dense), compressed, dense)
+    return declared_bytes(compressor, dense_stacks_artifact(stacks), stacks)
 
 
 def random_control(compressor: Any, seed: int, fraction: float) -> Any:
     """The τ-floor baseline of `compressor` for `seed`: its own `random_control(seed)` when it has one, else a
     RandomProjection taking the same `fraction` of the dense bytes."""
-    own = getattr(compressor, "random_control", None)
-    return own(seed) if callable(own) else RandomProjection(fraction, seed)
+    return own_or(compressor, "random_control", RandomProjection(fraction, seed), seed)
 
 
 def harmful_control(compressor: Any) -> Any:
     """The declared-harmful control of `compressor`: its own `harmful_control()` when it has one, else RowQuant(2)."""
-    own = getattr(compressor, "harmful_control", None)
-    return own() if callable(own) else RowQuant(2)
+    return own_or(compressor, "harmful_control", RowQuant(2))
 
 
 # ------------------------------------------------------------------------------------------------ the study ---
@@ -298,11 +288,7 @@ class ExpertWeightStudy:
 
     def compressor(self, key: tuple) -> Any:
         """The compressor named `key` (IDENTITY: W′ = W)."""
-        if key == IDENTITY:
-            return Identity()
-        if key not in self.compressors:
-            raise KeyError(f"{type(self).__name__}: unknown compressor {key!r}; known: {sorted(self.compressors)}")
-        return self.compressors[key]
+        return named_compressor(self.compressors, key, Identity(), type(self).__name__)
 
     def stacks(self, layer: int, *, keep: bool = True) -> dict[str, torch.Tensor]:
         """The layer's expert stacks on the study's device, or on the CPU under a bounded workspace (kept for later
@@ -399,6 +385,18 @@ class ExpertWeightStudy:
         flips = route_flip_rate(dense_routes, routes)
         return flips, delta_nll_fraction(dense_nll.nats, nll.nats, tokens_dense=dense_nll.tokens,
                                          tokens_comp=nll.tokens)
+
+    def per_task(self, tasks: Sequence[str], key: tuple = METHOD) -> tuple[dict[str, float], dict[str, float]]:
+        """({task: route flip rate}, {task: ΔNLL}) at full depth with compressor `key`: gates 3 and 5 per task."""
+        deployed = {task: self.deploy(task, key) for task in tasks}
+        return {t: d[0] for t, d in deployed.items()}, {t: d[1] for t, d in deployed.items()}
+
+    def task_conditioning(self, layers: Sequence[int], tasks: Sequence[str]) -> tuple[float, int, dict]:
+        """Gate 4: (the worst task's activation error on the worst layer, that layer, {layer: {task: error}})."""
+        layers = sorted(set(layers))
+        errors = {layer: {task: self.error(layer, task).pooled for task in tasks} for layer in layers}
+        worst = max(layers, key=lambda layer: max(errors[layer].values()))
+        return max(errors[worst].values()), worst, errors
 
     def trivial_pass(self, layer: int, task: str, stacks: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> Any:
         """The uncompressed pipeline (W' = W) through every gate: activation error on (layer, task), flips and ΔNLL

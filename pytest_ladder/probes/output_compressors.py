@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
-from pytest_ladder.measure.storage import Artifact, TensorStorage, global_delta_bytes
+from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.measure.storage import Artifact, DeclaredBytes, TensorStorage, declared_bytes
 
 F64 = torch.float64
 
@@ -85,39 +86,20 @@ class RandomProjectionOutputs:
                                        kind="factor"),))
 
 
-@dataclass(frozen=True)
-class OutputBytes:
+def output_bytes(compressor: Any, top_k: int, hidden: int, dtype: torch.dtype) -> DeclaredBytes:
     """Gate 1 of an output compressor: one token's declared bytes minus the dense outputs' (< 0 saves)."""
-
-    delta: int
-    compressed: Artifact
-    dense: Artifact
-
-    @property
-    def fraction(self) -> float:
-        return self.compressed.nbytes / self.dense.nbytes
-
-
-def output_bytes(compressor: Any, top_k: int, hidden: int, dtype: torch.dtype) -> OutputBytes:
-    compressed = compressor.storage(top_k, hidden, dtype)
-    if not isinstance(compressed, Artifact):
-        raise TypeError(f"{type(compressor).__name__}.storage() must return a pytest_ladder.measure.storage.Artifact, "
-                        f"got {type(compressed).__name__}: describe every stored part with TensorStorage")
-    dense = dense_outputs_artifact(top_k, hidden, dtype)
-    return OutputBytes(global_delta_bytes(compressed, dense), compressed, dense)
+    return declared_bytes(compressor, dense_outputs_artifact(top_k, hidden, dtype), top_k, hidden, dtype)
 
 
 def random_control(compressor: Any, seed: int, fraction: float) -> Any:
     """The τ baseline of `compressor` for `seed`: its own `random_control(seed)`, else a RandomProjectionOutputs
     taking the same `fraction` of the dense bytes."""
-    own = getattr(compressor, "random_control", None)
-    return own(seed) if callable(own) else RandomProjectionOutputs(fraction, seed)
+    return own_or(compressor, "random_control", RandomProjectionOutputs(fraction, seed), seed)
 
 
 def harmful_control(compressor: Any) -> Any:
     """The declared-harmful control: the compressor's own `harmful_control()`, else a rank-one random projection."""
-    own = getattr(compressor, "harmful_control", None)
-    return own() if callable(own) else RandomProjectionOutputs(0.0, 0, rank_one=True)
+    return own_or(compressor, "harmful_control", RandomProjectionOutputs(0.0, 0, rank_one=True))
 
 
 # ------------------------------------------------------------------------------------------------ the study ---
@@ -143,11 +125,7 @@ class OutputCompressorStudy:
         return self.outputs.adapter
 
     def compressor(self, key: tuple) -> Any:
-        if key == IDENTITY:
-            return IdentityOutputs()
-        if key not in self.compressors:
-            raise KeyError(f"OutputCompressorStudy: unknown compressor {key!r}; known: {sorted(self.compressors)}")
-        return self.compressors[key]
+        return named_compressor(self.compressors, key, IdentityOutputs(), type(self).__name__)
 
     def _calibration(self, layer: int) -> dict[int, torch.Tensor]:
         per_task = [self.outputs.calibration_outputs(task).get(layer, {}) for task in self.calibration_tasks]

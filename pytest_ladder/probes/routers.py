@@ -25,7 +25,15 @@ from typing import Any
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
-from pytest_ladder.measure.storage import Artifact, TensorStorage, combine, dense_artifact, global_delta_bytes
+from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.measure.storage import (
+    Artifact,
+    DeclaredBytes,
+    TensorStorage,
+    combine,
+    declared_bytes,
+    dense_artifact,
+)
 
 F64 = torch.float64
 
@@ -106,39 +114,20 @@ class RandomRankOneRouter:
                               for name, (dtype, (experts, _)) in routers.items()))
 
 
-@dataclass(frozen=True)
-class RouterBytes:
-    """Gate 1 of a router compressor: its declared bytes minus the dense routers' (< 0 saves), both artifacts."""
-
-    delta: int
-    compressed: Artifact
-    dense: Artifact
-
-    @property
-    def fraction(self) -> float:
-        return self.compressed.nbytes / self.dense.nbytes
-
-
-def router_bytes(compressor: Any, routers: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> RouterBytes:
-    compressed = compressor.storage(routers)
-    if not isinstance(compressed, Artifact):
-        raise TypeError(f"{type(compressor).__name__}.storage() must return a pytest_ladder.measure.storage.Artifact, "
-                        f"got {type(compressed).__name__}: describe every stored part with TensorStorage")
-    dense = dense_routers_artifact(routers)
-    return RouterBytes(global_delta_bytes(compressed, dense), compressed, dense)
+def router_bytes(compressor: Any, routers: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> DeclaredBytes:
+    """Gate 1 of a router compressor: its declared bytes minus the dense routers' (< 0 saves)."""
+    return declared_bytes(compressor, dense_routers_artifact(routers), routers)
 
 
 def random_control(compressor: Any, seed: int, fraction: float) -> Any:
     """The τ baseline of `compressor` for `seed`: its own `random_control(seed)`, else a RandomProjectionRouter
     taking the same `fraction` of the dense router bytes."""
-    own = getattr(compressor, "random_control", None)
-    return own(seed) if callable(own) else RandomProjectionRouter(fraction, seed)
+    return own_or(compressor, "random_control", RandomProjectionRouter(fraction, seed), seed)
 
 
 def harmful_control(compressor: Any) -> Any:
     """The declared-harmful control: the compressor's own `harmful_control()`, else RandomRankOneRouter()."""
-    own = getattr(compressor, "harmful_control", None)
-    return own() if callable(own) else RandomRankOneRouter()
+    return own_or(compressor, "harmful_control", RandomRankOneRouter())
 
 
 # ------------------------------------------------------------------------------------------------ the study ---
@@ -163,11 +152,7 @@ class RouterStudy:
         return self.routing.adapter
 
     def compressor(self, key: tuple) -> Any:
-        if key == IDENTITY:
-            return IdentityRouter()
-        if key not in self.compressors:
-            raise KeyError(f"RouterStudy: unknown compressor {key!r}; known: {sorted(self.compressors)}")
-        return self.compressors[key]
+        return named_compressor(self.compressors, key, IdentityRouter(), type(self).__name__)
 
     def weight(self, layer: int) -> torch.Tensor:
         """The layer's router (E, H) as stored, on the routing study's device."""
