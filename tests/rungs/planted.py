@@ -88,6 +88,29 @@ def run_rungs(tmp: Path, model: Path, rungs: list[str], *extra: str, changes: di
     return records
 
 
+def run_generic_rung(tmp: Path, module: str, model: Path, prereg: dict, name: str, *extra: str,
+                     data_points: int = 160) -> subprocess.CompletedProcess:
+    """A generic rung module (e.g. "rungs/test_router.py") on `model` with `prereg` (model and N pointed at the
+    test's, sealed) as the only prereg bound to it, in a pytest subprocess from the repository root."""
+    from pytest_ladder.seal import compute_seal
+
+    data = {**prereg, "model": str(model), "data_points": data_points}
+    data["seal"] = compute_seal(data)
+    (tmp / "prereg" / name).mkdir(parents=True)
+    (tmp / "prereg" / name / "tau.json").write_text(json.dumps(data))
+    command = [sys.executable, "-m", "pytest", module, "-p", "no:cacheprovider", "-q", "--ladder-model", str(model),
+               "--ladder-prereg-dir", str(tmp / "prereg"), "--ladder-archive-dir", str(tmp / "archive"), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def generic_decision(tmp: Path, name: str, done: subprocess.CompletedProcess) -> dict:
+    """The one decision `run_generic_rung` archived for `name` (its output shown when there is none)."""
+    runs = sorted((tmp / "archive" / name).glob("*/decision.json"))
+    assert len(runs) == 1, f"no decision archived\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
+    return json.loads(runs[0].read_text())
+
+
 def gate_values(record: dict) -> dict[tuple[str, str | None], float | None]:
     """{(gate name, cell): value} of every gate and prefilter of a decision."""
     return {(g["name"], g["cell"]): g["value"] for g in record["gates"]}

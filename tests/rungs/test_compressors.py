@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +24,9 @@ import torch
 from pytest_ladder.compressors import load_compressor
 from pytest_ladder.prereg import PreregError, load_prereg
 from pytest_ladder.probes import expert_weights as ew
-from pytest_ladder.seal import compute_seal
 
-from planted import ROOT, loaded_model, tiny_forward_model, tokenizer_for_tests
+from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
+                     tokenizer_for_tests)
 
 EXAMPLE = ROOT / "prereg" / "int4_group64_experts" / "tau.json"
 SHOWN = "prereg/int4_group64_experts/tau.json"
@@ -201,26 +200,6 @@ def test_chunks_of_experts_give_the_one_pass_result(tiny):
 # ------------------------------------------------------------------------------------- the real rung module ----
 
 
-def run_generic_rung(tmp: Path, model: Path, prereg: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
-    """rungs/test_expert_weights.py on `model` with `prereg` (model and N pointed at the test's, sealed) as the only
-    prereg bound to it, in a pytest subprocess from the repository root."""
-    data = {**prereg, "model": str(model), "data_points": 160}
-    data["seal"] = compute_seal(data)
-    (tmp / "prereg" / name).mkdir(parents=True)
-    (tmp / "prereg" / name / "tau.json").write_text(json.dumps(data))
-    command = [sys.executable, "-m", "pytest", "rungs/test_expert_weights.py", "-p", "no:cacheprovider", "-q",
-               "--ladder-model", str(model), "--ladder-prereg-dir", str(tmp / "prereg"),
-               "--ladder-archive-dir", str(tmp / "archive"), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env, check=False)
-
-
-def decision(tmp: Path, name: str, done: subprocess.CompletedProcess) -> dict:
-    runs = sorted((tmp / "archive" / name).glob("*/decision.json"))
-    assert len(runs) == 1, f"no decision archived\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
-    return json.loads(runs[0].read_text())
-
-
 def test_the_rung_passes_a_planted_grid_and_kills_a_random_model(tiny, tmp_path):
     tokenizer, _ = tiny
     example = json.loads(EXAMPLE.read_text())
@@ -233,8 +212,9 @@ def test_the_rung_passes_a_planted_grid_and_kills_a_random_model(tiny, tmp_path)
         folders[name] = tmp_path / name
         model.save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
-    done = run_generic_rung(tmp_path / "run-planted", folders["planted"], example, "int4_planted")
-    record = decision(tmp_path / "run-planted", "int4_planted", done)
+    done = run_generic_rung(tmp_path / "run-planted", "rungs/test_expert_weights.py", folders["planted"],
+                            example, "int4_planted")
+    record = generic_decision(tmp_path / "run-planted", "int4_planted", done)
     assert record["verdict"] == "PASS", (record["killed_by"], record["invalid_because"])
     values = {(g["name"], g["cell"]): g["value"] for g in record["gates"]}
     assert values.pop(("bytes", None)) == 4 * 3 * 4 * 64 * 64 * ((0.5 + 2 / GROUP) - 4)  # 4 layers, 3 types, E = 4
@@ -243,8 +223,9 @@ def test_the_rung_passes_a_planted_grid_and_kills_a_random_model(tiny, tmp_path)
     assert {t["name"]: t["fired_as_declared"] for t in record["traps"]} == {"trivial_pass": True,
                                                                             "harmful_control": True}
     example["params"]["compressor_params"]["bits"] = 2  # INT4 holds a random init within the gates; INT2 does not
-    done = run_generic_rung(tmp_path / "run-random", folders["random"], example, "int2_random", "-x")
-    killed = decision(tmp_path / "run-random", "int2_random", done)
+    done = run_generic_rung(tmp_path / "run-random", "rungs/test_expert_weights.py", folders["random"],
+                            example, "int2_random", "-x")
+    killed = generic_decision(tmp_path / "run-random", "int2_random", done)
     assert killed["verdict"] == "KILL"
     assert (killed["killed_by"]["name"], killed["killed_by"]["cell"]) == ("activation_error", "layer:3/16-task:text")
 
@@ -252,7 +233,7 @@ def test_the_rung_passes_a_planted_grid_and_kills_a_random_model(tiny, tmp_path)
 def test_a_compressor_that_does_not_import_spends_nothing(tmp_path):
     example = json.loads(EXAMPLE.read_text())
     example["params"]["compressor"] = "examples.int4_group64.compresor:make"
-    done = run_generic_rung(tmp_path, ROOT / "no-model-needed", example, "typo")
+    done = run_generic_rung(tmp_path, "rungs/test_expert_weights.py", ROOT / "no-model-needed", example, "typo")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
     assert ("typo/tau.json: field 'params.compressor' names the module 'examples.int4_group64.compresor', which "
             "cannot be imported (No module named 'examples.int4_group64.compresor')") in done.stdout + done.stderr
@@ -274,7 +255,7 @@ def test_a_storage_that_fails_on_the_models_shapes_spends_nothing(tmp_path, monk
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     example = json.loads(EXAMPLE.read_text())
     example["params"] = {"compressor": "user_methods.prune:make", "compressor_params": {}}
-    done = run_generic_rung(tmp_path / "run", Path("embedded"), example, "masks_typo")
+    done = run_generic_rung(tmp_path / "run", "rungs/test_expert_weights.py", Path("embedded"), example, "masks_typo")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
     assert re.search(r"masks_typo/tau\.json: the expert_weights compressor named in 'params\.compressor' \(Prune\) "
                      r"failed its storage\(\) on this model's shapes: ValueError: storage part 'layers\.0\.\w+\.mask': "

@@ -11,17 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from pytest_ladder.probes import output_compressors as oc
-from pytest_ladder.seal import compute_seal
 
-from planted import ROOT, loaded_model, tiny_forward_model, tokenizer_for_tests
+from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
+                     tokenizer_for_tests)
 from test_planted_g10 import Int4GridOutputs
 
 EXAMPLE = ROOT / "prereg" / "outputs_int8_channels" / "tau.json"
@@ -64,24 +60,6 @@ def test_default_controls_spend_the_methods_bytes():
     torch.testing.assert_close(oc.RandomProjectionOutputs(1.0, 3).compress(0, 1, y, None), y, rtol=0, atol=1e-6)
 
 
-def run_outputs_rung(tmp: Path, model: Path, prereg: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
-    data = {**prereg, "model": str(model), "data_points": 192}
-    data["seal"] = compute_seal(data)
-    (tmp / "prereg" / name).mkdir(parents=True)
-    (tmp / "prereg" / name / "tau.json").write_text(json.dumps(data))
-    command = [sys.executable, "-m", "pytest", "rungs/test_expert_outputs.py", "-p", "no:cacheprovider", "-q",
-               "--ladder-model", str(model), "--ladder-prereg-dir", str(tmp / "prereg"),
-               "--ladder-archive-dir", str(tmp / "archive"), *extra]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def decision(tmp: Path, name: str, done: subprocess.CompletedProcess) -> dict:
-    runs = sorted((tmp / "archive" / name).glob("*/decision.json"))
-    assert len(runs) == 1, f"no decision archived\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
-    return json.loads(runs[0].read_text())
-
-
 def test_the_rung_passes_int8_and_kills_int2_on_a_random_model(tmp_path):
     tokenizer = tokenizer_for_tests()
     folder = tmp_path / "model"
@@ -89,8 +67,9 @@ def test_the_rung_passes_int8_and_kills_int2_on_a_random_model(tmp_path):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     example = json.loads(EXAMPLE.read_text())
-    done = run_outputs_rung(tmp_path / "int8", folder, example, "outputs_int8")
-    record = decision(tmp_path / "int8", "outputs_int8", done)
+    done = run_generic_rung(tmp_path / "int8", "rungs/test_expert_outputs.py", folder,
+                            example, "outputs_int8", data_points=192)
+    record = generic_decision(tmp_path / "int8", "outputs_int8", done)
     assert record["verdict"] == "PASS", (record["killed_by"], record["invalid_because"])
     values = {(g["name"], g["cell"]): g["value"] for g in record["gates"]}
     assert values.pop(("bytes", None)) == 2 * 64 * (1 - 4)  # k = 2 outputs of 64 float32 values: 1 byte each
@@ -98,8 +77,9 @@ def test_the_rung_passes_int8_and_kills_int2_on_a_random_model(tmp_path):
     assert {t["name"]: t["fired_as_declared"] for t in record["traps"]} == {"trivial_pass": True,
                                                                             "harmful_control": True}
     example["params"]["compressor_params"]["bits"] = 2
-    done = run_outputs_rung(tmp_path / "int2", folder, example, "outputs_int2", "-x")
-    killed = decision(tmp_path / "int2", "outputs_int2", done)
+    done = run_generic_rung(tmp_path / "int2", "rungs/test_expert_outputs.py", folder,
+                            example, "outputs_int2", "-x", data_points=192)
+    killed = generic_decision(tmp_path / "int2", "outputs_int2", done)
     assert killed["verdict"] == "KILL" and killed["killed_by"]["name"] == "output_error"
 
 

@@ -10,18 +10,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from pytest_ladder.probes import routers as rt
-from pytest_ladder.seal import compute_seal
 
-from planted import ROOT, loaded_model, tiny_forward_model, tokenizer_for_tests
+from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
+                     tokenizer_for_tests)
 
 EXAMPLE = ROOT / "prereg" / "router_int4_rows" / "tau.json"
 
@@ -87,24 +83,6 @@ def test_default_controls_spend_the_methods_bytes():
     torch.testing.assert_close(rt.RandomProjectionRouter(1.0, 3).compress(0, w), w, rtol=0, atol=1e-12)
 
 
-def run_router_rung(tmp: Path, model: Path, prereg: dict, name: str, *extra: str) -> subprocess.CompletedProcess:
-    data = {**prereg, "model": str(model), "data_points": 160}
-    data["seal"] = compute_seal(data)
-    (tmp / "prereg" / name).mkdir(parents=True)
-    (tmp / "prereg" / name / "tau.json").write_text(json.dumps(data))
-    command = [sys.executable, "-m", "pytest", "rungs/test_router.py", "-p", "no:cacheprovider", "-q",
-               "--ladder-model", str(model), "--ladder-prereg-dir", str(tmp / "prereg"),
-               "--ladder-archive-dir", str(tmp / "archive"), *extra]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def decision(tmp: Path, name: str, done: subprocess.CompletedProcess) -> dict:
-    runs = sorted((tmp / "archive" / name).glob("*/decision.json"))
-    assert len(runs) == 1, f"no decision archived\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
-    return json.loads(runs[0].read_text())
-
-
 def test_the_rung_passes_a_planted_grid_and_kills_int2_on_a_random_model(tiny, tmp_path):
     tokenizer, _ = tiny
     example = json.loads(EXAMPLE.read_text())
@@ -116,8 +94,9 @@ def test_the_rung_passes_a_planted_grid_and_kills_int2_on_a_random_model(tiny, t
         folders[name] = tmp_path / name
         model.save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
-    done = run_router_rung(tmp_path / "run-planted", folders["planted"], example, "router_planted")
-    record = decision(tmp_path / "run-planted", "router_planted", done)
+    done = run_generic_rung(tmp_path / "run-planted", "rungs/test_router.py", folders["planted"],
+                            example, "router_planted")
+    record = generic_decision(tmp_path / "run-planted", "router_planted", done)
     assert record["verdict"] == "PASS", (record["killed_by"], record["invalid_because"])
     values = {(g["name"], g["cell"]): g["value"] for g in record["gates"]}
     assert values.pop(("bytes", None)) == 4 * 4 * (64 * 0.5 + 2 - 64 * 4)  # 4 layers of (4 experts, 64) float32
@@ -126,15 +105,16 @@ def test_the_rung_passes_a_planted_grid_and_kills_int2_on_a_random_model(tiny, t
     assert {t["name"]: t["fired_as_declared"] for t in record["traps"]} == {"trivial_pass": True,
                                                                             "harmful_control": True}
     example["params"]["compressor_params"]["bits"] = 2
-    done = run_router_rung(tmp_path / "run-random", folders["random"], example, "router_int2", "-x")
-    killed = decision(tmp_path / "run-random", "router_int2", done)
+    done = run_generic_rung(tmp_path / "run-random", "rungs/test_router.py", folders["random"],
+                            example, "router_int2", "-x")
+    killed = generic_decision(tmp_path / "run-random", "router_int2", done)
     assert killed["verdict"] == "KILL" and killed["killed_by"]["name"] == "route_flip_rate"
 
 
 def test_an_expert_weights_compressor_is_not_a_router_compressor(tmp_path):
     example = json.loads(EXAMPLE.read_text())
     example["params"] = {"compressor": "examples.int4_group64.compressor:make", "compressor_params": {}}
-    done = run_router_rung(tmp_path, ROOT / "no-model-needed", example, "wrong_kind")
+    done = run_generic_rung(tmp_path, "rungs/test_router.py", ROOT / "no-model-needed", example, "wrong_kind")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
     assert ("wrong_kind/tau.json: examples.int4_group64.compressor:make (field 'params.compressor') returned a "
             "GroupQuant, whose compress(layer, stacks, experts) cannot be called as compress(layer, router) of the "
@@ -149,7 +129,8 @@ def test_ladder_new_kind_router_writes_a_claim_that_seals_and_loads(tmp_path, mo
 
     monkeypatch.chdir(tmp_path)
     assert ladder(["new", "my_router", "--kind", "router"]) == 0
-    prereg, module = tmp_path / "prereg" / "my_router" / "tau.json", tmp_path / "claims" / "my_router" / "compressor.py"
+    prereg = tmp_path / "prereg" / "my_router" / "tau.json"
+    assert (tmp_path / "claims" / "my_router" / "compressor.py").is_file()
     data = json.loads(prereg.read_text())
     assert data["rung"] == "router" and data["params"]["compressor"] == "claims.my_router.compressor:make"
     assert set(data["gates"]) == {"route_flip_rate", "delta_nll"} and set(data["traps"]) == {"trivial_pass",
