@@ -23,9 +23,13 @@ Threads: the count stays `Recipe.threads` whatever the machine, because on the C
 2 threads train to different bits; the OpenMP wait policy does not change them). What a busy machine costs instead
 is bounded by a passive wait policy: with OMP_WAIT_POLICY=PASSIVE a thread waiting for its partner sleeps instead of
 spinning on a core another process needs (10 training steps next to one busy process: 45 s with spinning threads,
-6 s passive). OpenMP reads the policy when torch loads, so `ladder model build` and the plugin's session preparation
-(pytest_ladder.prepare) set it, unless already set, before they import torch; a build in a process that loaded torch
-earlier with spinning threads says so.
+6 s passive). The price is paid on a quiet machine, where sleeping threads wake late: benchmarks/thread_wait.py
+measured 0.36 s per step passive against 0.14–0.20 s spinning when quiet, and 0.29–0.30 s against 0.56–0.72 s
+beside one busy process; the ladder takes the policy that keeps a shared machine usable. A user who knows the
+machine is theirs sets OMP_WAIT_POLICY=ACTIVE (or anything) first and it is left alone. OpenMP reads the policy
+when torch loads, so `ladder model build` and the plugin's session preparation (pytest_ladder.prepare) set it,
+unless already set, before they import torch; a build in a process that loaded torch earlier with spinning threads
+says so.
 
 The build shows a progress bar and its checkpoints on the terminal, inside pytest too (pytest_ladder.progress), and
 prints (and stores in build_report.json) the held-out NLL per task against a unigram baseline and, per layer, the
