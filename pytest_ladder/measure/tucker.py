@@ -128,10 +128,9 @@ class StackedTensor:
 
     - mode Grams: those of modes 2 and 3 summed over (layer, d1-chunk) pieces; those of modes 0 and 1 are partial
       traces of the (L·d1)² Gram K of the slices' rows, summed over column chunks;
-    - projection onto factors U_0..U_3: per layer Z = U_2ᵀ S U_3 over d1-chunks, Y_l = U_1ᵀ Z, then
-      ‖core‖² = Σ over column chunks c of Y (L, r1·r2·r3) of ‖U_0ᵀ Y_c‖², and ‖T‖² = Σ_c ‖T_c‖² over the same chunks
-      of T (L, d1·d2·d3); residual = 1 − ‖core‖²/‖T‖² (an orthogonal projection, module docstring). With identity
-      factors Y = T bit for bit and both sums run the same chunks in the same order: the residual is exactly 0.
+    - projection onto factors U_0..U_3: ‖core‖² = Σ_{l,l'} (U_0 U_0ᵀ)_{ll'} G_{ll'} with G the (L, L) Gram of the
+      layers' projections Y_l = S_l ×_1 U_1ᵀ ×_2 U_2ᵀ ×_3 U_3ᵀ, summed over chunks of Y's columns (`layer_grams`);
+      ‖T‖² is the same sum for identity factors, so identity factors give a residual of exactly 0.
 
     Chunking reorders sums only: values agree with the unchunked float64 computation to rounding.
     """
@@ -170,12 +169,6 @@ class StackedTensor:
     def _on(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(device=self.device, dtype=F64)
 
-    def _home(self, numel: int) -> torch.device:
-        """Where a float64 result of `numel` values is kept: the device if it fits a quarter of the workspace, else
-        where the workspace stores results."""
-        fits = not self.workspace.bounded or numel * 8 <= self.workspace.limit // 4
-        return self.device if fits else self.workspace.home
-
     def _rows(self, d1_bytes: int) -> list[slice]:
         return self.workspace.spans(self.shape[1], d1_bytes)
 
@@ -207,21 +200,65 @@ class StackedTensor:
         """Singular values of every mode unfolding (float64, descending)."""
         return [singular_values_from_gram(g) for g in self.mode_grams()]
 
-    def _chunked_norm_sq(self, rows: Sequence[torch.Tensor], u0: torch.Tensor | None) -> torch.Tensor:
-        """Σ over column chunks c of ‖U_0ᵀ X_c‖² (‖X_c‖² without U_0), X the (L, m) matrix whose rows are `rows`."""
-        m = rows[0].numel()
-        total = torch.zeros((), dtype=F64, device=self.device)
-        for columns in self.workspace.spans(m, 3 * len(rows) * 8):
-            block = self._on(torch.stack([row.reshape(-1)[columns] for row in rows]))
-            if u0 is not None:
-                block = u0.mT @ block
-            total += block.square().sum()
-        return total
+    def _pieces(self) -> list[slice]:
+        """Rows (over d1) of a layer slice moved to the device at once: the float64 piece and the two products made
+        from it fit a quarter of the workspace. Fixed by the shape and the workspace alone, so every factor set sums
+        its pieces in the same order whichever sets share a pass."""
+        _, _, d2, d3 = self.shape
+        return self.workspace.spans(self.shape[1], 3 * d2 * d3 * 8, share=0.25)
+
+    def layer_grams(self, factor_sets: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+        """For each set (U_1, U_2, U_3) (orthonormal columns, on the device), the (L, L) Gram G[l, l'] = ⟨Y_l, Y_l'⟩ of
+        the layers' projections Y_l = S_l ×_1 U_1ᵀ ×_2 U_2ᵀ ×_3 U_3ᵀ (r1, r2, r3), float64 on the device.
+
+        G couples layers, so the columns of Y are taken a chunk of r2 at a time (Y[:, :, b, :] for every layer,
+        which fits half the workspace), G = Σ_b Y_b Y_bᵀ; chunks of several sets that fit together share a pass
+        over T (each pass moves T to the device once). Per piece of rows e of S_l: Z = (U_2[:, b]ᵀ S_l[e]) U_3 and
+        Y_l[:, b] += U_1[e]ᵀ Z. Holding every set's whole Y at once (L·r1·r2·r3 values: 6 GB per set for the
+        OLMoE-1B-7B HOSVD) is what this avoids. Identity factors copy S bit for bit (products with 0 and 1 only)."""
+        n_layers = self.shape[0]
+        share = None if not self.workspace.bounded else self.workspace.limit // 2
+        jobs = []  # (set, chunk of r2, bytes of its Y_b for every layer)
+        for i, (u1, u2, u3) in enumerate(factor_sets):
+            per_column = n_layers * u1.shape[1] * u3.shape[1] * 8
+            jobs.extend((i, b, per_column * (b.stop - b.start)) for b in self.workspace.spans(u2.shape[1], per_column))
+        passes, current, used = [], [], 0
+        for job in jobs:
+            if current and share is not None and used + job[2] > share:
+                passes.append(current)
+                current, used = [], 0
+            current.append(job)
+            used += job[2]
+        if current:
+            passes.append(current)
+        grams = [torch.zeros(n_layers, n_layers, dtype=F64, device=self.device) for _ in factor_sets]
+        for jobs in passes:
+            ys = [torch.zeros(n_layers, factor_sets[i][0].shape[1] * (b.stop - b.start) * factor_sets[i][2].shape[1],
+                              dtype=F64, device=self.device) for i, b, _ in jobs]
+            for layer, piece in enumerate(self.slices):
+                for rows in self._pieces():
+                    s = self._on(piece[rows])
+                    for (i, b, _), y in zip(jobs, ys):
+                        u1, u2, u3 = factor_sets[i]
+                        z = (u2[:, b].mT @ s) @ u3
+                        y[layer] += (u1[rows].mT @ z.reshape(z.shape[0], -1)).reshape(-1)
+                    del s
+            for (i, _, _), y in zip(jobs, ys):
+                grams[i] += y @ y.mT
+            del ys
+        return grams
+
+    @staticmethod
+    def _core_sq(gram: torch.Tensor, u0: torch.Tensor) -> torch.Tensor:
+        """‖core‖² = Σ_j ‖Σ_l U_0[l, j] Y_l‖² = Σ_{l,l'} (U_0 U_0ᵀ)_{ll'} G_{ll'} from a set's layer Gram."""
+        return (u0 * (gram @ u0)).sum()
 
     def norm_sq(self) -> torch.Tensor:
-        """‖T‖² (float64 0-d tensor on the device), chunked as `projection_residual` chunks ‖core‖²."""
+        """‖T‖² (float64 0-d tensor on the device): ‖core‖² of the identity factors by the route every set takes, so
+        identity factors give a residual of exactly 0."""
         if self._norm_sq is None:
-            self._norm_sq = self._chunked_norm_sq(self.slices, None)
+            eye = [torch.eye(d, dtype=F64, device=self.device) for d in self.shape]
+            self._norm_sq = self._core_sq(self.layer_grams([eye[1:]])[0], eye[0])
         return self._norm_sq
 
     def projection_residual(self, factors: Sequence[torch.Tensor]) -> float:
@@ -229,10 +266,9 @@ class StackedTensor:
         return self.projection_residuals([factors])[0]
 
     def projection_residuals(self, factor_sets: Sequence[Sequence[torch.Tensor]]) -> list[float]:
-        """`projection_residual` of every factor set, in one pass over T: each piece of T is moved to the device and
-        made float64 once and projected by every set there (G2's HOSVD and its ten τ baselines read the 4.3 GB tensor
-        of OLMoE-1B-7B once, not eleven times). Each set's value is the one `projection_residual` gives it alone (the
-        same products; only the split of the experts into pieces may differ, which reorders no sum)."""
+        """`projection_residual` of every factor set, sharing passes over T (`layer_grams`): G2's HOSVD and its ten
+        τ baselines read the 4.3 GB tensor of OLMoE-1B-7B as few times as the workspace allows. Each set's value is
+        the one `projection_residual` gives it alone, bit for bit (its pieces, chunks and sums are its own)."""
         norm_sq = self.norm_sq()
         if not float(norm_sq) > 0:
             raise ValueError("projection_residual: the tensor is zero")
@@ -247,37 +283,9 @@ class StackedTensor:
                                      f"{self.shape[mode]}")
             sets.append(on)
         live = [i for i, on in enumerate(sets) if min(u.shape[1] for u in on) > 0]
-        _, d1, d2, d3 = self.shape
-        projected: dict[int, list[torch.Tensor]] = {i: [] for i in live}
-        if live:
-            widest = max(sets[i][2].shape[1] * sets[i][3].shape[1] for i in live)
-            widest_r3 = max(sets[i][3].shape[1] for i in live)
-            # every set's Z (d1, r2·r3) and Y (L, r1·r2·r3) are held at once: kept on the device only if all fit
-            z_home = self._home(sum(d1 * sets[i][2].shape[1] * sets[i][3].shape[1] for i in live))
-            y_home = self._home(sum(self.shape[0] * math.prod(u.shape[1] for u in sets[i][1:]) for i in live))
-            for piece in self.slices:
-                z_parts: dict[int, list[torch.Tensor]] = {i: [] for i in live}
-                for rows in self._rows((d2 * d3 + d2 * widest_r3 + widest) * 8):
-                    s = self._on(piece[rows])
-                    for i in live:
-                        _, _, u2, u3 = sets[i]
-                        z_parts[i].append((u2.mT @ s @ u3).to(z_home))
-                    del s
-                for i in live:
-                    u1, u2, u3 = sets[i][1:]
-                    r1, r23 = u1.shape[1], u2.shape[1] * u3.shape[1]
-                    z = torch.cat(z_parts[i]).reshape(d1, r23)
-                    projected[i].append(torch.cat([(u1.mT @ self._on(z[:, columns])).to(y_home)
-                                                   for columns in self.workspace.spans(r23, (d1 + r1) * 8)], dim=1))
-                del z_parts
-        residuals = []
-        for i, on in enumerate(sets):
-            if i not in projected:
-                residuals.append(1.0)
-                continue
-            core_sq = self._chunked_norm_sq(projected.pop(i), on[0])
-            residuals.append(max(1.0 - float(core_sq / norm_sq), 0.0))
-        return residuals
+        grams = dict(zip(live, self.layer_grams([sets[i][1:] for i in live])))
+        return [max(1.0 - float(self._core_sq(grams[i], on[0]) / norm_sq), 0.0) if i in grams else 1.0
+                for i, on in enumerate(sets)]
 
     def hosvd_factors(self, ranks: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """The truncated HOSVD's factors: top-r_k eigenvectors of each mode Gram (a zero rank: empty factors)."""

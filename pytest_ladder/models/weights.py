@@ -15,7 +15,7 @@ import contextlib
 import types
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -238,29 +238,48 @@ def patched_parameters(model: nn.Module, updates: dict[str, torch.Tensor] | dict
     different indices of one parameter (e.g. experts of a fused tensor), which is then assembled once. Parameters
     held on a GPU are written in place (their originals wait on the CPU), so views read earlier by
     read_parameter see the patch; every other parameter gets new storage."""
-    grouped: dict[str, list[tuple[Any, torch.Tensor]]] = {}
-    for target, value in updates.items():
-        name, index = target if isinstance(target, tuple) else (target, None)
-        grouped.setdefault(name, []).append((index, value))
     restores: list[_Restore] = []
     try:
-        with torch.no_grad():
-            for name, parts in grouped.items():
-                located = locate(model, name)
-                if _on_accelerator(located):  # written in place, part by part: no assembled copy anywhere
-                    _check_parts(located, parts)
-                    restores.append(_Restore(located))
-                    for index, value in parts:
-                        target = located.param.data if index is None else located.param.data[index]
-                        target.copy_(value.detach().to(dtype=target.dtype), non_blocking=False)
-                    continue
-                full = _assembled(located, parts)
-                restores.append(_Restore(located))
-                _install(located, full)
+        _apply(model, updates, restores)
+        del updates  # the new values are installed; holding them would keep a second copy alive
         yield
     finally:
         for restore in reversed(restores):
             restore()
+
+
+def _apply(model: nn.Module, updates: dict, restores: list[_Restore]) -> None:
+    """Install `updates` (see patched_parameters), appending each parameter's undo record to `restores` first."""
+    grouped: dict[str, list[tuple[Any, torch.Tensor]]] = {}
+    for target, value in updates.items():
+        name, index = target if isinstance(target, tuple) else (target, None)
+        grouped.setdefault(name, []).append((index, value))
+    with torch.no_grad():
+        for name, parts in grouped.items():
+            located = locate(model, name)
+            if _on_accelerator(located):  # written in place, part by part: no assembled copy anywhere
+                _check_parts(located, parts)
+                restores.append(_Restore(located))
+                for index, value in parts:
+                    target = located.param.data if index is None else located.param.data[index]
+                    target.copy_(value.detach().to(dtype=target.dtype), non_blocking=False)
+                continue
+            full = _assembled(located, parts)
+            restores.append(_Restore(located))
+            _install(located, full)
+
+
+@contextlib.contextmanager
+def patched_layers(model: nn.Module, layers: Iterable[Callable[[], dict]]) -> Iterator[None]:
+    """`patched_parameters` for updates made a layer at a time: each callable gives one layer's updates, which are
+    installed before the next layer's are made, so only one layer's new values exist at once (on a GPU, beside the
+    model, that is what keeps a full-depth deploy inside the workspace). On exit every original is back."""
+    with contextlib.ExitStack() as stack:
+        for make in layers:
+            updates = make()
+            stack.enter_context(patched_parameters(model, updates))
+            del updates
+        yield
 
 
 # ------------------------------------------------------------------------------------ per-expert output patch ---

@@ -356,17 +356,16 @@ class ExpertWeightStudy:
         if (task, key) not in self._nll:
             from pytest_ladder.models.capture import CaptureSpec
             from pytest_ladder.models.nll import rolling_nll
-            from pytest_ladder.models.weights import patched_parameters
+            from pytest_ladder.models.weights import patched_layers
             from pytest_ladder.probes.expert_outputs import heldout_texts
 
             routing, loaded = self.routing, self.routing.loaded
             texts = heldout_texts(routing.corpora[task].heldout, loaded.tokenizer, routing.n_points)
-            updates: dict = {}
-            if key is not None:
-                for layer in self.adapter.moe_layers():  # at the stored dtype: W' moves at its deployed size
-                    updates.update(deploy_updates(self.adapter, {layer: self.compress(layer, key, keep=False,
-                                                                                      stored_dtype=True)}))
-            with patched_parameters(loaded.model, updates):
+            layers = () if key is None else self.adapter.moe_layers()
+            # a layer at a time, at the stored dtype: only one layer's W′ exists at once, and it moves at its size
+            with patched_layers(loaded.model, (
+                    lambda layer=layer: deploy_updates(self.adapter, {layer: self.compress(
+                        layer, key, keep=False, stored_dtype=True)}) for layer in layers)):
                 nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=routing.batch_size,
                                   desc=f"nll {task}")
                 captured = (routing.heldout(task) if key is None

@@ -209,8 +209,10 @@ def input_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> di
 def deploy_updates(adapter: MoEAdapter, bases: Mapping[int, InputBasis], *, off: bool = False
                    ) -> dict[tuple[str, int], torch.Tensor]:
     """Parameter updates installing W_e P (or W_e (I − P) with `off`) as every expert's gate and up in each layer of
-    `bases`, at the stored dtype, held on the CPU (for models.weights.patched_parameters, which puts each where its
-    parameter lives). down is not rewritten; P = I writes W bit for bit. Computed on each basis's device."""
+    `bases`, at the stored dtype, computed and held on each basis's device (for models.weights.patched_parameters,
+    which writes a GPU parameter in place and moves a value only where its parameter lives elsewhere). down is not
+    rewritten; P = I writes W bit for bit. `LowRankStudy.deploy` asks for one layer at a time (one layer's updates
+    held at once: 0.5 GB on OLMoE-1B-7B, not 8 GB)."""
     from pytest_ladder.models.adapters import ExpertWeights
 
     updates: dict[tuple[str, int], torch.Tensor] = {}
@@ -218,7 +220,7 @@ def deploy_updates(adapter: MoEAdapter, bases: Mapping[int, InputBasis], *, off:
         for expert in range(adapter.n_experts):
             weights = adapter.expert_weights(layer, expert)
             stacked = stacked_inputs(weights.gate, weights.up)
-            new = (basis.off(stacked) if off else basis.apply(stacked)).to(device="cpu", dtype=weights.gate.dtype)
+            new = (basis.off(stacked) if off else basis.apply(stacked)).to(dtype=weights.gate.dtype)
             gate, up = new.chunk(2, dim=-2)
             found = adapter.expert_updates(layer, expert, ExpertWeights(gate, up, weights.down))
             updates.update({key: value for key, value in found.items() if value is not weights.down})
@@ -366,12 +368,14 @@ class LowRankStudy:
         if key not in self._deploys:
             from pytest_ladder.measure.loss import delta_nll_fraction
             from pytest_ladder.models.capture import CaptureSpec
-            from pytest_ladder.models.weights import patched_parameters
+            from pytest_ladder.models.weights import patched_layers
 
             reference, layers = self.reference(task), self.adapter.moe_layers()
             dense = self.routing.heldout(task) if routes else None
             bases, off = self.deploy_bases(kind)
-            with patched_parameters(self.routing.loaded.model, deploy_updates(self.adapter, bases, off=off)):
+            with patched_layers(self.routing.loaded.model,
+                                (lambda layer=layer, basis=basis: deploy_updates(self.adapter, {layer: basis}, off=off)
+                                 for layer, basis in bases.items())):
                 scored = self._nll(task)
                 routed = self.routing.capture(task, "heldout", CaptureSpec(gram=False, topk=True)) if routes else None
             self._deploys[key] = Deploy(

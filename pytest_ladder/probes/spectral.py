@@ -158,6 +158,28 @@ def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
     return float(((after - before).abs() / before[..., :1]).max())
 
 
+GRAM_CONDITION = 1e-3  # σ_min / σ_max at or above which σ from the Gram is accurate to ~1e-10 σ_max (`drift_sigma`)
+
+
+def well_conditioned(sv: torch.Tensor) -> torch.Tensor:
+    """Whether σ from the Gram (descending, (..., n)) is accurate to about n·ε·σ_max / σ_min ≤ 1e-10 σ_max:
+    σ_min ≥ GRAM_CONDITION · σ_max (bool, batched)."""
+    return sv[..., -1] >= GRAM_CONDITION * sv[..., 0]
+
+
+def drift_sigma(w: torch.Tensor) -> torch.Tensor:
+    """σ of W (..., m, n) for G0's drift traps, float64 descending: by eigh of the smaller Gram (one symmetric
+    eigensolver; on a GPU ~10x faster than an SVD of the matrix) where that is accurate far below the traps' 1e-9
+    tolerance (`well_conditioned`: |Δσ_i| ≲ n·ε·σ_max² / σ_i), by SVD for the matrices where it is not (a nearly
+    rank-deficient matrix's small σ have Gram errors up to √ε·σ_max)."""
+    found = singular_values(w, method="gram")
+    poor = ~well_conditioned(found)
+    if bool(poor.any()):
+        found = found.clone()
+        found[poor] = singular_values(w.to(F64)[poor])
+    return found
+
+
 class HeldLayers:
     """G0's layers read from a checkpoint view (`experts(layer, projection)`), worked on in float64 pieces that fit the
     run's GPU workspace: one layer's weights held as read (on the CPU under a bounded workspace: OLMoE-1B-7B's are
@@ -255,27 +277,33 @@ class HeldLayers:
         return results
 
     def _layer_singular_values(self, layer: int, q: torch.Tensor | None) -> torch.Tensor:
-        """σ of the stacked layer matrix W (or of W Q), from the triangular factor of its row blocks stacked. σ(W) is
-        computed once per rung; when every rotated block equals its block bit for bit (Q = I), it is σ(W Q) too: the
-        same input to the same deterministic factorisations."""
+        """σ of the stacked layer matrix W (or of W Q) for the drift traps, from its H × H Gram (`drift_sigma`'s
+        rule: the QR route where the Gram's σ are not accurate enough). σ(W) is computed once per rung; when every
+        rotated block equals its block bit for bit (Q = I), it is σ(W Q) too."""
         unrotated = self.store.setdefault("layer_sigma", {})
         if layer in unrotated and (q is None or all(torch.equal(rows @ q, rows) for rows in self._layer_rows(layer))):
             return unrotated[layer]
-        r = None
+        gram = None
         for rows in self._layer_rows(layer):
             rows = rows if q is None else rows @ q
-            r = torch.linalg.qr(rows if r is None else torch.cat([r, rows]), mode="r").R
-        found = torch.linalg.svdvals(r)
+            gram = rows.mT @ rows if gram is None else gram + rows.mT @ rows
+        found = singular_values_from_gram(gram)
+        if not well_conditioned(found):
+            r = None
+            for rows in self._layer_rows(layer):
+                rows = rows if q is None else rows @ q
+                r = torch.linalg.qr(rows if r is None else torch.cat([r, rows]), mode="r").R
+            found = torch.linalg.svdvals(r)
         if q is None:
             unrotated[layer] = found
         return found
 
     def _expert_singular_values(self, layer: int, kind: str, span: slice, block: torch.Tensor) -> torch.Tensor:
-        """σ of a piece of a batched kind's matrices, kept for the rung (both traps compare with it)."""
+        """σ of a piece of a batched kind's matrices (`drift_sigma`), kept for the rung (both traps compare with it)."""
         found = self.store.setdefault("expert_sigma", {})
         key = (layer, kind, span.start, span.stop)
         if key not in found:
-            found[key] = singular_values(block)
+            found[key] = drift_sigma(block)
         return found[key]
 
     def drift(self, layer: int, rotation: Callable[[int], torch.Tensor]) -> float:
@@ -288,7 +316,7 @@ class HeldLayers:
                 q = rotation(min(block.shape[-2:])).to(device=self.device, dtype=F64)
                 before = self._expert_singular_values(layer, kind, span, block)
                 rotated = block @ q if _rotated_side(block) == "right" else q @ block
-                after = before if torch.equal(rotated, block) else singular_values(rotated)
+                after = before if torch.equal(rotated, block) else drift_sigma(rotated)
                 worst = max(worst, float(((after - before).abs() / before[..., :1]).max()))
         hidden = self._read(layer)["gate"].shape[-1]
         q = rotation(hidden).to(device=self.device, dtype=F64)

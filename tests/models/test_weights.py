@@ -98,6 +98,34 @@ def test_patch_and_restore_is_bit_exact_and_never_writes_files(placement, reques
         assert all(p.device.type == "meta" for n, p in model.named_parameters() if ".layers.3." in n)
 
 
+@pytest.mark.parametrize("placement", ["memory", "disk"])
+def test_patched_layers_makes_each_layers_updates_after_the_previous_are_installed(placement, request):
+    """A layer's updates are made only once the previous layer's are in (so one layer's new values exist at a time);
+    inside, every layer is patched; on exit every parameter is back bit for bit, also after an exception."""
+    from pytest_ladder.models.weights import patched_layers
+
+    loaded = request.getfixturevalue(placement)
+    model = loaded[0] if placement == "disk" else loaded
+    adapter = adapter_for(model)
+    before = {n: read_parameter(model, n).clone() for n, _ in model.named_parameters()}
+    seen = []
+
+    def layer_updates(layer):
+        def make():
+            seen.append([bool(torch.count_nonzero(adapter.expert_weights(k, 0).gate) == 0) for k in (1, 2)])
+            w = adapter.expert_weights(layer, 0)
+            return adapter.expert_updates(layer, 0, ExpertWeights(torch.zeros_like(w.gate), w.up, w.down))
+        return make
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with patched_layers(model, (layer_updates(layer) for layer in (1, 2))):
+            assert seen == [[False, False], [True, False]]
+            assert all(torch.count_nonzero(adapter.expert_weights(k, 0).gate) == 0 for k in (1, 2))
+            raise RuntimeError("boom")
+    for name, value in before.items():
+        assert torch.equal(read_parameter(model, name), value), name
+
+
 def test_patch_restores_after_an_exception(disk):
     model, _ = disk
     name = "model.layers.1.self_attn.q_proj.weight"

@@ -152,7 +152,8 @@ def test_g0_does_not_depend_on_the_budget():
     """G0's layer under TINY (a few experts per piece, the stacked layer matrix a block of rows at a time, its σ from
     the stacked triangular factors) equals the unbounded run's: spectra, floors, the best regauge's error and every
     τ baseline to float64 rounding; the trivial pass is exactly 0 and a random regauge's σ drift is rounding under
-    both. The layer matrix's σ by the QR route equal a plain SVD of the formed matrix."""
+    both. The drift traps' σ of the layer matrix (from its Gram, assembled from row blocks) equal a plain SVD of the
+    formed matrix to 1e-12 of σ_max."""
     from pytest_ladder.measure.orthogonal import random_orthogonal
     from pytest_ladder.measure.workspace import Workspace
     from pytest_ladder.models.checkpoint import Checkpoint
@@ -177,11 +178,28 @@ def test_g0_does_not_depend_on_the_budget():
             "error": 0.0, "floor_residual": 0.0, "sigma_drift": 0.0}
         assert 0 < tiny.random_drift(layer, 7) < 1e-12 and 0 < free.random_drift(layer, 7) < 1e-12
     matrices = spectral.layer_matrices(*(weights.experts(3, p) for p in ("gate", "up", "down")))
-    torch.testing.assert_close(tiny._layer_singular_values(3, None), torch.linalg.svdvals(matrices["layer"][0]),
-                               rtol=1e-12, atol=1e-12)
+    exact = torch.linalg.svdvals(matrices["layer"][0])
     q = random_orthogonal(matrices["layer"].shape[-1], 4)
-    torch.testing.assert_close(tiny._layer_singular_values(3, q), torch.linalg.svdvals(matrices["layer"][0]),
-                               rtol=1e-12, atol=1e-12)
+    for rotation in (None, q):
+        assert float((tiny._layer_singular_values(3, rotation) - exact).abs().max()) < 1e-12 * float(exact[0])
+
+
+def test_drift_sigma_takes_the_gram_only_where_it_is_accurate():
+    """σ for the drift traps: from the Gram where σ_min ≥ 1e-3 σ_max (within 1e-12 σ_max of the SVD here), by SVD for
+    a nearly rank-deficient matrix (whose Gram σ are off by ~√ε σ_max = 1.5e-8 σ_max, over the traps' 1e-9), and
+    exactly the SVD's values there."""
+    from pytest_ladder.probes import spectral
+
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(2, 24, 40, generator=g, dtype=torch.float64)
+    low = torch.randn(2, 24, 3, generator=g, dtype=torch.float64) @ torch.randn(2, 3, 40, generator=g, dtype=torch.float64)
+    both = torch.cat([full, low])
+    found, exact = spectral.drift_sigma(both), torch.linalg.svdvals(both)
+    assert spectral.well_conditioned(spectral.singular_values(both, method="gram")).tolist() == [True, True, False, False]
+    assert float(((found[:2] - exact[:2]).abs() / exact[:2, :1]).max()) < 1e-12
+    assert torch.equal(found[2:], exact[2:])
+    gram_only = spectral.singular_values(low, method="gram")
+    assert float(((gram_only - exact[2:]).abs() / exact[2:, :1]).max()) > 1e-9  # what the SVD fallback avoids
 
 
 def test_g0_reuses_sigma_only_where_the_rotated_matrices_are_bit_for_bit_the_same():
