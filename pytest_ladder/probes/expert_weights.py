@@ -18,13 +18,13 @@ control: symmetric INT-b with one scale per row).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pytest_ladder.measure.errors import activation_error
+from pytest_ladder.measure.errors import ActivationError, activation_error
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.quant import fake_quant
 from pytest_ladder.compressors import named_compressor, own_or
@@ -129,17 +129,39 @@ class LayerError:
 def layer_error(stacks: Mapping[str, torch.Tensor], approx: Mapping[str, torch.Tensor], grams: LayerGrams, *,
                 workspace: Workspace | None = None) -> LayerError:
     """sqrt(Σ tr(Δ G Δᵀ) / Σ tr(W G Wᵀ)) over experts and weight types (each with its own Gram), and per type."""
+    return _pooled({p: activation_error(stacks[p], approx[p], grams.for_projection(p), workspace=workspace)
+                    for p in PROJECTIONS})
+
+
+def _pooled(errors: Mapping[str, ActivationError]) -> LayerError:
     sq_error = sq_norm = 0.0
     per_projection = {}
     for projection in PROJECTIONS:
-        error = activation_error(stacks[projection], approx[projection], grams.for_projection(projection),
-                                 workspace=workspace)
+        error = errors[projection]
         per_projection[projection] = error.pooled
         sq_error += float(error.sq_error.clamp_min(0).sum())
         sq_norm += float(error.sq_norm.sum())
     if not sq_norm > 0:
         raise ValueError("layer_error: no held-out tokens were routed to this layer's experts; capture more points")
     return LayerError((sq_error / sq_norm) ** 0.5, per_projection)
+
+
+def layer_error_of_pieces(stacks: Mapping[str, torch.Tensor],
+                          pieces: Iterable[tuple[slice, Mapping[str, torch.Tensor]]], grams: LayerGrams,
+                          device: torch.device) -> LayerError:
+    """`layer_error` from W′ given a chunk of experts at a time ((span, {weight type: W′ on `device`})): each chunk
+    is scored on `device` against its experts' W and Grams, then dropped."""
+    sq_error: dict[str, list[torch.Tensor]] = {p: [] for p in PROJECTIONS}
+    sq_norm: dict[str, list[torch.Tensor]] = {p: [] for p in PROJECTIONS}
+    for span, chunk in pieces:
+        for p in PROJECTIONS:
+            found = activation_error(stacks[p][span].to(device), chunk[p],
+                                     grams.for_projection(p)[span].to(device))
+            sq_error[p].append(found.sq_error.cpu())
+            sq_norm[p].append(found.sq_norm.cpu())
+        del chunk
+    return _pooled({p: ActivationError(sq_error=torch.cat(sq_error[p]), sq_norm=torch.cat(sq_norm[p]))
+                    for p in PROJECTIONS})
 
 
 def deploy_updates(adapter: MoEAdapter, approx: Mapping[int, Mapping[str, torch.Tensor]]
@@ -306,28 +328,46 @@ class ExpertWeightStudy:
         found = self.compressor(key).compress(layer, stacks, experts)
         return {p: found[p].to(F64) for p in stacks}
 
-    def compress(self, layer: int, key: tuple, *, keep: bool = True, stored_dtype: bool = False
-                 ) -> dict[str, torch.Tensor]:
-        """W' of one layer's experts under compressor `key` (float64; with `stored_dtype` converted where computed to
-        the stored dtype, as deployed); `keep` as in `stacks`. Under a bounded workspace a per-expert compressor runs
-        on the device a chunk of experts at a time, its result kept on the CPU (one that sets `per_expert = False`
-        gets the whole layer where the stacks wait)."""
-        stacks = self.stacks(layer, keep=keep)
+    def pieces(self, layer: int, key: tuple, stacks: Mapping[str, torch.Tensor]
+               ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """W′ of the layer's experts under a bounded workspace, a chunk of experts at a time on the workspace's
+        device: (experts span, {weight type: W′ float64}), as many experts as `piece_bytes` fits."""
         workspace = self.workspace
         n_experts = next(iter(stacks.values())).shape[0]
+        for span in workspace.spans(n_experts, self.piece_bytes(stacks)):
+            yield span, self._compress(layer, key, {p: w[span].to(workspace.device) for p, w in stacks.items()},
+                                       range(n_experts)[span])
+
+    @staticmethod
+    def piece_bytes(stacks: Mapping[str, torch.Tensor]) -> int:
+        """What one expert of `pieces` holds on the device: float64 W, working copies and W′ (6 per matrix) and the
+        activation error's products."""
+        item = 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())
+        return item + max(8 * (5 * w.shape[-2] * w.shape[-1] + 2 * w.shape[-1] ** 2) for w in stacks.values())
+
+    def _chunked(self, key: tuple) -> bool:
+        """Whether `key`'s W′ is made a chunk of experts at a time (a bounded workspace and a per-expert compressor;
+        one that sets `per_expert = False` gets the whole layer where the stacks wait)."""
+        return self.workspace is not None and getattr(self.compressor(key), "per_expert", True) is not False
+
+    def compress(self, layer: int, key: tuple, *, keep: bool = True, stored_dtype: bool = False,
+                 on_device: bool = False) -> dict[str, torch.Tensor]:
+        """W' of one layer's experts under compressor `key` (float64; with `stored_dtype` converted where computed to
+        the stored dtype, as deployed); `keep` as in `stacks`. Under a bounded workspace a per-expert compressor runs
+        on the device a chunk of experts at a time (`pieces`), its result kept on the CPU, or gathered on the
+        device with `on_device` (a deploy's one layer at the stored dtype: 0.8 GB on OLMoE-1B-7B)."""
+        stacks = self.stacks(layer, keep=keep)
 
         def cast(p: str, w: torch.Tensor) -> torch.Tensor:
             return w.to(stacks[p].dtype) if stored_dtype else w
 
-        if workspace is None or getattr(self.compressor(key), "per_expert", True) is False:
+        if not self._chunked(key):
+            n_experts = next(iter(stacks.values())).shape[0]
             return {p: cast(p, w) for p, w in self._compress(layer, key, stacks, range(n_experts)).items()}
-        item = 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())  # float64 W, rotated, codes, W'
         parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
-        for span in workspace.spans(n_experts, item):
-            chunk = self._compress(layer, key, {p: w[span].to(workspace.device) for p, w in stacks.items()},
-                                   range(n_experts)[span])
+        for _, chunk in self.pieces(layer, key, stacks):
             for p, w in chunk.items():
-                parts[p].append(cast(p, w).cpu())
+                parts[p].append(cast(p, w) if on_device else cast(p, w).cpu())
         return {p: torch.cat(v) for p, v in parts.items()}
 
     def grams(self, layer: int, task: str) -> LayerGrams:
@@ -345,10 +385,16 @@ class ExpertWeightStudy:
         return self._grams[(layer, task)]
 
     def error(self, layer: int, task: str, key: tuple = METHOD) -> LayerError:
-        """Gate 2 on (layer, task) for compressor `key`."""
+        """Gate 2 on (layer, task) for compressor `key`. Made a chunk at a time, W′ is scored where it is made and
+        never gathered (per expert the values `layer_error` gives the gathered W′)."""
         if (layer, task, key) not in self._errors:
-            self._errors[(layer, task, key)] = layer_error(self.stacks(layer), self.compress(layer, key),
-                                                           self.grams(layer, task), workspace=self.workspace)
+            stacks, grams = self.stacks(layer), self.grams(layer, task)
+            if self._chunked(key):
+                self._errors[(layer, task, key)] = layer_error_of_pieces(stacks, self.pieces(layer, key, stacks),
+                                                                         grams, self.workspace.device)
+            else:
+                self._errors[(layer, task, key)] = layer_error(stacks, self.compress(layer, key), grams,
+                                                               workspace=self.workspace)
         return self._errors[(layer, task, key)]
 
     def _deployed(self, task: str, key: tuple | None) -> tuple[Any, list[torch.Tensor]]:
@@ -365,7 +411,7 @@ class ExpertWeightStudy:
             # a layer at a time, at the stored dtype: only one layer's W′ exists at once, and it moves at its size
             with patched_layers(loaded.model, (
                     lambda layer=layer: deploy_updates(self.adapter, {layer: self.compress(
-                        layer, key, keep=False, stored_dtype=True)}) for layer in layers)):
+                        layer, key, keep=False, stored_dtype=True, on_device=True)}) for layer in layers)):
                 nll = rolling_nll(loaded.model, loaded.tokenizer, texts, batch_size=routing.batch_size,
                                   desc=f"nll {task}")
                 captured = (routing.heldout(task) if key is None

@@ -19,7 +19,7 @@ any compressor runs on; RotorQuantStudy names R1's compressors by key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,32 +75,50 @@ class RotorQuant:
             out[projection] = round_trip(w.to(F64), self.rotation(layer, projection, n), self.spec(n), side="right")
         return out
 
-    def compress_random_scales(self, layer: int, stacks: Mapping[str, torch.Tensor], seed: int,
-                               *, low: float = 0.1, high: float = 10.0,
-                               workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
-        """The random-scales trap: the same rotation and codes range, every row scale times a log-uniform factor.
-
-        The factors of a weight type are drawn for its whole stack at once (weight types in order, one generator);
-        under a bounded `workspace` the round trips run on its device a chunk of experts at a time, each chunk with
-        its part of the factors (the same values as one pass), the results kept on the CPU."""
+    def random_scale_factors(self, layer: int, stacks: Mapping[str, torch.Tensor], seed: int, *, low: float = 0.1,
+                             high: float = 10.0, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The random-scales trap's factors: one log-uniform factor per row scale of every expert, each weight type's
+        drawn for its whole stack at once (weight types in order, one generator seeded by `seed`)."""
         generator = cpu_generator(seed)
+        factors = {}
+        for projection, w in stacks.items():
+            n = w.shape[-1]
+            rotated = self.rotation(layer, projection, n).apply(w[:1].to(device=device or w.device, dtype=F64), dim=-1)
+            one = calibrate(rotated, self.spec(n)).scale.shape
+            factors[projection] = scale_factors((w.shape[0], *one[1:]), generator, low=low, high=high)
+        return factors
+
+    def compress_scaled(self, layer: int, stacks: Mapping[str, torch.Tensor], factors: Mapping[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """W′ = q(W R) Rᵀ with every row scale times its factor (`stacks` and `factors` of the same experts: any chunk
+        gives its part of the whole stack's result), float64."""
         out = {}
         for projection, w in stacks.items():
             n = w.shape[-1]
             rotation, spec = self.rotation(layer, projection, n), self.spec(n)
-            device = w.device if workspace is None else workspace.device
-            one = calibrate(rotation.apply(w[:1].to(device=device, dtype=F64), dim=-1), spec).scale.shape
-            factors = scale_factors((w.shape[0], *one[1:]), generator, low=low, high=high)
-            spans = ([slice(0, w.shape[0])] if workspace is None
-                     else workspace.spans(w.shape[0], 6 * nbytes(tuple(w.shape[1:]))))
-            parts = []
-            for span in spans:
-                rotated = rotation.apply(w[span].to(device=device, dtype=F64), dim=-1)
-                params = random_scales(calibrate(rotated, spec), generator, factors=factors[span])
-                part = rotation.inverse(fake_quant(rotated, spec, params), dim=-1)
-                parts.append(part if workspace is None else part.cpu())
-            out[projection] = torch.cat(parts) if len(parts) > 1 else parts[0]
+            rotated = rotation.apply(w.to(F64), dim=-1)
+            params = random_scales(calibrate(rotated, spec), 0, factors=factors[projection])
+            out[projection] = rotation.inverse(fake_quant(rotated, spec, params), dim=-1)
         return out
+
+    def compress_random_scales(self, layer: int, stacks: Mapping[str, torch.Tensor], seed: int,
+                               *, low: float = 0.1, high: float = 10.0,
+                               workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
+        """The random-scales trap: the same rotation and codes range, every row scale times a log-uniform factor
+        (`random_scale_factors`). Under a bounded `workspace` the round trips run on its device a chunk of experts at
+        a time, each chunk with its part of the factors (the same values as one pass), the results kept on the CPU."""
+        device = None if workspace is None else workspace.device
+        factors = self.random_scale_factors(layer, stacks, seed, low=low, high=high, device=device)
+        if workspace is None:
+            return self.compress_scaled(layer, stacks, factors)
+        n_experts = next(iter(stacks.values())).shape[0]
+        parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
+        for span in workspace.spans(n_experts, 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())):
+            chunk = self.compress_scaled(layer, {p: w[span].to(workspace.device) for p, w in stacks.items()},
+                                         {p: f[span] for p, f in factors.items()})
+            for p, w in chunk.items():
+                parts[p].append(w.cpu())
+        return {p: torch.cat(v) for p, v in parts.items()}
 
 
 # ------------------------------------------------------------------------------------------------ the study ---
@@ -123,14 +141,30 @@ class RotorQuantStudy(ExpertWeightStudy):
             return RotorQuant(key[1], self.quantizer.srht_seed, self.quantizer.scale_dtype)
         return super().compressor(key)
 
-    def compress(self, layer: int, key: tuple, *, keep: bool = True, stored_dtype: bool = False
-                 ) -> dict[str, torch.Tensor]:
-        """As ExpertWeightStudy.compress; ("random_scales", seed, low, high) draws each weight type's factors for its
-        whole stack at once (RotorQuant.compress_random_scales), chunked under a bounded workspace."""
+    def _chunked(self, key: tuple) -> bool:
+        if key[0] == "random_scales":
+            return self.workspace is not None
+        return super()._chunked(key)
+
+    def _compress(self, layer: int, key: tuple, stacks: Mapping[str, torch.Tensor], experts: range
+                  ) -> dict[str, torch.Tensor]:
+        """("random_scales", seed, low, high) on the whole layer (`RotorQuant.compress_random_scales`); other keys as
+        ExpertWeightStudy."""
         if key[0] != "random_scales":
-            return super().compress(layer, key, keep=keep, stored_dtype=stored_dtype)
-        stacks = self.stacks(layer, keep=keep)
+            return super()._compress(layer, key, stacks, experts)
         _, seed, low, high = key
-        found = self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high,
-                                                      workspace=self.workspace)
-        return {p: w.to(stacks[p].dtype) if stored_dtype else w for p, w in found.items()}
+        return self.quantizer.compress_random_scales(layer, stacks, seed, low=low, high=high)
+
+    def pieces(self, layer: int, key: tuple, stacks: Mapping[str, torch.Tensor]
+               ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """As ExpertWeightStudy.pieces; ("random_scales", seed, low, high) draws each weight type's factors for its
+        whole stack at once and gives every chunk its part of them (the values of one pass over the layer)."""
+        if key[0] != "random_scales":
+            yield from super().pieces(layer, key, stacks)
+            return
+        _, seed, low, high = key
+        device = self.workspace.device
+        factors = self.quantizer.random_scale_factors(layer, stacks, seed, low=low, high=high, device=device)
+        for span in self.workspace.spans(next(iter(stacks.values())).shape[0], self.piece_bytes(stacks)):
+            yield span, self.quantizer.compress_scaled(layer, {p: w[span].to(device) for p, w in stacks.items()},
+                                                       {p: f[span] for p, f in factors.items()})

@@ -80,6 +80,8 @@ def test_rotorquant_errors_do_not_depend_on_the_budget(studies):
         stored = found[TINY].compress(3, key, stored_dtype=True)
         assert all(stored[p].dtype == found[TINY].stacks(3)[p].dtype for p in free)
         assert all(torch.equal(stored[p], free[p].cpu().to(stored[p].dtype)) for p in free)
+        gathered = found[TINY].compress(3, key, stored_dtype=True, on_device=True)  # a deploy's layer
+        assert all(torch.equal(gathered[p], stored[p]) for p in free)
     assert found[TINY].deploy("text", METHOD) == found[None].deploy("text", METHOD)
     assert found[TINY].deploy("text", IDENTITY) == found[None].deploy("text", IDENTITY) == (0.0, 0.0)
 
