@@ -15,24 +15,26 @@ ladder = rung("r2")
 
 
 @pytest.fixture
-def rotated(cell, prereg, ladder_weights, ladder_seeds, rung_cache, request):
-    """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded), once per rung."""
+def rotated(cell, prereg, ladder_weights, ladder_seeds, ladder_workspace, rung_cache, request):
+    """The cell's SRHT-vs-Haar comparison (layer resolved against the model and recorded), once per rung; under a
+    bounded GPU workspace the stack waits on the CPU and its round trips run a chunk of experts at a time."""
     from pytest_ladder.probes import quant_weights
 
     layer = resolve_layer(cell.params["layer"], ladder_weights.n_layers)
     record_cell(request.config, f"r2 {cell.id}", {"layer": layer})
     key = (layer, cell.params["weight"])
     if key not in rung_cache:
-        ws = ladder_weights.experts(layer, cell.params["weight"])
+        ws = ladder_weights.on(ladder_workspace.home).experts(layer, cell.params["weight"])
         haar_seeds = tuple(ladder_seeds)
         srht_seeds = derive_seeds(prereg.seal or "", len(haar_seeds), purpose="srht")
         rung_cache[key] = quant_weights.srht_vs_haar(ws, quant_weights.row_spec(prereg.params["bits"], ws.shape[-1]),
-                                                     srht_seeds=srht_seeds, haar_seeds=haar_seeds)
+                                                     srht_seeds=srht_seeds, haar_seeds=haar_seeds,
+                                                     workspace=ladder_workspace)
     return rung_cache[key]
 
 
 @ladder.trap("trivial_pass")
-def test_trivial_pass(trap, prereg, ladder_weights):
+def test_trivial_pass(trap, prereg, ladder_weights, ladder_workspace):
     """Weights on the quantizer's grid with R = I round-trip exactly; the dense experts R2 counts are exactly the
     budget table's experts line (two independent byte counts of the uncompressed model)."""
     import torch
@@ -42,9 +44,12 @@ def test_trivial_pass(trap, prereg, ladder_weights):
     from pytest_ladder.probes.rotorquant import expert_stacks
 
     hardest = prereg.hardest_cell.params
-    ws = ladder_weights.experts(resolve_layer(hardest["layer"], ladder_weights.n_layers), hardest["weight"])
+    ws = ladder_weights.on(ladder_workspace.home).experts(resolve_layer(hardest["layer"], ladder_weights.n_layers),
+                                                          hardest["weight"])
     spec = quant_weights.row_spec(prereg.params["bits"], ws.shape[-1])
-    error = quant_weights.rotation_error(quant_weights.on_grid(ws, spec), torch.eye(ws.shape[-1]), spec)
+    eye = torch.eye(ws.shape[-1], dtype=torch.float64, device=ladder_workspace.device)
+    error = quant_weights.rotation_error(ws, eye, spec, workspace=ladder_workspace,
+                                         prepare=lambda w: quant_weights.on_grid(w, spec))
     _, _, dense = quant_weights.expert_bytes_delta(expert_stacks(ladder_weights.dtype_bytes()), prereg.params["bits"],
                                                    scale_dtype=prereg.params["scale_dtype"])
     unaccounted = dense.nbytes - budget_table(ladder_weights.dtype_bytes()).line_bytes("experts")

@@ -23,7 +23,7 @@ against the dense experts at their stored dtype (`measure.storage`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.quant import QuantSpec, fake_quant
 from pytest_ladder.measure.rng import cpu_generator
 from pytest_ladder.measure.storage import Artifact, DtypeLike, combine, dense_artifact, global_delta_bytes
+from pytest_ladder.measure.workspace import Workspace, nbytes
 
 F64 = torch.float64
 
@@ -222,20 +223,41 @@ class RotationComparison:
         return 100.0 * (self.haar_mean - self.srht_mean)
 
 
-def rotation_error(ws: torch.Tensor, rotation: torch.Tensor | SRHT, spec: QuantSpec) -> float:
-    """Pooled error of the right-side round trip q(W R) Rᵀ of every matrix (k, out, in) with one rotation R."""
-    ws = ws.to(F64)
-    return pooled_error(ws, round_trip(ws, rotation, spec, side="right"))
+def rotation_error(ws: torch.Tensor, rotation: torch.Tensor | SRHT, spec: QuantSpec, *,
+                   workspace: Workspace | None = None,
+                   prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Pooled error of the right-side round trip q(W R) Rᵀ of every matrix (k, out, in) with one rotation R (on the
+    device it is computed on), each matrix first mapped by `prepare` (float64) if given.
+
+    Under a bounded `workspace` the matrices go to its device a chunk at a time (W may wait on the CPU) and the
+    pooled error is sqrt(Σ‖W − W′‖² / Σ‖W‖²) over the chunks (the unchunked value to rounding; R2 on OLMoE-1B-7B
+    held ~5 GB of float64 copies of a whole stack)."""
+    if workspace is None or not workspace.bounded:
+        ws = ws.to(F64)
+        ws = ws if prepare is None else prepare(ws)
+        return pooled_error(ws, round_trip(ws, rotation, spec, side="right"))
+    sq_error = torch.zeros((), dtype=F64, device=workspace.device)
+    sq_norm = torch.zeros((), dtype=F64, device=workspace.device)
+    for span in workspace.spans(ws.shape[0], 6 * nbytes(tuple(ws.shape[1:]))):
+        w = ws[span].to(device=workspace.device, dtype=F64)
+        w = w if prepare is None else prepare(w)
+        sq_error += (w - round_trip(w, rotation, spec, side="right")).square().sum()
+        sq_norm += w.square().sum()
+        del w
+    return float((sq_error / sq_norm).sqrt())
 
 
-def srht_vs_haar(ws: torch.Tensor, spec: QuantSpec, *, srht_seeds: Sequence[int],
-                 haar_seeds: Sequence[int]) -> RotationComparison:
-    """R2's comparison on one stack of experts (k, out, in): one rotation per seed, shared by the matrices."""
-    n = ws.shape[-1]
+def srht_vs_haar(ws: torch.Tensor, spec: QuantSpec, *, srht_seeds: Sequence[int], haar_seeds: Sequence[int],
+                 workspace: Workspace | None = None) -> RotationComparison:
+    """R2's comparison on one stack of experts (k, out, in): one rotation per seed, shared by the matrices (made on
+    the workspace's device, where the round trips run)."""
+    n, device = ws.shape[-1], ws.device if workspace is None else workspace.device
     return RotationComparison(
-        srht_errors=tuple(rotation_error(ws, srht(n, s, device=ws.device), spec) for s in srht_seeds),
-        haar_errors=tuple(rotation_error(ws, random_orthogonal(n, s, device=ws.device), spec) for s in haar_seeds),
-        identity_error=rotation_error(ws, torch.eye(n, dtype=F64, device=ws.device), spec),
+        srht_errors=tuple(rotation_error(ws, srht(n, s, device=device), spec, workspace=workspace)
+                          for s in srht_seeds),
+        haar_errors=tuple(rotation_error(ws, random_orthogonal(n, s, device=device), spec, workspace=workspace)
+                          for s in haar_seeds),
+        identity_error=rotation_error(ws, torch.eye(n, dtype=F64, device=device), spec, workspace=workspace),
     )
 
 

@@ -223,3 +223,26 @@ def test_g0_reuses_sigma_only_where_the_rotated_matrices_are_bit_for_bit_the_sam
     hidden = weights.experts(3, "gate").shape[-1]
     q = random_orthogonal(hidden, 7)
     assert not torch.equal(held._layer_singular_values(3, q), held._layer_singular_values(3, None))
+
+
+def test_r2_does_not_depend_on_the_budget():
+    """R2's SRHT-vs-Haar round trips a few experts at a time under TINY equal one pass over the stack to float64
+    rounding; on-grid weights through R = I round-trip exactly (0) either way."""
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.embedded import embedded_model_dir
+    from pytest_ladder.probes import quant_weights
+
+    ws = Checkpoint(embedded_model_dir()).experts(3, "up")
+    spec = quant_weights.row_spec(2, ws.shape[-1])
+    tiny = Workspace.on("cpu", TINY)
+    assert len(tiny.spans(ws.shape[0], 6 * 8 * ws[0].numel())) > 1
+    free = quant_weights.srht_vs_haar(ws, spec, srht_seeds=(1, 2), haar_seeds=(3, 4))
+    chunked = quant_weights.srht_vs_haar(ws, spec, srht_seeds=(1, 2), haar_seeds=(3, 4), workspace=tiny)
+    for a, b in ((free.srht_errors, chunked.srht_errors), (free.haar_errors, chunked.haar_errors),
+                 ((free.identity_error,), (chunked.identity_error,))):
+        assert a == pytest.approx(b, rel=1e-12)
+    eye = torch.eye(ws.shape[-1], dtype=torch.float64)
+    for workspace in (None, tiny):
+        assert quant_weights.rotation_error(ws, eye, spec, workspace=workspace,
+                                            prepare=lambda w: quant_weights.on_grid(w, spec)) == 0.0
