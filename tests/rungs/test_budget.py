@@ -246,3 +246,31 @@ def test_r2_does_not_depend_on_the_budget():
     for workspace in (None, tiny):
         assert quant_weights.rotation_error(ws, eye, spec, workspace=workspace,
                                             prepare=lambda w: quant_weights.on_grid(w, spec)) == 0.0
+
+
+def test_a_layer_calibrated_alone_equals_it_calibrated_with_the_others(attention_studies, monkeypatch):
+    """The first layer asked for a task is captured alone; the next brings every other study layer in one pass; a
+    layer's statistics are the same bit for bit whether it was captured alone or beside the others."""
+    from pytest_ladder.probes import attention
+
+    free = attention_studies[None]
+    passes = []
+    capture = attention.attention_capture
+    monkeypatch.setattr(attention, "attention_capture",
+                        lambda *args, **kwargs: passes.append(list(args[3])) or capture(*args, **kwargs))
+    fresh = attention.AttentionStudy(free.loaded, free.corpora, [1, 6, 3], n_points=256, decays=free.decays,
+                                     ridges=free.ridges, calibration_tokens_per_feature=4, sparse=free.sparse)
+    alone = fresh.calibration(6, "text")
+    beside = fresh.calibration(1, "text")
+    assert passes == [[6], [1, 3]] and fresh.calibration(3, "text") is fresh.calibration(3, "text")
+    assert len(passes) == 2
+    together = attention.AttentionStudy(free.loaded, free.corpora, [1, 6, 3], n_points=256, decays=free.decays,
+                                        ridges=free.ridges, calibration_tokens_per_feature=4, sparse=free.sparse)
+    together.calibration(1, "text")  # the first pass: layer 1 alone
+    both = together.calibration(6, "text")  # the second pass: layers 3 and 6 together
+    for one, other in ((alone, both), (beside, together.calibration(1, "text"))):
+        for fold in ("fit", "validation"):
+            a, b = getattr(one, fold), getattr(other, fold)
+            assert torch.equal(a.ftf, b.ftf) and a.n_points == b.n_points and a.yy == b.yy
+            assert all(torch.equal(a.fty[k], b.fty[k]) for k in a.fty)
+        assert torch.equal(one.offsets, other.offsets) and torch.equal(one.sink, other.sink)
