@@ -76,6 +76,7 @@ class Calibration:
     decays: tuple[float, ...]
     skip_prefix: bool = True
     workspace: Workspace | None = None
+    fits: bool = True  # False: the static rule's statistics alone (no features, no normal equations)
     fit: Normal = field(default_factory=Normal)
     validation: Normal = field(default_factory=Normal)
     n_sequences: int = 0
@@ -89,6 +90,11 @@ class Calibration:
     queries: int = 0
 
     def add(self, record: SequenceCapture) -> None:
+        if self.fits:
+            self._fold(record)
+        self._add_rule(record)
+
+    def _fold(self, record: SequenceCapture) -> None:
         keep = _points(self.skip_prefix)
         targets = _targets(record.o_sparse is not None, len(record.o_random))
         phi = scan_features(record.x, self.decays)[keep]
@@ -104,6 +110,8 @@ class Calibration:
             getattr(self, name).add(phi, values)
             getattr(self, name).device = phi.device
         self._normal = None
+
+    def _add_rule(self, record: SequenceCapture) -> None:
         if record.offset_mass is not None:
             t = record.offset_mass.shape[1]
             if self.offsets is None or self.offsets.shape[1] < t:
@@ -325,6 +333,7 @@ class AttentionStudy:
         self.n_features = hidden * (1 + len(self.decays))
         self.calibration_tokens = int(calibration_tokens_per_feature * self.n_features)
         self._calibration: dict[str, dict[int, Calibration]] = {}
+        self._rules: dict[str, dict[int, Calibration]] = {}
         self._heldout: dict[str, dict[int, list[SequenceCapture]]] = {}
         self._scan: dict[tuple[int, str], ScanResult] = {}
         self._hybrid: dict[tuple[int, str], HybridResult] = {}
@@ -391,10 +400,28 @@ class AttentionStudy:
                                                            self.ridges)
         return self._hybrid[(layer, task)]
 
+    def rule(self, layer: int, task: str) -> Calibration:
+        """Calibration statistics of (layer, task) holding at least the static rule's: the layer's full calibration
+        if it was captured, else one pass that gathers the rule's statistics alone for every study layer without
+        them (no scan features, no normal equations: what key_jaccard reads costs a forward, not a fit's folds)."""
+        found = self._calibration.get(task, {})
+        if layer in found:
+            return found[layer]
+        rules = self._rules.setdefault(task, {})
+        if layer not in rules:
+            layers = [k for k in self.layers if k not in rules and k not in found]
+            stats = {k: Calibration(self.decays, workspace=self.workspace, fits=False) for k in layers}
+            attention_capture(self.loaded.model, self.loaded.adapter,
+                              self._sequences(task, "calibration", self.calibration_tokens), layers,
+                              sparse=self.sparse, rule_only=True, on_record=lambda k, record: stats[k].add(record),
+                              desc=f"attention {task} static rule (layers {', '.join(map(str, layers))})")
+            rules.update(stats)
+        return rules[layer]
+
     def key_stability(self, layer: int, task: str) -> KeyStability:
         """G10.5's routing stability on (layer, task)."""
         self._need_sparse()
-        return key_stability(self.calibration(layer, task), self.heldout(layer, task))
+        return key_stability(self.rule(layer, task), self.heldout(layer, task))
 
     def trivial(self, layer: int, task: str) -> float:
         return trivial_scan_error(self.heldout(layer, task))

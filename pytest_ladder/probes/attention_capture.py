@@ -107,10 +107,10 @@ class _Reducer:
     """Hook state: turns each (layer, sequence) forward into a SequenceCapture and hands it to `on_record`."""
 
     def __init__(self, model: Any, adapter: MoEAdapter, layers: Sequence[int], sparse: SparseSpec | None,
-                 on_record: Callable[[int, SequenceCapture], None]) -> None:
+                 on_record: Callable[[int, SequenceCapture], None], rule_only: bool = False) -> None:
         from pytest_ladder.models.weights import read_parameter
 
-        self.model, self.sparse, self.on_record = model, sparse, on_record
+        self.model, self.sparse, self.on_record, self.rule_only = model, sparse, on_record, rule_only
         self.inputs: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -148,6 +148,10 @@ class _Reducer:
 
     def _reduce_sparse(self, layer: int, module: Any, record: SequenceCapture, a: torch.Tensor, v: torch.Tensor
                        ) -> None:
+        if self.rule_only:  # the static rule's statistics alone
+            record.offset_mass, record.offset_count = _offset_sums(a)
+            record.sink_mass = a[:, :, 0].sum(-1)
+            return
         heads, kv_heads, head_dim = _attention_shape(module, self.model.config)
         v = _per_head(v, heads, kv_heads, head_dim)
         o_weight, o_bias = (t if t is None else t.to(a.device) for t in self.o_proj[layer])
@@ -185,13 +189,14 @@ def eager_attention(model: Any) -> Iterator[None]:
 
 
 def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Sequence[int]], layers: Sequence[int],
-                      *, sparse: SparseSpec | None = None,
+                      *, sparse: SparseSpec | None = None, rule_only: bool = False,
                       on_record: Callable[[int, SequenceCapture], None] | None = None,
                       desc: str = "attention capture", progress: bool | None = None
                       ) -> dict[int, list[SequenceCapture]]:
     """Run each token sequence alone (no padding) through the model and reduce, per layer, its attention input and
-    output (with `sparse` also the sparse parts and the static rule's statistics). Each SequenceCapture goes to
-    `on_record(layer, record)` on the device it was computed on; without it they are kept on the CPU and returned."""
+    output (with `sparse` also the sparse parts and the static rule's statistics; with `rule_only` of those only the
+    static rule's). Each SequenceCapture goes to `on_record(layer, record)` on the device it was computed on; without
+    it they are kept on the CPU and returned."""
     from pytest_ladder.models.capture import model_device
     from pytest_ladder.models.sequential import stopping_after
     from pytest_ladder.progress import bar
@@ -201,7 +206,9 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
         def on_record(layer: int, record: SequenceCapture) -> None:
             kept[layer].append(record.to("cpu"))
 
-    reducer = _Reducer(model, adapter, layers, sparse, on_record)
+    if rule_only and sparse is None:
+        raise ValueError("attention_capture: rule_only needs a SparseSpec (the static rule reads attention weights)")
+    reducer = _Reducer(model, adapter, layers, sparse, on_record, rule_only)
     handles = []
     device = model_device(model)
     was_training = model.training

@@ -274,3 +274,25 @@ def test_a_layer_calibrated_alone_equals_it_calibrated_with_the_others(attention
             assert torch.equal(a.ftf, b.ftf) and a.n_points == b.n_points and a.yy == b.yy
             assert all(torch.equal(a.fty[k], b.fty[k]) for k in a.fty)
         assert torch.equal(one.offsets, other.offsets) and torch.equal(one.sink, other.sink)
+
+
+def test_key_stability_reads_a_rule_only_pass_equal_to_the_full_calibrations_rule(attention_studies):
+    """key_jaccard needs the static rule alone: a layer without a calibration gets a pass that gathers only the
+    rule's statistics (no normal equations), for every study layer lacking them; the rule equals the one a full
+    calibration of the layer gathers, bit for bit, and so does the Jaccard."""
+    from pytest_ladder.probes import attention
+
+    free = attention_studies[None]
+    fresh = attention.AttentionStudy(free.loaded, free.corpora, [1, 6], n_points=256, decays=free.decays,
+                                     ridges=free.ridges, calibration_tokens_per_feature=4, sparse=free.sparse)
+    stability = fresh.key_stability(6, "text")
+    rule = fresh.rule(6, "text")
+    assert not rule.fits and rule.fit.ftf is None and rule.n_sequences == 0
+    assert set(fresh._rules["text"]) == {1, 6} and "text" not in fresh._calibration
+    full = free.calibration(6, "text")
+    for a, b in zip(rule.static_rule(), full.static_rule()):
+        assert torch.equal(a, b)
+    assert stability == free.key_stability(6, "text")
+    assert fresh.rule(6, "text") is rule
+    fresh.calibration(6, "text")
+    assert fresh.rule(6, "text") is fresh.calibration(6, "text")  # a full calibration, once there, is read
