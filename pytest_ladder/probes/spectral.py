@@ -187,9 +187,10 @@ class HeldLayers:
     so they go when the rung ends).
 
     A batched kind (gate, up, down) goes a few experts at a time; the stacked layer matrix (3·E·I, H) a block of rows
-    at a time: its Gram, its regauge error (Σ of the blocks' ‖W − W'‖² over Σ ‖W‖²) and its singular values (a QR of
-    the blocks stacked under the running triangular factor, then σ of the H × H factor: σ(W) = σ(R)) never form it.
-    Per-expert values do not depend on the pieces; the layer matrix's sums are reordered by them only."""
+    at a time: its Gram (whose eigenvalues give its σ) and its regauge error (Σ of the blocks' ‖W − W'‖² over
+    Σ ‖W‖²) never form it; where its Gram's σ are too coarse for the drift traps, σ comes from a QR of the blocks
+    stacked under the running triangular factor (σ(W) = σ(R)). Per-expert values do not depend on the pieces; the
+    layer matrix's sums are reordered by them only."""
 
     def __init__(self, weights: Any, store: dict, workspace: Workspace | None = None) -> None:
         self.workspace = workspace or Workspace.on(weights.device, None)
