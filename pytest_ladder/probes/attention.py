@@ -70,13 +70,15 @@ class Calibration:
     with the sparse part, the static rule's attention sums.
 
     Under a bounded `workspace` the normal equations wait on the CPU (G10.5 on OLMoE-1B-7B: ~2.7 GB per layer and
-    fold) and the sequences' features and targets are held on the device until they fill a quarter of it, then
-    folded in together (one product per batch of sequences, not one 2.7 GB transfer per sequence)."""
+    fold) and the sequences' features and targets are held on the device until they fill `share` of it (a quarter,
+    split between the layers captured together), then folded in together (one product per batch of sequences, not
+    one 2.7 GB transfer per sequence)."""
 
     decays: tuple[float, ...]
     skip_prefix: bool = True
     workspace: Workspace | None = None
     fits: bool = True  # False: the static rule's statistics alone (no features, no normal equations)
+    share: float = 0.25  # of the workspace its held sequences may fill (the layers captured together split a quarter)
     fit: Normal = field(default_factory=Normal)
     validation: Normal = field(default_factory=Normal)
     n_sequences: int = 0
@@ -104,7 +106,7 @@ class Calibration:
         if self.bounded:
             self._pending[name].append((phi, values))
             self._pending_bytes += phi.numel() * 8 + sum(v.numel() * v.element_size() for v in values.values())
-            if self._pending_bytes > self.workspace.limit // 4:
+            if self._pending_bytes > self.workspace.limit * self.share:
                 self.flush()
         else:
             getattr(self, name).add(phi, values)
@@ -363,7 +365,8 @@ class AttentionStudy:
             if layer not in self.layers:
                 raise ValueError(f"AttentionStudy: layer {layer} is not one of the study's layers {self.layers}")
             layers = [layer] if not found else [k for k in self.layers if k not in found]
-            stats = {k: Calibration(self.decays, workspace=self.workspace) for k in layers}
+            share = 0.25 / len(layers)  # the layers' held sequences together fill at most a quarter
+            stats = {k: Calibration(self.decays, workspace=self.workspace, share=share) for k in layers}
             attention_capture(self.loaded.model, self.loaded.adapter,
                               self._sequences(task, "calibration", self.calibration_tokens), layers,
                               sparse=self.sparse, on_record=lambda k, record: stats[k].add(record),

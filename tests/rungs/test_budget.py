@@ -263,6 +263,7 @@ def test_a_layer_calibrated_alone_equals_it_calibrated_with_the_others(attention
     alone = fresh.calibration(6, "text")
     beside = fresh.calibration(1, "text")
     assert passes == [[6], [1, 3]] and fresh.calibration(3, "text") is fresh.calibration(3, "text")
+    assert alone.share == 0.25 and beside.share == fresh.calibration(3, "text").share == 0.125  # a quarter, split
     assert len(passes) == 2
     together = attention.AttentionStudy(free.loaded, free.corpora, [1, 6, 3], n_points=256, decays=free.decays,
                                         ridges=free.ridges, calibration_tokens_per_feature=4, sparse=free.sparse)
