@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 FIELD = "params.compressor"
 PARAMS_FIELD = "params.compressor_params"
 STACK_KEYS = ("gate", "up", "down")  # a layer's expert stacks: gate (E, I, H), up (E, I, H), down (E, H, I)
+# the keys every kind's study names its compressors by (besides ("random", seed) for the τ baselines)
+IDENTITY = ("identity",)  # the uncompressed pipeline
+METHOD = ("method",)  # the prereg's compressor
+HARMFUL = ("harmful",)  # its declared-harmful control
 
 
 @runtime_checkable

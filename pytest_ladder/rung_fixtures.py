@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -48,6 +49,29 @@ def resolve_size(fraction: float, full: int, *, minimum: int = 1) -> int:
 def cell_layers(prereg: Any, n_layers: int) -> dict[str, int]:
     """{cell id: layer index} of every prereg cell that names a layer, resolved against an `n_layers` model."""
     return {c.id: resolve_layer(c.params["layer"], n_layers) for c in prereg.cells if "layer" in c.params}
+
+
+def compressor_study(rung_cache: dict, request: pytest.FixtureRequest, prereg: Any, n_layers: int, seeds: list[int],
+                     compressor: Any, fraction: Callable[[], float], controls: tuple[Callable, Callable],
+                     build: Callable[[dict], Any]) -> Any:
+    """A generic rung's study, once per rung: `build({key: compressor})` over the prereg's compressor (METHOD), its
+    declared-harmful control (HARMFUL) and one τ baseline per seed storing the same `fraction()` of the dense bytes
+    (`controls`: the kind's random_control and harmful_control); the cells' layers (rung_cache["layers"]) and what
+    was chosen are recorded in decision.json."""
+    from pytest_ladder.compressors import HARMFUL, METHOD
+    from pytest_ladder.rung import record_cell
+
+    if "study" not in rung_cache:
+        random_control, harmful_control = controls
+        share = fraction()
+        baselines = {("random", seed): random_control(compressor, seed, share) for seed in seeds}
+        rung_cache["layers"] = cell_layers(prereg, n_layers)
+        rung_cache["study"] = build({METHOD: compressor, HARMFUL: harmful_control(compressor), **baselines})
+        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"],
+                                                  "compressor": prereg.params["compressor"],
+                                                  "random_control": type(baselines[("random", seeds[0])]).__name__,
+                                                  "storage_fraction": share})
+    return rung_cache["study"]
 
 
 def budget_ranks(request: pytest.FixtureRequest, cell: Any, prereg: Any, n_layers: int,

@@ -19,8 +19,7 @@ import pytest
 
 from pytest_ladder import rung
 from pytest_ladder.compressors import check_expert_outputs, find_compressor
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import cell_layers
+from pytest_ladder.rung_fixtures import compressor_study
 
 ladder = rung("expert_outputs", own_prereg=False, check=find_compressor, prepare=check_expert_outputs)
 
@@ -43,22 +42,16 @@ def shape(ladder_weights):
 @pytest.fixture
 def study(rung_cache, request, compressor, shape, ladder_model, ladder_corpora, ladder_layers, prereg, ladder_seeds):
     from pytest_ladder.probes.expert_outputs import OutputQuantStudy
-    from pytest_ladder.probes.output_compressors import (HARMFUL, METHOD, OutputCompressorStudy, harmful_control,
-                                                         output_bytes, random_control)
+    from pytest_ladder.probes.output_compressors import (OutputCompressorStudy, harmful_control, output_bytes,
+                                                         random_control)
 
-    if "study" not in rung_cache:
-        fraction = output_bytes(compressor, *shape).fraction
-        baselines = {("random", seed): random_control(compressor, seed, fraction) for seed in ladder_seeds}
+    def build(compressors):
         outputs = OutputQuantStudy(ladder_model, ladder_corpora, n_points=prereg.data_points,
                                    calibration_tokens=prereg.params["calibration_tokens"])
-        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
-        rung_cache["study"] = OutputCompressorStudy(outputs, calibration_tasks=prereg.tasks, compressors={
-            METHOD: compressor, HARMFUL: harmful_control(compressor), **baselines})
-        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"],
-                                                  "compressor": prereg.params["compressor"],
-                                                  "random_control": type(baselines[("random", ladder_seeds[0])]).__name__,
-                                                  "storage_fraction": fraction})
-    return rung_cache["study"]
+        return OutputCompressorStudy(outputs, calibration_tasks=prereg.tasks, compressors=compressors)
+
+    return compressor_study(rung_cache, request, prereg, ladder_layers, ladder_seeds, compressor,
+                            lambda: output_bytes(compressor, *shape).fraction, (random_control, harmful_control), build)
 
 
 @ladder.trap("trivial_pass")
@@ -92,7 +85,7 @@ def test_delta_nll(gate, study, prereg):
 
 @ladder.trap("harmful_control")
 def test_harmful_control(trap, study, rung_cache, prereg):
-    from pytest_ladder.probes.output_compressors import HARMFUL
+    from pytest_ladder.compressors import HARMFUL
 
     cell = prereg.hardest_cell
     layer, task = rung_cache["layers"][cell.id], cell.params["task"]

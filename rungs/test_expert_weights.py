@@ -18,12 +18,9 @@ import pytest
 
 from pytest_ladder import rung
 from pytest_ladder.compressors import check_expert_weights, find_compressor
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import cell_layers
+from pytest_ladder.rung_fixtures import compressor_study
 
 ladder = rung("expert_weights", own_prereg=False, check=find_compressor, prepare=check_expert_weights)
-
-HARMFUL = ("harmful",)
 
 
 @pytest.fixture
@@ -35,20 +32,13 @@ def compressor(rung_cache, request, prereg):
 
 @pytest.fixture
 def study(rung_cache, request, compressor, ladder_routing, ladder_layers, ladder_weights, prereg, ladder_seeds):
-    from pytest_ladder.probes.expert_weights import (METHOD, ExpertWeightStudy, compressor_bytes, expert_stacks,
+    from pytest_ladder.probes.expert_weights import (ExpertWeightStudy, compressor_bytes, expert_stacks,
                                                      harmful_control, random_control)
 
-    if "study" not in rung_cache:
-        fraction = compressor_bytes(compressor, expert_stacks(ladder_weights.dtype_bytes())).fraction
-        baselines = {("random", seed): random_control(compressor, seed, fraction) for seed in ladder_seeds}
-        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
-        rung_cache["study"] = ExpertWeightStudy(ladder_routing, compressors={
-            METHOD: compressor, HARMFUL: harmful_control(compressor), **baselines})
-        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"],
-                                                  "compressor": prereg.params["compressor"],
-                                                  "random_control": type(baselines[("random", ladder_seeds[0])]).__name__,
-                                                  "storage_fraction": fraction})
-    return rung_cache["study"]
+    return compressor_study(
+        rung_cache, request, prereg, ladder_layers, ladder_seeds, compressor,
+        lambda: compressor_bytes(compressor, expert_stacks(ladder_weights.dtype_bytes())).fraction,
+        (random_control, harmful_control), lambda compressors: ExpertWeightStudy(ladder_routing, compressors=compressors))
 
 
 @ladder.trap("trivial_pass")
@@ -99,6 +89,8 @@ def test_delta_nll(gate, study, prereg):
 
 @ladder.trap("harmful_control")
 def test_harmful_control(trap, study, rung_cache, prereg):
+    from pytest_ladder.compressors import HARMFUL
+
     cell = prereg.hardest_cell
     layer, task = rung_cache["layers"][cell.id], cell.params["task"]
     trap.check(study.error(layer, task, HARMFUL).pooled, threshold=prereg.gates["activation_error"].threshold,

@@ -17,8 +17,7 @@ import pytest
 
 from pytest_ladder import rung
 from pytest_ladder.compressors import check_router, find_compressor
-from pytest_ladder.rung import record_cell
-from pytest_ladder.rung_fixtures import cell_layers
+from pytest_ladder.rung_fixtures import compressor_study
 
 ladder = rung("router", own_prereg=False, check=find_compressor, prepare=check_router)
 
@@ -39,19 +38,12 @@ def routers(ladder_weights):
 
 @pytest.fixture
 def study(rung_cache, request, compressor, routers, ladder_routing, ladder_layers, prereg, ladder_seeds):
-    from pytest_ladder.probes.routers import HARMFUL, METHOD, RouterStudy, harmful_control, random_control, router_bytes
+    from pytest_ladder.probes.routers import RouterStudy, harmful_control, random_control, router_bytes
 
-    if "study" not in rung_cache:
-        fraction = router_bytes(compressor, routers).fraction
-        baselines = {("random", seed): random_control(compressor, seed, fraction) for seed in ladder_seeds}
-        rung_cache["layers"] = cell_layers(prereg, ladder_layers)
-        rung_cache["study"] = RouterStudy(ladder_routing, compressors={
-            METHOD: compressor, HARMFUL: harmful_control(compressor), **baselines})
-        record_cell(request.config, prereg.rung, {"layers": rung_cache["layers"],
-                                                  "compressor": prereg.params["compressor"],
-                                                  "random_control": type(baselines[("random", ladder_seeds[0])]).__name__,
-                                                  "storage_fraction": fraction})
-    return rung_cache["study"]
+    return compressor_study(
+        rung_cache, request, prereg, ladder_layers, ladder_seeds, compressor,
+        lambda: router_bytes(compressor, routers).fraction, (random_control, harmful_control),
+        lambda compressors: RouterStudy(ladder_routing, compressors=compressors))
 
 
 @ladder.trap("trivial_pass")
@@ -87,7 +79,7 @@ def test_delta_nll(gate, study, prereg):
 
 @ladder.trap("harmful_control")
 def test_harmful_control(trap, study, rung_cache, prereg):
-    from pytest_ladder.probes.routers import HARMFUL
+    from pytest_ladder.compressors import HARMFUL
 
     cell = prereg.hardest_cell
     layer, task = rung_cache["layers"][cell.id], cell.params["task"]

@@ -27,7 +27,7 @@ import torch
 from pytest_ladder.measure.errors import ActivationError, activation_error
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.quant import fake_quant
-from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.compressors import IDENTITY, METHOD, named_compressor, own_or
 from pytest_ladder.measure.storage import (
     Artifact,
     DeclaredBytes,
@@ -271,9 +271,6 @@ def harmful_control(compressor: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ the study ---
-
-IDENTITY = ("identity",)  # the uncompressed pipeline: W' = W
-METHOD = ("method",)
 
 
 class ExpertWeightStudy:

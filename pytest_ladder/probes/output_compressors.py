@@ -28,14 +28,11 @@ from typing import Any
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
-from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.compressors import IDENTITY, METHOD, named_compressor, own_or
 from pytest_ladder.measure.storage import Artifact, DeclaredBytes, TensorStorage, declared_bytes
 
 F64 = torch.float64
 
-IDENTITY = ("identity",)
-METHOD = ("method",)
-HARMFUL = ("harmful",)
 
 
 def dense_outputs_artifact(top_k: int, hidden: int, dtype: torch.dtype) -> Artifact:

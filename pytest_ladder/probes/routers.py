@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
-from pytest_ladder.compressors import named_compressor, own_or
+from pytest_ladder.compressors import IDENTITY, METHOD, named_compressor, own_or
 from pytest_ladder.measure.storage import (
     Artifact,
     DeclaredBytes,
@@ -37,9 +37,6 @@ from pytest_ladder.measure.storage import (
 
 F64 = torch.float64
 
-IDENTITY = ("identity",)
-METHOD = ("method",)
-HARMFUL = ("harmful",)
 
 
 def router_stacks(tensors: Mapping[str, tuple[torch.dtype, Sequence[int]]]) -> dict[str, tuple[torch.dtype, tuple]]:

@@ -156,6 +156,20 @@ def tiny_forward_model(tokenizer, *, layers: int = 2, hidden: int = 64, seed: in
     return OlmoeForCausalLM(config).eval()
 
 
+def planted_and_random_folders(tokenizer, folder: Path, plant) -> dict[str, Path]:
+    """{"planted": a 4-layer tiny OLMoE (seed 0) changed in place by `plant(model)`, "random": one left as drawn
+    (seed 1)}, each saved with the tokenizer under `folder`: a generic rung's PASS and KILL models."""
+    folders = {}
+    for name, seed in (("planted", 0), ("random", 1)):
+        model = tiny_forward_model(tokenizer, layers=4, seed=seed)
+        if name == "planted":
+            plant(model)
+        folders[name] = folder / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    return folders
+
+
 def loaded_model(model, tokenizer, adapter=None):
     """models.loading.LoadedModel around an in-memory model (the probes' input), with the default ModelSpec."""
     from pytest_ladder.models.adapters import adapter_for

@@ -25,8 +25,8 @@ from pytest_ladder.compressors import load_compressor
 from pytest_ladder.prereg import PreregError, load_prereg
 from pytest_ladder.probes import expert_weights as ew
 
-from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
-                     tokenizer_for_tests)
+from planted import (ROOT, generic_decision, loaded_model, planted_and_random_folders, run_generic_rung,
+                     tiny_forward_model, tokenizer_for_tests)
 
 EXAMPLE = ROOT / "prereg" / "int4_group64_experts" / "tau.json"
 SHOWN = "prereg/int4_group64_experts/tau.json"
@@ -204,14 +204,7 @@ def test_the_rung_passes_a_planted_grid_and_kills_a_random_model(tiny, tmp_path)
     tokenizer, _ = tiny
     example = json.loads(EXAMPLE.read_text())
     example["params"]["compressor_params"]["group_size"] = GROUP
-    folders = {}
-    for name, seed in (("planted", 0), ("random", 1)):
-        model = tiny_forward_model(tokenizer, layers=4, seed=seed)
-        if name == "planted":
-            plant_group_grid(model)
-        folders[name] = tmp_path / name
-        model.save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
+    folders = planted_and_random_folders(tokenizer, tmp_path, plant_group_grid)
     done = run_generic_rung(tmp_path / "run-planted", "rungs/test_expert_weights.py", folders["planted"],
                             example, "int4_planted")
     record = generic_decision(tmp_path / "run-planted", "int4_planted", done)

@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from pytest_ladder.compressors import HARMFUL
 from pytest_ladder.probes import output_compressors as oc
 
 from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
@@ -39,12 +40,12 @@ def test_identity_is_exactly_zero_and_outputs_on_the_grid_are_exact():
     outputs = OutputQuantStudy(loaded_model(model, tokenizer, Int4GridOutputs(model)), load_corpora(), n_points=192,
                                calibration_tokens=1000)
     study = oc.OutputCompressorStudy(outputs, calibration_tasks=("code", "math", "text"), compressors={
-        oc.METHOD: channel_quant(4), oc.HARMFUL: oc.harmful_control(channel_quant(4))})
+        oc.METHOD: channel_quant(4), HARMFUL: oc.harmful_control(channel_quant(4))})
     outcome = study.trivial_pass(1, "text", 2, 64, torch.float32)
     assert outcome.observed == 0.0 and set(outcome.refs.values()) == {0.0} and outcome.fired_as_declared
     for layer in (0, 1):
         assert study.output_error(layer, "code") == 0.0
-        assert study.output_error(layer, "code", oc.HARMFUL) > 0.5
+        assert study.output_error(layer, "code", HARMFUL) > 0.5
     assert study.delta_nll("math") == 0.0
 
 

@@ -14,10 +14,11 @@ import json
 import pytest
 import torch
 
+from pytest_ladder.compressors import HARMFUL
 from pytest_ladder.probes import routers as rt
 
-from planted import (ROOT, generic_decision, loaded_model, run_generic_rung, tiny_forward_model,
-                     tokenizer_for_tests)
+from planted import (ROOT, generic_decision, loaded_model, planted_and_random_folders, run_generic_rung,
+                     tiny_forward_model, tokenizer_for_tests)
 
 EXAMPLE = ROOT / "prereg" / "router_int4_rows" / "tau.json"
 
@@ -58,15 +59,15 @@ def test_identity_is_exactly_zero_and_a_planted_grid_is_exact(tiny):
     model = tiny_forward_model(tokenizer)
     plant_router_grid(model)
     study = rt.RouterStudy(RoutingStudy(loaded_model(model, tokenizer), corpora, n_points=160),
-                           compressors={rt.METHOD: int4_rows(), rt.HARMFUL: rt.RandomRankOneRouter()})
+                           compressors={rt.METHOD: int4_rows(), HARMFUL: rt.RandomRankOneRouter()})
     routers = rt.router_stacks({name: (p.dtype, tuple(p.shape)) for name, p in model.named_parameters()})
     outcome = study.trivial_pass(1, "text", routers)
     assert outcome.observed == 0.0 and set(outcome.refs.values()) == {0.0} and outcome.fired_as_declared
     for layer in (0, 1):
         assert study.flip_rate(layer, "text") == 0.0
-        assert study.flip_rate(layer, "text", rt.HARMFUL) > 0.3
+        assert study.flip_rate(layer, "text", HARMFUL) > 0.3
     assert study.deploy("code") == (0.0, 0.0)
-    assert study.deploy("code", rt.HARMFUL)[0] > 0.3
+    assert study.deploy("code", HARMFUL)[0] > 0.3
 
 
 def test_default_controls_spend_the_methods_bytes():
@@ -86,14 +87,7 @@ def test_default_controls_spend_the_methods_bytes():
 def test_the_rung_passes_a_planted_grid_and_kills_int2_on_a_random_model(tiny, tmp_path):
     tokenizer, _ = tiny
     example = json.loads(EXAMPLE.read_text())
-    folders = {}
-    for name, seed in (("planted", 0), ("random", 1)):
-        model = tiny_forward_model(tokenizer, layers=4, seed=seed)
-        if name == "planted":
-            plant_router_grid(model)
-        folders[name] = tmp_path / name
-        model.save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
+    folders = planted_and_random_folders(tokenizer, tmp_path, plant_router_grid)
     done = run_generic_rung(tmp_path / "run-planted", "rungs/test_router.py", folders["planted"],
                             example, "router_planted")
     record = generic_decision(tmp_path / "run-planted", "router_planted", done)
