@@ -29,7 +29,6 @@ from pytest_ladder.measure.gauge import round_trip
 from pytest_ladder.measure.hadamard import SRHT, srht
 from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant, random_scales, scale_factors
 from pytest_ladder.measure.rng import cpu_generator
-from pytest_ladder.measure.workspace import Workspace, nbytes
 from pytest_ladder.probes.expert_weights import (
     F64, IDENTITY, METHOD, PROJECTIONS, ExpertWeightStudy, LayerError, LayerGrams, deploy_updates, expert_stacks,
     layer_error, layer_grams, layer_stacks,
@@ -102,23 +101,10 @@ class RotorQuant:
         return out
 
     def compress_random_scales(self, layer: int, stacks: Mapping[str, torch.Tensor], seed: int,
-                               *, low: float = 0.1, high: float = 10.0,
-                               workspace: Workspace | None = None) -> dict[str, torch.Tensor]:
-        """The random-scales trap: the same rotation and codes range, every row scale times a log-uniform factor
-        (`random_scale_factors`). Under a bounded `workspace` the round trips run on its device a chunk of experts at
-        a time, each chunk with its part of the factors (the same values as one pass), the results kept on the CPU."""
-        device = None if workspace is None else workspace.device
-        factors = self.random_scale_factors(layer, stacks, seed, low=low, high=high, device=device)
-        if workspace is None:
-            return self.compress_scaled(layer, stacks, factors)
-        n_experts = next(iter(stacks.values())).shape[0]
-        parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
-        for span in workspace.spans(n_experts, 6 * sum(nbytes(tuple(w.shape[1:])) for w in stacks.values())):
-            chunk = self.compress_scaled(layer, {p: w[span].to(workspace.device) for p, w in stacks.items()},
-                                         {p: f[span] for p, f in factors.items()})
-            for p, w in chunk.items():
-                parts[p].append(w.cpu())
-        return {p: torch.cat(v) for p, v in parts.items()}
+                               *, low: float = 0.1, high: float = 10.0) -> dict[str, torch.Tensor]:
+        """The random-scales trap on a whole layer: the same rotation and codes range, every row scale times a
+        log-uniform factor (`random_scale_factors`; RotorQuantStudy.pieces gives a chunk of experts its part)."""
+        return self.compress_scaled(layer, stacks, self.random_scale_factors(layer, stacks, seed, low=low, high=high))
 
 
 # ------------------------------------------------------------------------------------------------ the study ---

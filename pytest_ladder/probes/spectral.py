@@ -311,10 +311,13 @@ class HeldLayers:
         """max |σ(W') − σ(W)| / σ_max(W) over the layer's matrices for the full regauge W' = Q W (left) or W Q (right)
         of each matrix's smaller side, Q = rotation(n) (n, n): 0 up to rounding for any orthogonal Q. σ(W) is
         computed once per rung; σ(W′) is σ(W) itself where W′ equals W bit for bit (Q = I)."""
-        worst = 0.0
+        worst, rotations = 0.0, {}
         for kind in ("gate", "up", "down"):
             for span, block in self._batched(layer, kind):
-                q = rotation(min(block.shape[-2:])).to(device=self.device, dtype=F64)
+                n = min(block.shape[-2:])
+                if n not in rotations:  # one Q per size, drawn once for every piece
+                    rotations[n] = rotation(n).to(device=self.device, dtype=F64)
+                q = rotations[n]
                 before = self._expert_singular_values(layer, kind, span, block)
                 rotated = block @ q if _rotated_side(block) == "right" else q @ block
                 after = before if torch.equal(rotated, block) else drift_sigma(rotated)
