@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pytest_ladder.measure.workspace import Workspace
+from pytest_ladder.measure.workspace import Workspace, to_f64
 
 F64 = torch.float64
 
@@ -37,7 +37,7 @@ def activation_sq_error(delta: torch.Tensor, gram: torch.Tensor) -> torch.Tensor
             "delta (..., out, in) and gram (..., in, in) with the same `in`"
         )
     delta = delta.to(F64)
-    return ((delta @ gram.to(device=delta.device, dtype=F64)) * delta).sum(dim=(-2, -1))
+    return ((delta @ to_f64(gram, delta.device)) * delta).sum(dim=(-2, -1))
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def activation_error(w: torch.Tensor, w_prime: torch.Tensor | Callable[[torch.Te
         if w.shape != w_prime.shape:
             raise ValueError(f"activation_error: W {tuple(w.shape)} and W' {tuple(w_prime.shape)} differ in shape")
         return ActivationError(
-            sq_error=activation_sq_error(w64 - w_prime.to(device=w.device, dtype=F64), gram),
+            sq_error=activation_sq_error(w64 - to_f64(w_prime, w.device), gram),
             sq_norm=activation_sq_error(w64, gram.to(w.device)),
         )
     if not callable(w_prime) and w.shape != w_prime.shape:
@@ -98,7 +98,7 @@ def frobenius_relative_error(w: torch.Tensor, w_prime: torch.Tensor) -> torch.Te
     if w.shape != w_prime.shape:
         raise ValueError(f"frobenius_relative_error: W {tuple(w.shape)} and W' {tuple(w_prime.shape)} differ")
     w64 = w.to(F64)
-    delta = w64 - w_prime.to(device=w.device, dtype=F64)
+    delta = w64 - to_f64(w_prime, w.device)
     return torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(w64)
 
 

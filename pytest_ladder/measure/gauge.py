@@ -20,6 +20,7 @@ from pytest_ladder.measure.errors import frobenius_relative_error
 from pytest_ladder.measure.hadamard import SRHT
 from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.quant import QuantSpec, fake_quant, fake_quant_ste
+from pytest_ladder.measure.workspace import to_f64
 
 F64 = torch.float64
 
@@ -62,7 +63,7 @@ def round_trip(w: torch.Tensor, m: torch.Tensor | SRHT, spec: QuantSpec, *, side
     dim = -2 if side == "left" else -1
     if isinstance(m, SRHT):
         return m.inverse(fake_quant(m.apply(w, dim=dim), spec), dim=dim)
-    m = m.to(device=w.device, dtype=F64)
+    m = to_f64(m, w.device)
     if side == "left":
         return torch.linalg.solve(m, fake_quant(m @ w, spec))
     return torch.linalg.solve(m, fake_quant(w @ m, spec), left=False)

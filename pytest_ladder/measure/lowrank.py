@@ -20,6 +20,7 @@ import torch
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.rng import Seed
 from pytest_ladder.measure.storage import Artifact, DtypeLike, TensorStorage
+from pytest_ladder.measure.workspace import to_f64
 
 F64 = torch.float64
 
@@ -84,7 +85,7 @@ def input_basis(gram: torch.Tensor, rank: int) -> torch.Tensor:
 def project_inputs(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """W U Uᵀ: W applied to inputs projected onto the basis U (in, r) with orthonormal columns."""
     w = w.to(F64)
-    basis = basis.to(device=w.device, dtype=F64)
+    basis = to_f64(basis, w.device)
     return (w @ basis) @ basis.mT
 
 

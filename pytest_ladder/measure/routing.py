@@ -22,6 +22,7 @@ from pytest_ladder.measure.spectra import (
     top_energy_from_gram,
 )
 from pytest_ladder.progress import bar
+from pytest_ladder.measure.workspace import to_f64
 
 F64 = torch.float64
 WORKSPACE_BYTES = 1 << 30  # default working set of the chunked effective-weight measurements (1 GiB)
@@ -111,7 +112,7 @@ def router_flip_rates(
     """
     route = route or (lambda logits: topk_indices(logits, k))
     hidden = hidden.to(F64)
-    dense = route(hidden @ weight.to(device=hidden.device, dtype=F64).mT)
+    dense = route(hidden @ to_f64(weight, hidden.device).mT)
     return {
         rank: route_flip_rate(dense, route(hidden @ lowrank_router(weight, rank, gram).to(hidden.device).mT))
         for rank in ranks

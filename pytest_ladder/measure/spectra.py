@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from pytest_ladder.measure.rng import cpu_generator
+from pytest_ladder.measure.workspace import to_f64
 
 F64 = torch.float64
 
@@ -125,7 +126,7 @@ def _orthonormal_columns(y: torch.Tensor) -> torch.Tensor:
 def whitened_singular_values(w: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """σ of W S with S Sᵀ = G: the activation-weighted spectrum (σ² = eig(W G Wᵀ)), float64, descending."""
     w = w.to(F64)
-    return singular_values_from_gram(w @ gram.to(device=w.device, dtype=F64) @ w.mT)
+    return singular_values_from_gram(w @ to_f64(gram, w.device) @ w.mT)
 
 
 def energy_fractions(sv: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from pytest_ladder.measure.spectra import effective_rank, singular_values_from_gram
 from pytest_ladder.measure.storage import Artifact, DtypeLike, tucker_artifact
-from pytest_ladder.measure.workspace import Workspace
+from pytest_ladder.measure.workspace import Workspace, to_f64
 
 F64 = torch.float64
 
@@ -167,7 +167,7 @@ class StackedTensor:
         return self.workspace.device
 
     def _on(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(device=self.device, dtype=F64)
+        return to_f64(x, self.device)
 
     def _rows(self, d1_bytes: int) -> list[slice]:
         return self.workspace.spans(self.shape[1], d1_bytes)

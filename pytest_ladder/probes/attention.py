@@ -34,7 +34,7 @@ import torch
 
 from pytest_ladder.measure.errors import frobenius_relative_error
 from pytest_ladder.measure.routing import route_jaccard
-from pytest_ladder.measure.workspace import Workspace
+from pytest_ladder.measure.workspace import Workspace, to_f64
 from pytest_ladder.probes.attention_capture import SequenceCapture, SparseSpec, _keep_topk, attention_capture
 from pytest_ladder.probes.scan import (VALIDATION_EVERY, Normal, choose_ridges, fit_error, fit_scan, random_readout,
                                        readout, scan_features)
@@ -184,9 +184,9 @@ def _heldout_error(records: Sequence[SequenceCapture], phis: Sequence[torch.Tens
     outputs, predictions = [], []
     keep = _points(skip_prefix)
     for record, phi in zip(records, phis):
-        o = record.o[keep].to(device=phi.device, dtype=F64)
+        o = to_f64(record.o[keep], phi.device)
         outputs.append(o)
-        predictions.append(o - target(record)[keep].to(device=phi.device, dtype=F64) + phi[:, :w.shape[0]] @ w)
+        predictions.append(o - to_f64(target(record)[keep], phi.device) + phi[:, :w.shape[0]] @ w)
     return float(frobenius_relative_error(torch.cat(outputs), torch.cat(predictions)))
 
 

@@ -28,7 +28,7 @@ from pytest_ladder.measure.errors import activation_error, worst_task_error
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.routing import route_flip_rate
 from pytest_ladder.measure.storage import Artifact, DtypeLike, TensorStorage, dense_artifact, global_delta_bytes
-from pytest_ladder.measure.workspace import Workspace, nbytes
+from pytest_ladder.measure.workspace import Workspace, nbytes, to_f64
 
 if TYPE_CHECKING:
     from pytest_ladder.models.adapters import MoEAdapter
@@ -51,12 +51,12 @@ class InputBasis:
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         """W P for W (..., out, H): what the experts compute once their inputs pass through the basis, float64, on
         the basis's device."""
-        w = w.to(device=self.left.device, dtype=F64)
+        w = to_f64(w, self.left.device)
         return (w @ self.left) @ self.right
 
     def off(self, w: torch.Tensor) -> torch.Tensor:
         """W (I − P): the experts fed only what the basis claims to ignore (the off-projection trap)."""
-        return w.to(device=self.left.device, dtype=F64) - self.apply(w)
+        return to_f64(w, self.left.device) - self.apply(w)
 
 
 def identity_basis(hidden: int, *, device: torch.device | str | None = None) -> InputBasis:
@@ -103,7 +103,7 @@ def fit_input_bases(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Ten
         raise ValueError(f"fit_input_basis: Gram {tuple(gram.shape)} and counts {tuple(counts.shape)} do not match "
                          f"expert weights {tuple(weights.shape)}: need (H, H) and (E,) for (E, out, H)")
     device = weights.device if workspace is None else workspace.device
-    n = counts.to(device=device, dtype=F64)
+    n = to_f64(counts, device)
     if not float(n.sum()) > 0:
         raise ValueError("fit_input_basis: no calibration tokens were routed to this layer's experts; capture more "
                          "calibration tokens (params.calibration_points)")
@@ -130,14 +130,14 @@ def token_weighted_gram(weights: torch.Tensor, counts: torch.Tensor, *, workspac
     """M = Σ_e n_e W_eᵀ W_e (H, H) float64 from expert input maps W (E, out, H) and token counts n (E,); with a
     bounded `workspace`, summed over chunks of experts on its device."""
     device = weights.device if workspace is None else workspace.device
-    n = counts.to(device=device, dtype=F64)
+    n = to_f64(counts, device)
     if workspace is None:
         w = weights.to(F64)
         return torch.einsum("e,eoi,eoj->ij", n, w, w)
     hidden = weights.shape[-1]
     m = torch.zeros(hidden, hidden, dtype=F64, device=device)
     for span in workspace.spans(weights.shape[0], nbytes(tuple(weights.shape[1:]))):
-        w = weights[span].to(device=device, dtype=F64)
+        w = to_f64(weights[span], device)
         m += torch.einsum("e,eoi,eoj->ij", n[span], w, w)
         del w
     return m

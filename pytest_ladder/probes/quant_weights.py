@@ -36,7 +36,7 @@ from pytest_ladder.measure.orthogonal import random_orthogonal
 from pytest_ladder.measure.quant import QuantSpec, fake_quant
 from pytest_ladder.measure.rng import cpu_generator
 from pytest_ladder.measure.storage import Artifact, DtypeLike, combine, dense_artifact, global_delta_bytes
-from pytest_ladder.measure.workspace import Workspace, nbytes
+from pytest_ladder.measure.workspace import Workspace, nbytes, to_f64
 
 F64 = torch.float64
 
@@ -239,7 +239,7 @@ def rotation_error(ws: torch.Tensor, rotation: torch.Tensor | SRHT, spec: QuantS
     sq_error = torch.zeros((), dtype=F64, device=workspace.device)
     sq_norm = torch.zeros((), dtype=F64, device=workspace.device)
     for span in workspace.spans(ws.shape[0], 6 * nbytes(tuple(ws.shape[1:]))):
-        w = ws[span].to(device=workspace.device, dtype=F64)
+        w = to_f64(ws[span], workspace.device)
         w = w if prepare is None else prepare(w)
         sq_error += (w - round_trip(w, rotation, spec, side="right")).square().sum()
         sq_norm += w.square().sum()

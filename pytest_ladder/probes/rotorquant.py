@@ -34,6 +34,7 @@ from pytest_ladder.probes.expert_weights import (
     layer_error, layer_grams, layer_stacks,
 )
 from pytest_ladder.probes.quant_weights import expert_bytes_delta, row_spec
+from pytest_ladder.measure.workspace import to_f64
 
 __all__ = [  # R1's own names, and the shared machinery (probes.expert_weights) under the names R1 has used
     "RotorQuant", "RotorQuantStudy", "bytes_delta", "IDENTITY", "METHOD", "PROJECTIONS", "ExpertWeightStudy",
@@ -82,7 +83,7 @@ class RotorQuant:
         factors = {}
         for projection, w in stacks.items():
             n = w.shape[-1]
-            rotated = self.rotation(layer, projection, n).apply(w[:1].to(device=device or w.device, dtype=F64), dim=-1)
+            rotated = self.rotation(layer, projection, n).apply(to_f64(w[:1], device or w.device), dim=-1)
             one = calibrate(rotated, self.spec(n)).scale.shape
             factors[projection] = scale_factors((w.shape[0], *one[1:]), generator, low=low, high=high)
         return factors

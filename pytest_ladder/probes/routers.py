@@ -34,6 +34,7 @@ from pytest_ladder.measure.storage import (
     declared_bytes,
     dense_artifact,
 )
+from pytest_ladder.measure.workspace import to_f64
 
 F64 = torch.float64
 
@@ -165,7 +166,7 @@ class RouterStudy:
             if tuple(found.shape) != tuple(weight.shape):
                 raise ValueError(f"{type(self.compressor(key)).__name__}.compress(layer={layer}) returned shape "
                                  f"{tuple(found.shape)}; the router is {tuple(weight.shape)}: return the same shape")
-            self._compressed[(layer, key)] = found.to(device=weight.device, dtype=F64)
+            self._compressed[(layer, key)] = to_f64(found, weight.device)
         return self._compressed[(layer, key)]
 
     def flip_rate(self, layer: int, task: str, key: tuple = METHOD) -> float:

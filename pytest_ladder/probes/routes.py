@@ -30,7 +30,7 @@ from pytest_ladder.measure.routing import (
     lowrank_router,
     route_flip_rate,
 )
-from pytest_ladder.measure.workspace import Workspace, nbytes
+from pytest_ladder.measure.workspace import Workspace, nbytes, to_f64
 
 F64 = torch.float64
 Route = Callable[[torch.Tensor], torch.Tensor]  # router logits (T, E) -> expert indices (T, k)
@@ -102,7 +102,7 @@ def random_subspace_energy(weights: torch.Tensor, index: torch.Tensor, gates: to
     The random-basis trap of G3: it never beats the top-q singular directions (Eckart–Young). Computed as quadratic
     forms mᵀ K m of each token's mixing weights m over the expert inner products K_ef = ⟨W_e Q, W_f Q⟩ (kept) and
     ⟨W_e, W_f⟩ (total), independently of the Gram path of `route_energy`. Computed where the routes are."""
-    w = weights.to(device=index.device, dtype=F64)
+    w = to_f64(weights, index.device)
     q = random_orthonormal_columns(w.shape[-1], rank, seed, device=w.device)
     kept = effective_weight_sq_norms(w @ q, index, gates)
     return kept / effective_weight_sq_norms(w, index, gates)
@@ -114,8 +114,8 @@ def random_subspace_energy(weights: torch.Tensor, index: torch.Tensor, gates: to
 def router_flip_rate(hidden: torch.Tensor, weight: torch.Tensor, weight_prime: torch.Tensor, route: Route) -> float:
     """Route flip rate of router W' against W on router inputs (T, H), both routed by `route` (float64 logits)."""
     hidden = hidden.to(F64)
-    dense = route(hidden @ weight.to(device=hidden.device, dtype=F64).mT)
-    return route_flip_rate(dense, route(hidden @ weight_prime.to(device=hidden.device, dtype=F64).mT))
+    dense = route(hidden @ to_f64(weight, hidden.device).mT)
+    return route_flip_rate(dense, route(hidden @ to_f64(weight_prime, hidden.device).mT))
 
 
 def lowrank_router_weight(weight: torch.Tensor, rank: int, calibration_gram: torch.Tensor) -> torch.Tensor:
@@ -179,7 +179,7 @@ def routed_grams(inputs: torch.Tensor, topk_index: torch.Tensor, n_experts: int,
     With a bounded `workspace` the Grams are computed on its device a chunk of experts at a time and kept on the
     CPU (an OLMoE-1B-7B layer's are 2.1 GB)."""
     device = inputs.device if workspace is None else workspace.device
-    x = inputs.to(device=device, dtype=F64)
+    x = to_f64(inputs, device)
     membership = torch.zeros(x.shape[0], n_experts, dtype=F64, device=device)
     membership.scatter_(1, topk_index.to(device).long(), 1.0)
     hidden = x.shape[-1]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+from pytest_ladder.measure.workspace import to_f64
 
 if TYPE_CHECKING:
     from pytest_ladder.probes.attention import Calibration
@@ -75,7 +76,7 @@ class Normal:
         groups.append(group)
         for group in groups:
             sizes = [targets[name].shape[-1] for name in group]
-            ys = torch.cat([targets[name].to(device=phi.device, dtype=F64) for name in group], dim=-1)
+            ys = torch.cat([to_f64(targets[name], phi.device) for name in group], dim=-1)
             for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
                 part = keep(part)
                 if name in self.fty:

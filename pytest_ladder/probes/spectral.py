@@ -33,7 +33,7 @@ from pytest_ladder.measure.orthogonal import random_orthonormal_columns
 from pytest_ladder.measure.rng import Seed, cpu_generator
 from pytest_ladder.measure.spectra import effective_rank, residual_energy, singular_values, singular_values_from_gram
 from pytest_ladder.measure.tucker import StackedTensor
-from pytest_ladder.measure.workspace import Workspace
+from pytest_ladder.measure.workspace import Workspace, to_f64
 
 F64 = torch.float64
 KINDS = ("gate", "up", "down", "layer")  # the matrices G0 reads per layer; "layer" is the stacked layer matrix
@@ -152,7 +152,7 @@ def singular_value_drift(w: torch.Tensor, q: torch.Tensor) -> float:
     """max |σ(W') − σ(W)| / σ_max(W) over the batch for the full regauge W' = Q W (left) or W Q (right) of W's smaller
     side, Q (n, n): 0 up to rounding for any orthogonal Q (Lean: orthogonal_gauge_preserves_singular_values)."""
     w = w.to(F64)
-    q = q.to(device=w.device, dtype=F64)
+    q = to_f64(q, w.device)
     before = singular_values(w)
     after = singular_values(w @ q if _rotated_side(w) == "right" else q @ w)
     return float(((after - before).abs() / before[..., :1]).max())
@@ -219,7 +219,7 @@ class HeldLayers:
         """(experts span, the span's matrices in float64 on the device), a few experts at a time."""
         w = self._read(layer)[kind]
         for span in self._spans(w):
-            yield span, w[span].to(device=self.device, dtype=F64)
+            yield span, to_f64(w[span], self.device)
 
     def _layer_rows(self, layer: int) -> Any:
         """Blocks of rows (rows, H) of the stacked layer matrix [gate_e; up_e; down_eᵀ]_e, float64 on the device."""
@@ -228,7 +228,7 @@ class HeldLayers:
             w = read[kind]
             for span in self._spans(w):
                 block = w[span].mT if kind == "down" else w[span]
-                yield block.reshape(-1, block.shape[-1]).to(device=self.device, dtype=F64)
+                yield to_f64(block.reshape(-1, block.shape[-1]), self.device)
 
     def spectra(self, layer: int) -> dict[str, torch.Tensor]:
         """σ of every matrix kind (see `layer_spectra`), by eigh of the smaller Gram; the layer matrix's from its
@@ -316,14 +316,14 @@ class HeldLayers:
             for span, block in self._batched(layer, kind):
                 n = min(block.shape[-2:])
                 if n not in rotations:  # one Q per size, drawn once for every piece
-                    rotations[n] = rotation(n).to(device=self.device, dtype=F64)
+                    rotations[n] = to_f64(rotation(n), self.device)
                 q = rotations[n]
                 before = self._expert_singular_values(layer, kind, span, block)
                 rotated = block @ q if _rotated_side(block) == "right" else q @ block
                 after = before if torch.equal(rotated, block) else drift_sigma(rotated)
                 worst = max(worst, float(((after - before).abs() / before[..., :1]).max()))
         hidden = self._read(layer)["gate"].shape[-1]
-        q = rotation(hidden).to(device=self.device, dtype=F64)
+        q = to_f64(rotation(hidden), self.device)
         before, after = self._layer_singular_values(layer, None), self._layer_singular_values(layer, q)
         return max(worst, float(((after - before).abs() / before[..., :1]).max()))
 
