@@ -12,11 +12,22 @@ from pytest_ladder.rung import record_cell
 ladder = rung("g2")
 
 
+@pytest.fixture(scope="module")
+def weight_work():
+    """What every claim bound to this module computes alike, kept while the module runs: the expert tensor of a weight
+    type, its floor per budget fraction, the HOSVD and τ per rank tuple and seeds. Each is a function of the model
+    and those keys alone, so g2_hosvd (g2's budget and seeds) reads g2's passes over the 4.3 GB tensor instead of
+    making them again."""
+    cache: dict = {}
+    yield cache
+    cache.clear()
+
+
 @pytest.fixture
-def g2(rung_cache, ladder_weights, ladder_workspace, prereg, ladder_seeds):
-    """The rung's tensors and fits per weight type, kept in rung_cache (the float64 expert tensor of OLMoE-1B-7B is
+def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds):
+    """The rung's tensors and fits per weight type, kept in weight_work (the float64 expert tensor of OLMoE-1B-7B is
     17 GB: it stays on the CPU as read, the float64 work runs in pieces that fit the GPU workspace; one weight type
-    at a time, and nothing left once the rung ends)."""
+    at a time, and nothing left once the module ends)."""
     from pytest_ladder.measure.tau import tau_floor
     from pytest_ladder.probes import spectral
 
@@ -24,7 +35,7 @@ def g2(rung_cache, ladder_weights, ladder_workspace, prereg, ladder_seeds):
 
     class G2:
         def tensor(self, projection):
-            found = rung_cache.setdefault("tensor", {})
+            found = weight_work.setdefault("tensor", {})
             if projection not in found:
                 found.clear()
                 read = ladder_weights.on(ladder_workspace.home)
@@ -34,22 +45,23 @@ def g2(rung_cache, ladder_weights, ladder_workspace, prereg, ladder_seeds):
             return found[projection]
 
         def floor(self, projection):
-            found = rung_cache.setdefault("floor", {})
-            if projection not in found:
+            found = weight_work.setdefault("floor", {})
+            if (projection, fraction) not in found:
                 t = self.tensor(projection)
-                found[projection] = spectral.tucker_floor(t, int(fraction * t.numel()))
-            return found[projection]
+                found[projection, fraction] = spectral.tucker_floor(t, int(fraction * t.numel()))
+            return found[projection, fraction]
 
         def hosvd_and_tau(self, projection):
-            found = rung_cache.setdefault("hosvd", {})
-            if projection not in found:
-                t, ranks = self.tensor(projection), self.floor(projection).ranks
+            found = weight_work.setdefault("hosvd", {})
+            ranks = self.floor(projection).ranks
+            if (projection, ranks, seeds) not in found:
+                t = self.tensor(projection)
                 # the HOSVD and every seed's random factors projected in one pass over the tensor
                 hosvd, *baselines = spectral.projection_residuals(t, [spectral.hosvd_factors(t, ranks)] + [
                     spectral.random_factors(t.shape, ranks, seed, device=t.device) for seed in seeds])
                 by_seed = dict(zip(seeds, baselines))
-                found[projection] = (hosvd, tau_floor(lambda seed: seed, by_seed.__getitem__, seeds))
-            return found[projection]
+                found[projection, ranks, seeds] = (hosvd, tau_floor(lambda seed: seed, by_seed.__getitem__, seeds))
+            return found[projection, ranks, seeds]
 
     return G2()
 
