@@ -238,7 +238,12 @@ class RoutingStudy:
         if (task, split, n_points) not in self._captures:
             spec = (CaptureSpec(gram=False, topk=True, inputs=True) if split == "heldout"
                     else CaptureSpec(gram=False, topk=False, input_gram=True))
-            self._captures[task, split, n_points] = self.capture(task, split, spec, n_points)
+            captured = self.capture(task, split, spec, n_points)
+            if split == "calibration":  # an (H, H) float64 Gram per layer (48 × 32 MiB for OLMoE-1B-7B's 3 tasks)
+                for layer in captured.layers.values():
+                    layer.input_gram, layer.expert_tokens = (
+                        None if t is None else self.workspace.store(t) for t in (layer.input_gram, layer.expert_tokens))
+            self._captures[task, split, n_points] = captured
         return self._captures[task, split, n_points]
 
     def heldout(self, task: str, layer: int | None = None) -> Any:
@@ -247,8 +252,15 @@ class RoutingStudy:
         return captured if layer is None else captured[layer]
 
     def calibration(self, task: str, layer: int, n_points: int) -> Any:
-        """The calibration LayerCapture of `layer` over `n_points` calibration tokens (input_gram, expert_tokens)."""
-        return self._cached(task, "calibration", n_points)[layer]
+        """The calibration LayerCapture of `layer` over `n_points` calibration tokens (input_gram, expert_tokens), on
+        the study's device. The session keeps them where the workspace stores results (the CPU when its budget is
+        bounded): they serve every rung of the session, and 1.5 GiB of them held on the GPU counted against each."""
+        import dataclasses
+
+        kept = self._cached(task, "calibration", n_points)[layer]
+        input_gram, expert_tokens = (None if t is None else t.to(self.device)
+                                     for t in (kept.input_gram, kept.expert_tokens))
+        return dataclasses.replace(kept, input_gram=input_gram, expert_tokens=expert_tokens)
 
     @property
     def device(self) -> torch.device:
