@@ -76,13 +76,6 @@ def _per_head(v: torch.Tensor, heads: int, kv_heads: int, head_dim: int) -> torc
     return v.repeat_interleave(heads // kv_heads, dim=0)
 
 
-def _mixed(weights: torch.Tensor, v: torch.Tensor, o_weight: torch.Tensor, o_bias: torch.Tensor | None
-           ) -> torch.Tensor:
-    """o_proj(concat_h A_h v_h) for weights A (heads, T, T), v (heads, T, hd): (T, H) in float64."""
-    mixed = (weights @ v).transpose(0, 1).reshape(weights.shape[1], -1)
-    return F.linear(mixed, o_weight, o_bias)
-
-
 def _keep_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask (heads, T, T), indices (heads, T, min(k, T))) of the k highest causal scores per query (every visible
     key, and some masked ones among the indices, when t + 1 ≤ k)."""
@@ -107,10 +100,12 @@ class _Reducer:
     """Hook state: turns each (layer, sequence) forward into a SequenceCapture and hands it to `on_record`."""
 
     def __init__(self, model: Any, adapter: MoEAdapter, layers: Sequence[int], sparse: SparseSpec | None,
-                 on_record: Callable[[int, SequenceCapture], None], rule_only: bool = False) -> None:
+                 on_record: Callable[[int, SequenceCapture], None], rule_only: bool = False,
+                 max_bytes: int | None = None) -> None:
         from pytest_ladder.models.weights import read_parameter
 
         self.model, self.sparse, self.on_record, self.rule_only = model, sparse, on_record, rule_only
+        self.max_bytes = max_bytes
         self.inputs: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -136,7 +131,7 @@ class _Reducer:
             if weights is None:
                 raise RuntimeError(f"layer {layer}: the attention returned no weights; G10.5 needs eager attention "
                                    "(attention_capture switches it on; a custom attention module must return them)")
-            self._reduce_sparse(layer, module, record, weights[0].detach().to(F64), self.values.pop(layer).to(F64))
+            self._reduce_sparse(layer, module, record, weights[0].detach(), self.values.pop(layer).to(F64))
         self.on_record(layer, record)
 
     def _random_keys(self, seed: int, shape: tuple[int, ...], k: int) -> torch.Tensor:
@@ -146,32 +141,68 @@ class _Reducer:
             self.random_index[(seed, shape)] = _keep_topk(scores, k)[1]
         return self.random_index[(seed, shape)]
 
-    def _reduce_sparse(self, layer: int, module: Any, record: SequenceCapture, a: torch.Tensor, v: torch.Tensor
-                       ) -> None:
+    def _head_spans(self, heads: int, t: int) -> list[slice]:
+        """Heads reduced at once: their float64 attention (T, T) and the four products made from it (the masked
+        copies, the offset skew) fit `max_bytes`; all heads at once without a bound."""
+        per_head = 5 * t * t * 8
+        size = heads if self.max_bytes is None else max(1, min(heads, self.max_bytes // per_head))
+        return [slice(start, min(heads, start + size)) for start in range(0, heads, size)]
+
+    def _reduce_sparse(self, layer: int, module: Any, record: SequenceCapture, attention: torch.Tensor,
+                       v: torch.Tensor) -> None:
+        """The sparse parts of one sequence from its attention weights (heads, T, T) and values, a chunk of heads at
+        a time (`max_bytes`: G10.5 on OLMoE-1B-7B holds 16 heads × 2048² float64 = 537 MB per copy otherwise). Each
+        head's products are its own; the heads' mixed values are gathered before one o_proj, as unchunked."""
+        heads, t = attention.shape[0], attention.shape[-1]
+        spans = self._head_spans(heads, t)
+        offset_mass, sink_mass = [], []
         if self.rule_only:  # the static rule's statistics alone
-            record.offset_mass, record.offset_count = _offset_sums(a)
-            record.sink_mass = a[:, :, 0].sum(-1)
+            for span in spans:
+                a = attention[span].to(F64)
+                mass, record.offset_count = _offset_sums(a)
+                offset_mass.append(mass)
+                sink_mass.append(a[:, :, 0].sum(-1))
+            record.offset_mass, record.sink_mass = torch.cat(offset_mass), torch.cat(sink_mass)
             return
-        heads, kv_heads, head_dim = _attention_shape(module, self.model.config)
-        v = _per_head(v, heads, kv_heads, head_dim)
-        o_weight, o_bias = (t if t is None else t.to(a.device) for t in self.o_proj[layer])
-        full = _mixed(a, v, o_weight, o_bias)
-        error = float(frobenius_relative_error(record.o, full))
+        n_heads, kv_heads, head_dim = _attention_shape(module, self.model.config)
+        v = _per_head(v, n_heads, kv_heads, head_dim)
+        o_weight, o_bias = (w if w is None else w.to(attention.device) for w in self.o_proj[layer])
+        k = self.sparse.top_k
+        seeds = self.sparse.random_seeds
+        random_index = {seed: self._random_keys(seed, tuple(attention.shape), k) for seed in seeds}
+        full, sparse = (torch.empty(t, heads, head_dim, dtype=F64, device=attention.device) for _ in range(2))
+        randoms = [torch.empty_like(full) for _ in seeds]
+        topk, sparse_mass = [], []
+        for span in spans:
+            a = attention[span].to(F64)
+            vh = v[span]
+            full[:, span] = (a @ vh).transpose(0, 1)
+            keep, index = _keep_topk(a, k)
+            kept = a * keep
+            sparse[:, span] = (kept @ vh).transpose(0, 1)
+            sparse_mass.append(kept.sum(-1).float())
+            topk.append(index)
+            del keep, kept
+            mass, record.offset_count = _offset_sums(a)
+            offset_mass.append(mass)
+            sink_mass.append(a[:, :, 0].sum(-1))
+            for seed, mixed in zip(seeds, randoms):
+                index = random_index[seed][span].to(a.device)
+                random_keep = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, index, True).tril_()
+                mixed[:, span] = ((a * random_keep) @ vh).transpose(0, 1)
+                del random_keep
+            del a
+        out = [F.linear(m.reshape(t, -1), o_weight, o_bias) for m in (full, sparse, *randoms)]
+        error = float(frobenius_relative_error(record.o, out[0]))
         if not error <= RECONSTRUCTION_TOLERANCE:
             raise RuntimeError(
                 f"layer {layer}: o_proj(A v) reproduces the attention output only to relative error {error:.3g} "
                 f"(> {RECONSTRUCTION_TOLERANCE}); this attention is not softmax(QKᵀ)V followed by o_proj (clipped "
                 "values, sinks, a bias on V?) — G10.5's sparse part cannot be computed for this architecture")
-        k = self.sparse.top_k
-        keep, record.topk = _keep_topk(a, k)
-        record.o_sparse = _mixed(a * keep, v, o_weight, o_bias).float()
-        record.sparse_mass = (a * keep).sum(-1).float()
-        record.offset_mass, record.offset_count = _offset_sums(a)
-        record.sink_mass = a[:, :, 0].sum(-1)
-        for seed in self.sparse.random_seeds:
-            index = self._random_keys(seed, tuple(a.shape), k).to(a.device)
-            random_keep = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, index, True).tril_()
-            record.o_random.append(_mixed(a * random_keep, v, o_weight, o_bias).float())
+        record.o_sparse = out[1].float()
+        record.o_random = [o.float() for o in out[2:]]
+        record.topk, record.sparse_mass = torch.cat(topk), torch.cat(sparse_mass)
+        record.offset_mass, record.sink_mass = torch.cat(offset_mass), torch.cat(sink_mass)
 
 
 @contextlib.contextmanager
@@ -191,12 +222,13 @@ def eager_attention(model: Any) -> Iterator[None]:
 def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Sequence[int]], layers: Sequence[int],
                       *, sparse: SparseSpec | None = None, rule_only: bool = False,
                       on_record: Callable[[int, SequenceCapture], None] | None = None,
-                      desc: str = "attention capture", progress: bool | None = None
+                      max_bytes: int | None = None, desc: str = "attention capture", progress: bool | None = None
                       ) -> dict[int, list[SequenceCapture]]:
     """Run each token sequence alone (no padding) through the model and reduce, per layer, its attention input and
     output (with `sparse` also the sparse parts and the static rule's statistics; with `rule_only` of those only the
     static rule's). Each SequenceCapture goes to `on_record(layer, record)` on the device it was computed on; without
-    it they are kept on the CPU and returned."""
+    it they are kept on the CPU and returned. `max_bytes` bounds the float64 copies of the attention weights the sparse
+    parts are computed from (a chunk of heads at a time; None: all heads at once)."""
     from pytest_ladder.models.capture import model_device
     from pytest_ladder.models.sequential import stopping_after
     from pytest_ladder.progress import bar
@@ -208,7 +240,7 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
 
     if rule_only and sparse is None:
         raise ValueError("attention_capture: rule_only needs a SparseSpec (the static rule reads attention weights)")
-    reducer = _Reducer(model, adapter, layers, sparse, on_record, rule_only)
+    reducer = _Reducer(model, adapter, layers, sparse, on_record, rule_only, max_bytes)
     handles = []
     device = model_device(model)
     was_training = model.training

@@ -297,3 +297,32 @@ def test_key_stability_reads_a_rule_only_pass_equal_to_the_full_calibrations_rul
     assert fresh.rule(6, "text") is rule
     fresh.calibration(6, "text")
     assert fresh.rule(6, "text") is fresh.calibration(6, "text")  # a full calibration, once there, is read
+
+
+def test_sparse_parts_reduced_a_head_at_a_time_equal_all_heads_at_once(attention_studies):
+    """Under a bounded workspace a sequence's sparse parts are computed a chunk of heads at a time (G10.5 on
+    OLMoE-1B-7B: 537 MB per float64 copy of the attention otherwise): every kept tensor equals the all-heads reduction
+    bit for bit, the rule-only pass's statistics too."""
+    from pytest_ladder.probes import attention_capture as capture
+
+    free = attention_studies[None]
+    sequences = free._sequences("text", "heldout", 256)[:3]
+    spec = free.sparse
+    found = {}
+    for max_bytes in (None, 1):
+        for rule_only in (False, True):
+            found[max_bytes, rule_only] = capture.attention_capture(
+                free.loaded.model, free.loaded.adapter, sequences, [1, 6], sparse=spec, rule_only=rule_only,
+                max_bytes=max_bytes, progress=False)
+    heads = free.loaded.model.config.num_attention_heads
+    assert heads > 1 and len(capture._Reducer(free.loaded.model, free.loaded.adapter, [], spec, print,
+                                              max_bytes=1)._head_spans(heads, 8)) == heads
+    for rule_only in (False, True):
+        for layer in (1, 6):
+            for a, b in zip(found[None, rule_only][layer], found[1, rule_only][layer]):
+                for name in ("x", "o", "o_sparse", "topk", "sparse_mass", "offset_mass", "offset_count", "sink_mass"):
+                    x, y = getattr(a, name), getattr(b, name)
+                    assert (x is None and y is None) if rule_only and name in ("o_sparse", "topk", "sparse_mass") \
+                        else torch.equal(x, y), name
+                assert len(a.o_random) == len(b.o_random) == (0 if rule_only else 2)
+                assert all(torch.equal(x, y) for x, y in zip(a.o_random, b.o_random))
