@@ -25,6 +25,7 @@ from pytest_ladder.measure.storage import Artifact, DtypeLike, tucker_artifact
 from pytest_ladder.measure.workspace import Workspace, to_f64
 
 F64 = torch.float64
+Y_SHARE = 1 / 3  # of a bounded workspace: the layers' projections one pass accumulates (StackedTensor.layer_grams)
 
 
 def unfold(t: torch.Tensor, mode: int) -> torch.Tensor:
@@ -212,16 +213,17 @@ class StackedTensor:
         the layers' projections Y_l = S_l ×_1 U_1ᵀ ×_2 U_2ᵀ ×_3 U_3ᵀ (r1, r2, r3), float64 on the device.
 
         G couples layers, so the columns of Y are taken a chunk of r2 at a time (Y[:, :, b, :] for every layer,
-        which fits half the workspace), G = Σ_b Y_b Y_bᵀ; chunks of several sets that fit together share a pass
+        which fits a third of the workspace, beside the quarter a piece of S and its products take), G = Σ_b Y_b Y_bᵀ; chunks of several sets that fit together share a pass
         over T (each pass moves T to the device once). Per piece of rows e of S_l: Z = (U_2[:, b]ᵀ S_l[e]) U_3 and
         Y_l[:, b] += U_1[e]ᵀ Z. Holding every set's whole Y at once (L·r1·r2·r3 values: 6 GB per set for the
         OLMoE-1B-7B HOSVD) is what this avoids. Identity factors copy S bit for bit (products with 0 and 1 only)."""
         n_layers = self.shape[0]
-        share = None if not self.workspace.bounded else self.workspace.limit // 2
+        share = None if not self.workspace.bounded else int(self.workspace.limit * Y_SHARE)
         jobs = []  # (set, chunk of r2, bytes of its Y_b for every layer)
         for i, (u1, u2, u3) in enumerate(factor_sets):
             per_column = n_layers * u1.shape[1] * u3.shape[1] * 8
-            jobs.extend((i, b, per_column * (b.stop - b.start)) for b in self.workspace.spans(u2.shape[1], per_column))
+            jobs.extend((i, b, per_column * (b.stop - b.start))
+                        for b in self.workspace.spans(u2.shape[1], per_column, share=Y_SHARE))
         passes, current, used = [], [], 0
         for job in jobs:
             if current and share is not None and used + job[2] > share:
