@@ -178,6 +178,27 @@ def read_options(config: pytest.Config) -> LadderOptions:
 def configure_options(config: pytest.Config) -> None:
     """pytest_configure: read the options once (errors surface before anything runs)."""
     config.stash[_options_key] = read_options(config)
+    cuda_allocator_defaults(config.stash[_options_key].model.device)
+
+
+ALLOCATOR_ENV, ALLOCATOR_DEFAULT = "PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"
+
+
+def cuda_allocator_defaults(device: str | None) -> bool:
+    """A run that may use a GPU gets CUDA's caching allocator in expandable segments, unless PYTORCH_CUDA_ALLOC_CONF
+    says otherwise or CUDA has started already (its allocator is fixed then). The probes' chunks change size from
+    piece to piece, and the fixed segments they split held 21–26 GiB reserved for 16–17.7 GiB allocated on the H200:
+    reserved memory is what the GPU budget is measured by. True when this call set it."""
+    import os
+    import sys
+
+    if device is not None and not device.startswith("cuda") or ALLOCATOR_ENV in os.environ:
+        return False
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return False
+    os.environ[ALLOCATOR_ENV] = ALLOCATOR_DEFAULT
+    return True
 
 
 def ladder_options(config: pytest.Config) -> LadderOptions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 
 CHECK = """
@@ -35,3 +36,15 @@ def test_a_bad_ini_size_is_a_usage_error_naming_the_ini_option(pytester):
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini option ladder_gpu_workspace: 'lots' is not a size; write e.g. 8GiB*"])
+
+
+def test_a_gpu_run_gets_expandable_segments_unless_the_user_chose_an_allocator(monkeypatch):
+    from pytest_ladder.options import ALLOCATOR_DEFAULT, ALLOCATOR_ENV, cuda_allocator_defaults
+
+    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
+    assert not cuda_allocator_defaults("cpu") and ALLOCATOR_ENV not in os.environ
+    assert cuda_allocator_defaults("cuda:1") and os.environ[ALLOCATOR_ENV] == ALLOCATOR_DEFAULT
+    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:128")
+    assert not cuda_allocator_defaults(None) and os.environ[ALLOCATOR_ENV] == "max_split_size_mb:128"
+    monkeypatch.delenv(ALLOCATOR_ENV)
+    assert cuda_allocator_defaults(None) and os.environ[ALLOCATOR_ENV] == ALLOCATOR_DEFAULT
