@@ -42,7 +42,12 @@ def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds):
                 found[projection] = spectral.expert_tensor(
                     [read.experts(layer, projection) for layer in range(ladder_weights.n_layers)],
                     projection, ladder_workspace)
+                weight_work.setdefault("shape", {})[projection] = list(found[projection].shape)
             return found[projection]
+
+        def shape(self, projection):
+            """The tensor's shape, without reading the tensor again once it has been read."""
+            return weight_work.get("shape", {}).get(projection) or list(self.tensor(projection).shape)
 
         def floor(self, projection):
             found = weight_work.setdefault("floor", {})
@@ -72,7 +77,7 @@ def weight(cell, g2, request):
     projection = cell.params["weight"]
     found = g2.floor(projection)
     record_cell(request.config, f"g2 {cell.id}", {
-        "shape": list(g2.tensor(projection).shape), "budget_params": found.budget_params,
+        "shape": g2.shape(projection), "budget_params": found.budget_params,
         "ranks": list(found.ranks), "mode_effective_ranks": list(found.mode_effective_ranks)})
     return projection
 
