@@ -347,13 +347,6 @@ class AttentionStudy:
 
         return Workspace.on(model_device(self.loaded.model), getattr(self.loaded.spec, "gpu_workspace", None))
 
-    @property
-    def _reduction_bytes(self) -> int | None:
-        """What a sequence's sparse parts may hold at once (an eighth of a bounded workspace: the calibration's
-        held sequences and their fold take a quarter each)."""
-        workspace = self.workspace
-        return workspace.limit // 8 if workspace.bounded else None
-
     def _sequences(self, task: str, split: str, n_tokens: int) -> list[list[int]]:
         from pytest_ladder.models.corpora import token_sequences
 
@@ -377,7 +370,8 @@ class AttentionStudy:
             attention_capture(self.loaded.model, self.loaded.adapter,
                               self._sequences(task, "calibration", self.calibration_tokens), layers,
                               sparse=self.sparse, on_record=lambda k, record: stats[k].add(record),
-                              max_bytes=self._reduction_bytes, desc=f"attention {task} calibration (layer{'s' if len(layers) > 1 else ''} "
+                              workspace=self.workspace,
+                              desc=f"attention {task} calibration (layer{'s' if len(layers) > 1 else ''} "
                                    f"{', '.join(map(str, layers))})")
             for calibration in stats.values():
                 calibration.flush()
@@ -388,7 +382,7 @@ class AttentionStudy:
         if task not in self._heldout:
             self._heldout[task] = attention_capture(self.loaded.model, self.loaded.adapter,
                                                     self._sequences(task, "heldout", self.n_points), self.layers,
-                                                    sparse=self.sparse, max_bytes=self._reduction_bytes,
+                                                    sparse=self.sparse, workspace=self.workspace,
                                                     desc=f"attention {task} heldout")
         return self._heldout[task][layer]
 
@@ -425,7 +419,8 @@ class AttentionStudy:
             attention_capture(self.loaded.model, self.loaded.adapter,
                               self._sequences(task, "calibration", self.calibration_tokens), layers,
                               sparse=self.sparse, rule_only=True, on_record=lambda k, record: stats[k].add(record),
-                              max_bytes=self._reduction_bytes, desc=f"attention {task} static rule (layers {', '.join(map(str, layers))})")
+                              workspace=self.workspace,
+                              desc=f"attention {task} static rule (layers {', '.join(map(str, layers))})")
             rules.update(stats)
         return rules[layer]
 

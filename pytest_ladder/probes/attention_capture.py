@@ -18,12 +18,15 @@ import torch.nn.functional as F
 
 from pytest_ladder.measure.errors import frobenius_relative_error
 from pytest_ladder.measure.rng import cpu_generator
+from pytest_ladder.measure.workspace import Workspace
 
 if TYPE_CHECKING:
     from pytest_ladder.models.adapters import MoEAdapter
 
 F64 = torch.float64
 RECONSTRUCTION_TOLERANCE = 1e-2  # o_proj(A v) must reproduce the captured output to this relative error
+REDUCTION_SHARE = 1 / 8  # of a bounded workspace: a sequence's attention reduction (the calibration's held
+# sequences and their fold take a quarter each)
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,11 @@ class _Reducer:
 
     def __init__(self, model: Any, adapter: MoEAdapter, layers: Sequence[int], sparse: SparseSpec | None,
                  on_record: Callable[[int, SequenceCapture], None], rule_only: bool = False,
-                 max_bytes: int | None = None) -> None:
+                 workspace: Workspace | None = None) -> None:
         from pytest_ladder.models.weights import read_parameter
 
         self.model, self.sparse, self.on_record, self.rule_only = model, sparse, on_record, rule_only
-        self.max_bytes = max_bytes
+        self.workspace = workspace or Workspace.on("cpu", None)
         self.inputs: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -143,15 +146,13 @@ class _Reducer:
 
     def _head_spans(self, heads: int, t: int) -> list[slice]:
         """Heads reduced at once: their float64 attention (T, T) and the four products made from it (the masked
-        copies, the offset skew) fit `max_bytes`; all heads at once without a bound."""
-        per_head = 5 * t * t * 8
-        size = heads if self.max_bytes is None else max(1, min(heads, self.max_bytes // per_head))
-        return [slice(start, min(heads, start + size)) for start in range(0, heads, size)]
+        copies, the offset skew) fit REDUCTION_SHARE of the workspace; all heads at once without a bound."""
+        return self.workspace.spans(heads, 5 * t * t * 8, share=REDUCTION_SHARE)
 
     def _reduce_sparse(self, layer: int, module: Any, record: SequenceCapture, attention: torch.Tensor,
                        v: torch.Tensor) -> None:
         """The sparse parts of one sequence from its attention weights (heads, T, T) and values, a chunk of heads at
-        a time (`max_bytes`: G10.5 on OLMoE-1B-7B holds 16 heads × 2048² float64 = 537 MB per copy otherwise). Each
+        a time (`_head_spans`: G10.5 on OLMoE-1B-7B holds 16 heads × 2048² float64 = 537 MB per copy otherwise). Each
         head's products are its own; the heads' mixed values are gathered before one o_proj, as unchunked."""
         heads, t = attention.shape[0], attention.shape[-1]
         spans = self._head_spans(heads, t)
@@ -222,13 +223,14 @@ def eager_attention(model: Any) -> Iterator[None]:
 def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Sequence[int]], layers: Sequence[int],
                       *, sparse: SparseSpec | None = None, rule_only: bool = False,
                       on_record: Callable[[int, SequenceCapture], None] | None = None,
-                      max_bytes: int | None = None, desc: str = "attention capture", progress: bool | None = None
+                      workspace: Workspace | None = None, desc: str = "attention capture",
+                      progress: bool | None = None
                       ) -> dict[int, list[SequenceCapture]]:
     """Run each token sequence alone (no padding) through the model and reduce, per layer, its attention input and
     output (with `sparse` also the sparse parts and the static rule's statistics; with `rule_only` of those only the
     static rule's). Each SequenceCapture goes to `on_record(layer, record)` on the device it was computed on; without
-    it they are kept on the CPU and returned. `max_bytes` bounds the float64 copies of the attention weights the sparse
-    parts are computed from (a chunk of heads at a time; None: all heads at once)."""
+    it they are kept on the CPU and returned. A bounded `workspace` bounds the float64 copies of the attention weights
+    the sparse parts are computed from (a chunk of heads in REDUCTION_SHARE of it; None: all heads at once)."""
     from pytest_ladder.models.capture import model_device
     from pytest_ladder.models.sequential import stopping_after
     from pytest_ladder.progress import bar
@@ -240,7 +242,7 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
 
     if rule_only and sparse is None:
         raise ValueError("attention_capture: rule_only needs a SparseSpec (the static rule reads attention weights)")
-    reducer = _Reducer(model, adapter, layers, sparse, on_record, rule_only, max_bytes)
+    reducer = _Reducer(model, adapter, layers, sparse, on_record, rule_only, workspace)
     handles = []
     device = model_device(model)
     was_training = model.training

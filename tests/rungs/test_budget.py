@@ -303,20 +303,21 @@ def test_sparse_parts_reduced_a_head_at_a_time_equal_all_heads_at_once(attention
     """Under a bounded workspace a sequence's sparse parts are computed a chunk of heads at a time (G10.5 on
     OLMoE-1B-7B: 537 MB per float64 copy of the attention otherwise): every kept tensor equals the all-heads reduction
     bit for bit, the rule-only pass's statistics too."""
+    from pytest_ladder.measure.workspace import Workspace
     from pytest_ladder.probes import attention_capture as capture
 
-    free = attention_studies[None]
+    free, one_byte = attention_studies[None], Workspace.on("cpu", 1)
     sequences = free._sequences("text", "heldout", 256)[:3]
     spec = free.sparse
     found = {}
-    for max_bytes in (None, 1):
+    for bound, workspace in ((None, None), (1, one_byte)):
         for rule_only in (False, True):
-            found[max_bytes, rule_only] = capture.attention_capture(
+            found[bound, rule_only] = capture.attention_capture(
                 free.loaded.model, free.loaded.adapter, sequences, [1, 6], sparse=spec, rule_only=rule_only,
-                max_bytes=max_bytes, progress=False)
+                workspace=workspace, progress=False)
     heads = free.loaded.model.config.num_attention_heads
     assert heads > 1 and len(capture._Reducer(free.loaded.model, free.loaded.adapter, [], spec, print,
-                                              max_bytes=1)._head_spans(heads, 8)) == heads
+                                              workspace=one_byte)._head_spans(heads, 8)) == heads
     for rule_only in (False, True):
         for layer in (1, 6):
             for a, b in zip(found[None, rule_only][layer], found[1, rule_only][layer]):
