@@ -21,8 +21,8 @@ from pytest_ladder.measure.spectra import (
     singular_values_from_gram,
     top_energy_from_gram,
 )
-from pytest_ladder.progress import bar
 from pytest_ladder.measure.workspace import to_f64
+from pytest_ladder.progress import bar
 
 F64 = torch.float64
 WORKSPACE_BYTES = 1 << 30  # default working set of the chunked effective-weight measurements (1 GiB)

@@ -213,8 +213,9 @@ class StackedTensor:
         the layers' projections Y_l = S_l ×_1 U_1ᵀ ×_2 U_2ᵀ ×_3 U_3ᵀ (r1, r2, r3), float64 on the device.
 
         G couples layers, so the columns of Y are taken a chunk of r2 at a time (Y[:, :, b, :] for every layer,
-        which fits a third of the workspace, beside the quarter a piece of S and its products take), G = Σ_b Y_b Y_bᵀ; chunks of several sets that fit together share a pass
-        over T (each pass moves T to the device once). Per piece of rows e of S_l: Z = (U_2[:, b]ᵀ S_l[e]) U_3 and
+        which fits a third of the workspace, beside the quarter a piece of S and its products take),
+        G = Σ_b Y_b Y_bᵀ; chunks of several sets that fit together share a pass over T (each pass moves T to the
+        device once). Per piece of rows e of S_l: Z = (U_2[:, b]ᵀ S_l[e]) U_3 and
         Y_l[:, b] += U_1[e]ᵀ Z. Holding every set's whole Y at once (L·r1·r2·r3 values: 6 GB per set for the
         OLMoE-1B-7B HOSVD) is what this avoids. Identity factors copy S bit for bit (products with 0 and 1 only)."""
         n_layers = self.shape[0]

@@ -29,12 +29,12 @@ from pytest_ladder.measure.gauge import round_trip
 from pytest_ladder.measure.hadamard import SRHT, srht
 from pytest_ladder.measure.quant import QuantSpec, calibrate, fake_quant, random_scales, scale_factors
 from pytest_ladder.measure.rng import cpu_generator
+from pytest_ladder.measure.workspace import to_f64
 from pytest_ladder.probes.expert_weights import (
     F64, IDENTITY, METHOD, PROJECTIONS, ExpertWeightStudy, LayerError, LayerGrams, deploy_updates, expert_stacks,
     layer_error, layer_grams, layer_stacks,
 )
 from pytest_ladder.probes.quant_weights import expert_bytes_delta, row_spec
-from pytest_ladder.measure.workspace import to_f64
 
 __all__ = [  # R1's own names, and the shared machinery (probes.expert_weights) under the names R1 has used
     "RotorQuant", "RotorQuantStudy", "bytes_delta", "IDENTITY", "METHOD", "PROJECTIONS", "ExpertWeightStudy",
