@@ -1,7 +1,7 @@
 """Capture overhead, measured side by side: a plain forward vs the same forward with pytest-ladder's capture hooks
 accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.capture), on the embedded model.
 
-    python benchmarks/capture_overhead.py [--model embedded] [--tokens 8192] [--batch 8] [--repeats 5] [--threads N]
+    python benchmarks/capture_overhead.py [--model embedded] [--device cpu] [--tokens 8192] [--batch 8] [--repeats 5] [--threads N]
 
 All runs see the same held-out text tokens in the same batches; they alternate (plain, capture, capture with
 float32 block products, plain, ...) so machine noise hits all, and the medians are compared. Prints the times and
@@ -22,19 +22,27 @@ from pytest_ladder.models.corpora import load_corpus, token_sequences
 from pytest_ladder.models.loading import ModelSpec, load_model
 
 
+def synchronized() -> float:
+    """time.perf_counter() once the GPU's queued work has finished (a CUDA forward returns before it does)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def plain_forward(model: torch.nn.Module, sequences: list[list[int]], batch_size: int, pad: int) -> float:
     device = model_device(model)
-    start = time.perf_counter()
+    start = synchronized()
     with torch.no_grad():
         for batch in batches(sequences, batch_size):
             ids, mask = pad_batch(batch, pad, device)
             model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return time.perf_counter() - start
+    return synchronized() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cuda: the GPU figure of the target)")
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
@@ -42,16 +50,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(ModelSpec(source=args.model))
+    loaded = load_model(ModelSpec(source=args.model, device=args.device))
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.prefix_token_id
     sequences = token_sequences(load_corpus("text").heldout, loaded.tokenizer, args.tokens, loaded.max_length,
                                 loaded.prefix_token_id)
     specs = {"float64": CaptureSpec(gram=True, topk=True), "float32": CaptureSpec(gram_products="float32")}
 
     def timed_capture(spec: CaptureSpec, chosen: list[list[int]]) -> float:
-        start = time.perf_counter()
+        start = synchronized()
         capture(loaded.model, loaded.adapter, chosen, spec, batch_size=args.batch, pad_token_id=pad, progress=False)
-        return time.perf_counter() - start
+        return synchronized() - start
 
     plain_forward(loaded.model, sequences[:args.batch], args.batch, pad)  # warm up every path
     for spec in specs.values():
