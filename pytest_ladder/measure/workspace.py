@@ -50,6 +50,31 @@ class Workspace:
         else where it was computed."""
         return tensor.to("cpu") if self.bounded else tensor
 
+    def accumulate(self, total: torch.Tensor | None, part: torch.Tensor, *, share: float = 1 / 8) -> torch.Tensor:
+        """`total + part` kept at `home`, added into `total`. With no total yet `part` becomes it (moved home, or kept
+        as it is when it is at home and contiguous: the caller hands over a part it no longer uses).
+
+        A CPU total of parts computed on the GPU is page-locked, and each sum is taken on the GPU a block of rows at a
+        time (`share` of the workspace): moving the total both ways from pinned memory costs a fraction of copying the
+        part into pageable memory and adding on the CPU (G10.5's normal equations: 5.7 GB per fold). IEEE addition
+        rounds the same on either device, so the sum is bit for bit the CPU's."""
+        home = self.home
+        if total is None:
+            if part.device.type == home.type and home.index in (None, part.device.index):
+                return part.contiguous()
+            kept = torch.empty(part.shape, dtype=part.dtype, pin_memory=part.is_cuda and home.type == "cpu")
+            kept.copy_(part)
+            return kept
+        if total.device == part.device or part.device.type != "cuda":
+            total += part.to(total.device)
+            return total
+        for span in self.spans(total.shape[0], total[0].numel() * total.element_size(), share=share):
+            block = total[span].to(part.device, non_blocking=True)
+            block += part[span]
+            total[span].copy_(block, non_blocking=True)
+        torch.cuda.current_stream(part.device).synchronize()  # the CPU total is read as soon as this returns
+        return total
+
     def spans(self, n_items: int, item_bytes: int, *, share: float = 0.5) -> list[slice]:
         """Consecutive slices of 0..n_items whose items fit `share` of the workspace (see `chunk`)."""
         size = self.chunk(n_items, item_bytes, share=share)

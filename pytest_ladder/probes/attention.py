@@ -140,7 +140,7 @@ class Calibration:
             fold = getattr(self, name)
             phi = torch.cat([p for p, _ in pending])
             values = {target: torch.cat([v[target] for _, v in pending]) for target in pending[0][1]}
-            fold.add(phi, values, home=self.workspace.home, max_bytes=self.workspace.limit // 4)
+            fold.add(phi, values, workspace=self.workspace)
             fold.device = phi.device
             pending.clear()
         self._pending_bytes = 0

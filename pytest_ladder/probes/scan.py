@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthonormal_columns
-from pytest_ladder.measure.workspace import to_f64
+from pytest_ladder.measure.workspace import Workspace, to_f64
 
 if TYPE_CHECKING:
     from pytest_ladder.probes.attention import Calibration
@@ -42,8 +42,9 @@ def scan_features(x: torch.Tensor, decays: Sequence[float]) -> torch.Tensor:
 class Normal:
     """Sufficient statistics of least squares Ô = Φ W over points: ΦᵀΦ (d, d), ΦᵀY (d, H) and Σ‖Y‖² per target.
 
-    The statistics stay where `add` is told to keep them (`home`: the CPU under a bounded GPU workspace; G10.5 on
-    OLMoE-1B-7B keeps ~2.7 GB per layer and fold); the fits run on `device` (default: where the statistics are),
+    The statistics stay where they are computed, or at the home of the bounded workspace `add` is given (the CPU,
+    page-locked: G10.5 on OLMoE-1B-7B keeps ~2.9 GB per layer and fold); the fits run on `device` (default: where the
+    statistics are),
     which holds the eigendecomposition and ΦᵀΦ they reuse until `release`."""
 
     ftf: torch.Tensor | None = None
@@ -54,17 +55,24 @@ class Normal:
     _eigh: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
     _ftf: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
-    def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor], *, home: torch.device | None = None,
-            max_bytes: int | None = None) -> None:
-        """Fold in points with features phi (n, d) and each target (n, H), computed where phi is and kept at `home`
-        (default: there too): one matmul for all targets, or for groups of targets whose products fit `max_bytes`."""
+    def add(self, phi: torch.Tensor, targets: dict[str, torch.Tensor], *, workspace: Workspace | None = None
+            ) -> None:
+        """Fold in points with features phi (n, d) and each target (n, H), computed where phi is: one matmul for all
+        targets, or, under a bounded `workspace`, for groups of targets whose products fit a quarter of it, the sums
+        kept at its home (the CPU) and taken there a block at a time (`Workspace.accumulate`)."""
         phi = phi.to(F64)
-        keep = (lambda t: t) if home is None else (lambda t: t.to(home))
-        gram = keep(phi.mT @ phi)
-        if self.ftf is None:
-            self.ftf = gram
-        else:
-            self.ftf += gram
+        bounded = workspace is not None and workspace.bounded
+        max_bytes = workspace.limit // 4 if bounded else None
+
+        def fold(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+            if bounded:
+                return workspace.accumulate(total, part)
+            if total is None:
+                return part.contiguous()
+            total += part
+            return total
+
+        self.ftf = fold(self.ftf, phi.mT @ phi)
         names, group, groups, width = list(targets), [], [], 0
         for name in names:  # consecutive targets whose ΦᵀY fits max_bytes together
             size = targets[name].shape[-1]
@@ -78,11 +86,7 @@ class Normal:
             sizes = [targets[name].shape[-1] for name in group]
             ys = torch.cat([to_f64(targets[name], phi.device) for name in group], dim=-1)
             for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
-                part = keep(part)
-                if name in self.fty:
-                    self.fty[name] += part
-                else:
-                    self.fty[name] = part.contiguous()
+                self.fty[name] = fold(self.fty.get(name), part)
                 self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
         self.release()
