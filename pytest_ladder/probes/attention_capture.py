@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,13 @@ def _keep_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return keep & causal, index
 
 
+def _draw_keys(seed: int, shape: tuple[int, ...], k: int) -> torch.Tensor:
+    """Indices (heads, T, min(k, T)) of k uniformly random visible keys per (head, query): the top-k of uniform
+    scores drawn on the CPU from `seed` (the same keys on every device)."""
+    scores = torch.rand(shape, generator=cpu_generator(seed), dtype=torch.float32)
+    return _keep_topk(scores, k)[1]
+
+
 def _offset_sums(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_t A[:, t, t − d] over queries t with key t − d ≥ 1, per offset d (heads, T), and those query counts (T,)."""
     t = a.shape[-1]
@@ -112,7 +120,8 @@ class _Reducer:
         self.inputs: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.random_index: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self.random_index: dict[tuple[int, tuple[int, ...]], torch.Tensor | Future] = {}
+        self._pool: Any = None
         for layer in layers if sparse is not None else ():
             attention = adapter.decoder_layers()[layer].self_attn
             name = adapter.name_of(attention.o_proj)
@@ -137,12 +146,37 @@ class _Reducer:
             self._reduce_sparse(layer, module, record, weights[0].detach(), self.values.pop(layer).to(F64))
         self.on_record(layer, record)
 
+    def prefetch(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        """Start drawing the random keys of every seed for these attention shapes (heads, T, T), in order, on a pool
+        of CPU threads: the draws of a sequence are ready when its forward reaches the reduction, instead of costing
+        G10.5 a serial CPU draw per seed and sequence (on OLMoE-1B-7B ~10 s of its calibration). Each draw has its
+        own generator, so the keys are the same whichever thread draws them and when."""
+        if self.sparse is None or self.rule_only or not self.sparse.random_seeds:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            workers = max(1, min(len(self.sparse.random_seeds), torch.get_num_threads()))
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ladder-random-keys")
+        for shape in shapes:
+            for seed in self.sparse.random_seeds:
+                if (seed, shape) not in self.random_index:
+                    self.random_index[(seed, shape)] = self._pool.submit(_draw_keys, seed, shape, self.sparse.top_k)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def _random_keys(self, seed: int, shape: tuple[int, ...], k: int) -> torch.Tensor:
         """k uniformly random visible keys per (head, query), drawn on the CPU from `seed` (cached per shape)."""
-        if (seed, shape) not in self.random_index:
-            scores = torch.rand(shape, generator=cpu_generator(seed), dtype=torch.float32)
-            self.random_index[(seed, shape)] = _keep_topk(scores, k)[1]
-        return self.random_index[(seed, shape)]
+        found = self.random_index.get((seed, shape))
+        if found is None:
+            found = _draw_keys(seed, shape, k)
+        elif isinstance(found, Future):
+            found = found.result()
+        self.random_index[(seed, shape)] = found
+        return found
 
     def _head_spans(self, heads: int, t: int) -> list[slice]:
         """Heads reduced at once: their float64 attention (T, T) and the four products made from it (the masked
@@ -259,11 +293,14 @@ def attention_capture(model: Any, adapter: MoEAdapter, sequences: Sequence[Seque
                 handles.append(attention.v_proj.register_forward_hook(
                     lambda module, args, output, layer=layer: reducer.value_post(layer, output)))
         context = eager_attention(model) if sparse is not None else contextlib.nullcontext()
+        heads = int(model.config.num_attention_heads)
+        reducer.prefetch([(heads, len(sequence), len(sequence)) for sequence in sequences])
         with torch.no_grad(), context, stopping_after(model, max(layers)) as forward:
             for sequence in bar(sequences, desc=desc, enabled=progress):
                 ids = torch.as_tensor([list(sequence)], dtype=torch.long, device=device)
                 forward(input_ids=ids, use_cache=False)
     finally:
+        reducer.close()
         for handle in handles:
             handle.remove()
         model.train(was_training)
