@@ -44,8 +44,7 @@ class Normal:
 
     The statistics stay where they are computed, or at the home of the bounded workspace `add` is given (the CPU,
     page-locked: G10.5 on OLMoE-1B-7B keeps ~2.9 GB per layer and fold); the fits run on `device` (default: where the
-    statistics are),
-    which holds the eigendecomposition and ΦᵀΦ they reuse until `release`."""
+    statistics are), which holds the eigendecomposition and ΦᵀΦ they reuse until `release`."""
 
     ftf: torch.Tensor | None = None
     fty: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -59,20 +58,12 @@ class Normal:
             ) -> None:
         """Fold in points with features phi (n, d) and each target (n, H), computed where phi is: one matmul for all
         targets, or, under a bounded `workspace`, for groups of targets whose products fit a quarter of it, the sums
-        kept at its home (the CPU) and taken there a block at a time (`Workspace.accumulate`)."""
+        kept at its home (the CPU) and taken on the GPU a block at a time (`Workspace.accumulate`)."""
         phi = phi.to(F64)
         bounded = workspace is not None and workspace.bounded
+        store = workspace if bounded else Workspace.on(phi.device, None)  # unbounded: the sums stay where computed
         max_bytes = workspace.limit // 4 if bounded else None
-
-        def fold(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
-            if bounded:
-                return workspace.accumulate(total, part)
-            if total is None:
-                return part.contiguous()
-            total += part
-            return total
-
-        self.ftf = fold(self.ftf, phi.mT @ phi)
+        self.ftf = store.accumulate(self.ftf, phi.mT @ phi)
         names, group, groups, width = list(targets), [], [], 0
         for name in names:  # consecutive targets whose ΦᵀY fits max_bytes together
             size = targets[name].shape[-1]
@@ -86,7 +77,7 @@ class Normal:
             sizes = [targets[name].shape[-1] for name in group]
             ys = torch.cat([to_f64(targets[name], phi.device) for name in group], dim=-1)
             for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
-                self.fty[name] = fold(self.fty.get(name), part)
+                self.fty[name] = store.accumulate(self.fty.get(name), part)
                 self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
         self.n_points += phi.shape[0]
         self.release()
