@@ -14,9 +14,11 @@ calibration). Last line: `forward_share=<plain forward / G10.5 calibration>`.
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
 from pytest_ladder.measure.workspace import Workspace
 from pytest_ladder.models.corpora import load_corpus, token_sequences
@@ -30,16 +32,12 @@ DECAYS = (0.5, 0.8, 0.95, 0.984)
 RIDGES = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 
 
-def timed(label: str, fn, results: dict) -> object:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    value = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    results[label] = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+def measured(label: str, fn: Callable[[], Any], device: torch.device, results: dict) -> Any:
+    """fn's result; its wall time (GPU synchronised, benchmarks/timing.py) and peak allocated memory printed."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    value, results[label] = timed(fn, device, 1)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     print(f"{label:<44} {results[label]:8.2f} s  peak {peak:6.2f} GiB", flush=True)
     return value
 
@@ -67,8 +65,8 @@ def main() -> None:
                               loaded.prefix_token_id)
     lengths = sorted(len(s) for s in sequences)
     print(f"model {loaded.identity['name']} on {args.device}, layer {args.layer}, {len(sequences)} calibration "
-          f"sequences ({sum(lengths)} tokens, lengths {lengths[0]}..{lengths[-1]}, median {lengths[len(lengths) // 2]}),"
-          f" workspace {args.workspace}", flush=True)
+          f"sequences ({sum(lengths)} tokens, lengths {lengths[0]}..{lengths[-1]}, "
+          f"median {lengths[len(lengths) // 2]}), workspace {args.workspace}", flush=True)
     layer, device = args.layer, torch.device(args.device)
     sparse = SparseSpec(args.top_k, tuple(range(args.seeds)))
     results: dict[str, float] = {}
@@ -80,26 +78,28 @@ def main() -> None:
                 forward(input_ids=torch.as_tensor([sequence], device=device), use_cache=False)
 
     forwards(False)  # warm up
-    timed("plain forward per sequence (sdpa)", lambda: forwards(False), results)
-    timed("eager forward per sequence", lambda: forwards(True), results)
-    timed("capture, no sparse part (G10-scan)", lambda: attention_capture(
+    measured("plain forward per sequence (sdpa)", lambda: forwards(False), device, results)
+    measured("eager forward per sequence", lambda: forwards(True), device, results)
+    measured("capture, no sparse part (G10-scan)", lambda: attention_capture(
         model, adapter, sequences, [layer], on_record=lambda k, r: None, workspace=workspace, progress=False),
-        results)
-    timed("capture + sparse part, not folded", lambda: attention_capture(
+        device, results)
+    measured("capture + sparse part, not folded", lambda: attention_capture(
         model, adapter, sequences, [layer], sparse=sparse, on_record=lambda k, r: None, workspace=workspace,
-        progress=False), results)
+        progress=False), device, results)
     scan = Calibration(DECAYS, workspace=workspace, share=0.25)
-    timed("G10-scan calibration (capture + fold)", lambda: (attention_capture(
+    measured("G10-scan calibration (capture + fold)", lambda: (attention_capture(
         model, adapter, sequences, [layer], on_record=lambda k, r: scan.add(r), workspace=workspace,
-        progress=False), scan.flush()), results)
+        progress=False), scan.flush()), device, results)
     calibration = Calibration(DECAYS, workspace=workspace, share=0.25)
-    timed("G10.5 calibration (capture + sparse + fold)", lambda: (attention_capture(
+    measured("G10.5 calibration (capture + sparse + fold)", lambda: (attention_capture(
         model, adapter, sequences, [layer], sparse=sparse, on_record=lambda k, r: calibration.add(r),
-        workspace=workspace, progress=False), calibration.flush()), results)
-    held = timed("G10.5 held-out capture", lambda: attention_capture(
-        model, adapter, heldout, [layer], sparse=sparse, workspace=workspace, progress=False), results)
-    timed("G10.5 fits (fit_hybrid_layer)", lambda: fit_hybrid_layer(calibration, held[layer], RIDGES), results)
-    print(f"forward_share={results['plain forward per sequence (sdpa)'] / results['G10.5 calibration (capture + sparse + fold)']:.3f}")
+        workspace=workspace, progress=False), calibration.flush()), device, results)
+    held = measured("G10.5 held-out capture", lambda: attention_capture(
+        model, adapter, heldout, [layer], sparse=sparse, workspace=workspace, progress=False), device, results)
+    measured("G10.5 fits (fit_hybrid_layer)", lambda: fit_hybrid_layer(calibration, held[layer], RIDGES), device,
+             results)
+    share = results["plain forward per sequence (sdpa)"] / results["G10.5 calibration (capture + sparse + fold)"]
+    print(f"forward_share={share:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Capture overhead, measured side by side: a plain forward vs the same forward with pytest-ladder's capture hooks
 accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.capture), on the embedded model.
 
-    python benchmarks/capture_overhead.py [--model embedded] [--device cpu] [--tokens 8192] [--batch 8] [--repeats 5] [--threads N]
+    python benchmarks/capture_overhead.py [--model embedded] [--device cpu] [--tokens 8192] [--batch 8]
+                                          [--repeats 5] [--threads N]
 
 All runs see the same held-out text tokens in the same batches; they alternate (plain, capture, capture with
 float32 block products, plain, ...) so machine noise hits all, and the medians are compared. Prints the times and
@@ -13,30 +14,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
 import torch
+from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
 from pytest_ladder.models.capture import CaptureSpec, batches, capture, model_device, pad_batch
 from pytest_ladder.models.corpora import load_corpus, token_sequences
 from pytest_ladder.models.loading import ModelSpec, load_model
 
 
-def synchronized() -> float:
-    """time.perf_counter() once the GPU's queued work has finished (a CUDA forward returns before it does)."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 def plain_forward(model: torch.nn.Module, sequences: list[list[int]], batch_size: int, pad: int) -> float:
     device = model_device(model)
-    start = synchronized()
-    with torch.no_grad():
-        for batch in batches(sequences, batch_size):
-            ids, mask = pad_batch(batch, pad, device)
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
-    return synchronized() - start
+
+    def run() -> None:
+        with torch.no_grad():
+            for batch in batches(sequences, batch_size):
+                ids, mask = pad_batch(batch, pad, device)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    return timed(run, device, 1)[1]
 
 
 def main() -> None:
@@ -57,9 +52,8 @@ def main() -> None:
     specs = {"float64": CaptureSpec(gram=True, topk=True), "float32": CaptureSpec(gram_products="float32")}
 
     def timed_capture(spec: CaptureSpec, chosen: list[list[int]]) -> float:
-        start = synchronized()
-        capture(loaded.model, loaded.adapter, chosen, spec, batch_size=args.batch, pad_token_id=pad, progress=False)
-        return synchronized() - start
+        return timed(lambda: capture(loaded.model, loaded.adapter, chosen, spec, batch_size=args.batch,
+                                     pad_token_id=pad, progress=False), model_device(loaded.model), 1)[1]
 
     plain_forward(loaded.model, sequences[:args.batch], args.batch, pad)  # warm up every path
     for spec in specs.values():
