@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +121,7 @@ class _Reducer:
         self.values: dict[int, torch.Tensor] = {}
         self.o_proj: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.random_index: dict[tuple[int, tuple[int, ...]], torch.Tensor | Future] = {}
-        self._pool: Any = None
+        self._pool: ThreadPoolExecutor | None = None
         for layer in layers if sparse is not None else ():
             attention = adapter.decoder_layers()[layer].self_attn
             name = adapter.name_of(attention.o_proj)
@@ -154,8 +154,6 @@ class _Reducer:
         if self.sparse is None or self.rule_only or not self.sparse.random_seeds:
             return
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             workers = max(1, min(len(self.sparse.random_seeds), torch.get_num_threads()))
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ladder-random-keys")
         for shape in shapes:
