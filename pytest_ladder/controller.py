@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import queue
 import re
 import signal
 import threading
@@ -183,6 +184,8 @@ class LadderSession:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             state.aborted = state.aborted or "interrupted (KeyboardInterrupt)"
+            self._deferred = None  # the deferred signal has ended the session already
+            self._take_pending_worker_reports()
         in_flight = {name: plan.requires for name, plan in state.plans.items()
                      if name not in state.decided and name not in state.refused
                      and any(item.nodeid in state.outcomes for item in plan.items)}
@@ -194,6 +197,24 @@ class LadderSession:
         add_verdicts_to_junit(self.config, records,
                               {name: [item.nodeid for item in state.plans[name].items] for name in records
                                if name in state.plans})
+
+    def _take_pending_worker_reports(self, settle_s: float = 0.25, limit_s: float = 2.0) -> None:
+        """xdist controller, interrupted: reports the workers sent before the signal may still wait in xdist's event
+        queue (the signal can land while the controller archives a rung, before it has read a worker's next
+        reports). The ladder reads them now, so a rung that had begun on a worker is archived ABORTED, not lost.
+        Only the ladder sees them: the session is over for every other plugin. Workers still running keep sending,
+        so this reads for at most `limit_s`."""
+        events = getattr(self.config.pluginmanager.getplugin("dsession"), "queue", None)
+        if events is None:
+            return
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                name, kwargs = events.get(timeout=settle_s)
+            except queue.Empty:
+                return
+            if name == "testreport" and kwargs.get("rep") is not None:
+                self.pytest_runtest_logreport(kwargs["rep"])
 
     def _archive(self, name: str, plan: Any, aborted: str | None = None) -> None:
         from pytest_ladder.archive import DECISION_FILE, RUN_FILE, new_run_id, write_run

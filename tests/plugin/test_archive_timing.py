@@ -64,6 +64,48 @@ def test_a_stop_signal_keeps_decided_rungs_and_aborts_the_one_in_flight(toy, nam
     assert "b: ABORTED" in output and "a: KILL at gate relative_error" in output, output[-3000:]
 
 
+# On the xdist controller (reports carry their worker as .node there), once rung a is archived the controller lingers
+# on a's last report, so what rung b's worker sends meanwhile waits unread in xdist's event queue. On the worker,
+# b_reported appears once a test of rung b has sent all its reports.
+SLOW_CONTROLLER = """
+import os, pathlib, time
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    if (getattr(report, "node", None) is not None and report.nodeid.startswith("test_a.py")
+            and report.when == "teardown" and list(pathlib.Path("archive/a").glob("*/decision.json"))):
+        for _ in range(1200):
+            time.sleep(0.1)
+
+
+def pytest_runtest_logfinish(nodeid):
+    if os.environ.get("PYTEST_XDIST_WORKER") and nodeid.startswith("test_b.py"):
+        pathlib.Path("b_reported").touch()
+"""
+
+
+def test_a_stop_signal_aborts_a_rung_whose_reports_the_controller_has_not_read_yet(toy):
+    toy.rung("a")
+    toy.rung("b", hook=BLOCK)
+    (toy.root / "conftest.py").write_text(SLOW_CONTROLLER)
+    process = _spawn(toy.root, "-n", "1")  # one worker: rung b begins only after rung a's last report was sent
+    _wait_for(toy.root / "b_reported", process)
+    deadline = time.monotonic() + 60  # the controller archives rung a, then lingers before reading b's reports
+    while not toy.runs("a") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (decided,) = toy.runs("a")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, output
+    assert toy.record(decided)["verdict"] == "KILL"
+    (aborted,) = toy.runs("b")
+    run = toy.record(aborted)
+    assert (run["verdict"], run["kind"], run["selection"]["aborted"]) == ("ABORTED", "aborted", "interrupted by SIGTERM")
+    assert "b: ABORTED" in output, output[-3000:]
+
+
 def test_a_rung_is_archived_before_the_next_rung_runs(toy):
     toy.rung("a")
     toy.rung("b", hook="import pathlib\n    assert len(list(pathlib.Path('archive/a').glob('*/decision.json'))) == 1")
