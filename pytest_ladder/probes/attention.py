@@ -263,8 +263,9 @@ def fit_hybrid_layer(calibration: Calibration, heldout: Sequence[SequenceCapture
     phis = _heldout_features(heldout, calibration.decays, skip, calibration.device)
     names = [name for name in targets if name != "o"]
     chosen = choose_ridges(calibration, names, ridges)
+    # targets with the same chosen ridge in a row: each ridge's factor of ΦᵀΦ + α I is made once
     errors = {name: _heldout_error(heldout, phis, fit_scan(normal, name, chosen[name]), targets[name], skip)
-              for name in names}
+              for name in sorted(names, key=chosen.__getitem__)}
     calibration.release()
     keep = _points(skip)
     outputs = torch.cat([r.o[keep] for r in heldout]).to(F64)
