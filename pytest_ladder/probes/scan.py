@@ -204,6 +204,6 @@ def random_readout(normal: Normal, target: str, seed: int) -> torch.Tensor:
     """The random-basis trap's readout: Haar-random orthonormal columns Q (d, H) scaled by the least-squares scalar
     c = tr(QᵀΦᵀY) / tr(QᵀΦᵀΦQ) on calibration — a scan of the same size whose readout was not fit."""
     d, h = normal.fty[target].shape
-    q = random_orthonormal_columns(d, h, seed, device=normal.compute_device)
+    q = random_orthonormal_columns(d, h, seed, device=normal.compute_device, qr_on_device=True)
     c = (q * normal.products(target, d)).sum() / (q * (normal.gram(d) @ q)).sum()
     return c * q

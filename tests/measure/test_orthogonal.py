@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pytest_ladder.measure.orthogonal import random_orthogonal, random_orthonormal_columns
@@ -34,3 +35,15 @@ def test_columns_span_a_subspace():
     q = random_orthonormal_columns(10, 3, 5)
     assert q.shape == (10, 3)
     assert torch.allclose(q.T @ q, torch.eye(3, dtype=F64), atol=1e-12)
+
+
+def test_qr_on_the_cpu_device_is_the_cached_draw_bit_for_bit():
+    assert torch.equal(random_orthonormal_columns(40, 6, 11, device="cpu", qr_on_device=True),
+                       random_orthonormal_columns(40, 6, 11))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_qr_on_a_gpu_is_the_cpu_draw_to_float64_rounding():
+    on_gpu = random_orthonormal_columns(300, 40, 5, device="cuda", qr_on_device=True)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float64
+    assert torch.allclose(on_gpu.cpu(), random_orthonormal_columns(300, 40, 5), rtol=0, atol=1e-12)
