@@ -125,9 +125,12 @@ class OutputCompressorStudy:
         return named_compressor(self.compressors, key, IdentityOutputs(), type(self).__name__)
 
     def _calibration(self, layer: int) -> dict[int, torch.Tensor]:
+        """{expert: its calibration outputs (rows, H)} of `layer`, for the experts that saw calibration tokens (an
+        expert routed no token is absent, as the ExpertOutputCompressor protocol says, not an empty (0, H) tensor)."""
         per_task = [self.outputs.calibration_outputs(task).get(layer, {}) for task in self.calibration_tasks]
         experts = sorted({e for found in per_task for e in found})
-        return {e: torch.cat([found[e] for found in per_task if e in found]) for e in experts}
+        rows = {e: torch.cat([found[e] for found in per_task if e in found]) for e in experts}
+        return {e: y for e, y in rows.items() if y.shape[0] > 0}
 
     def state(self, layer: int, key: tuple) -> Any:
         if (layer, key) not in self._states:

@@ -49,6 +49,27 @@ def test_identity_is_exactly_zero_and_outputs_on_the_grid_are_exact():
     assert study.delta_nll("math") == 0.0
 
 
+def test_an_expert_routed_no_calibration_token_is_left_out_of_calibrate():
+    import math
+
+    from pytest_ladder.models.corpora import load_corpora
+    from pytest_ladder.probes.expert_outputs import OutputQuantStudy
+
+    torch.set_num_threads(1)
+    tokenizer = tokenizer_for_tests()
+    model = tiny_forward_model(tokenizer)
+    outputs = OutputQuantStudy(loaded_model(model, tokenizer), load_corpora(), n_points=64, calibration_tokens=2)
+    captured = outputs.calibration_outputs("code")
+    # two code tokens, top-2 of 4 experts: the capture lists an expert of layer 0 with no rows
+    assert [e for e, y in captured[0].items() if y.shape[0] == 0] == [3]
+    study = oc.OutputCompressorStudy(outputs, calibration_tasks=("code",), compressors={oc.METHOD: channel_quant(8)})
+    for layer, found in captured.items():
+        assert {e: y.shape for e, y in study._calibration(layer).items()} == {
+            e: y.shape for e, y in found.items() if y.shape[0]}
+    # the example's compressor calibrates (an unseen expert falls back to the layer's scales) and the model runs
+    assert math.isfinite(study.delta_nll("math"))
+
+
 def test_default_controls_spend_the_methods_bytes():
     found = oc.output_bytes(channel_quant(8), 2, 128, torch.float32)
     assert (found.compressed.nbytes, found.dense.nbytes, found.delta) == (256, 1024, -768)
