@@ -32,8 +32,7 @@ def random_orthonormal_columns(
     if not 0 <= k <= n:
         raise ValueError(f"random_orthonormal_columns: need 0 <= k <= n, got n={n}, k={k}")
     if qr_on_device and device is not None and torch.device(device).type != "cpu":
-        gaussian = torch.randn(*batch, n, k, generator=cpu_generator(seed), dtype=torch.float64)
-        return _sign_fixed_q(gaussian.to(device)).to(dtype)
+        return _sign_fixed_q(_gaussian(n, k, seed, tuple(batch)).to(device)).to(dtype)
     if isinstance(seed, int) and not isinstance(seed, bool):
         return _haar_columns(n, k, seed, tuple(batch)).to(device=device, dtype=dtype, copy=True)
     return _haar_columns.__wrapped__(n, k, seed, tuple(batch)).to(device=device, dtype=dtype)
@@ -43,7 +42,12 @@ def random_orthonormal_columns(
 def _haar_columns(n: int, k: int, seed: Seed, batch: tuple[int, ...]) -> torch.Tensor:
     """The CPU float64 draw behind random_orthonormal_columns. The τ baselines of every cell of a rung reuse the same
     integer seeds, so a session draws each (n, k, seed) once (callers get copies); a generator is never cached."""
-    return _sign_fixed_q(torch.randn(*batch, n, k, generator=cpu_generator(seed), dtype=torch.float64))
+    return _sign_fixed_q(_gaussian(n, k, seed, batch))
+
+
+def _gaussian(n: int, k: int, seed: Seed, batch: tuple[int, ...]) -> torch.Tensor:
+    """The seeded float64 Gaussian (…batch, n, k), drawn on the CPU: the same numbers whichever device factors it."""
+    return torch.randn(*batch, n, k, generator=cpu_generator(seed), dtype=torch.float64)
 
 
 def _sign_fixed_q(gaussian: torch.Tensor) -> torch.Tensor:
