@@ -87,6 +87,27 @@ def budget_ranks(request: pytest.FixtureRequest, cell: Any, prereg: Any, n_layer
     return index, ranks
 
 
+def resident_experts(loaded: Any, device: Any, checkpoint: Any) -> Callable[[int, str], Any]:
+    """(layer, projection) -> that layer's stacked expert matrices as a view of the loaded model's parameters when
+    they are resident on `device` (models.adapters.MoEAdapter.resident_experts) and hold the `checkpoint`'s values
+    exactly (its dtype, or a wider float), else None. Weights-only rungs read the checkpoint for the rest: the model
+    already on the GPU is not read from disk and moved there again. None throughout when `loaded` is None (the
+    session loaded no model: a weights-only selection reads only the checkpoint)."""
+    import torch
+
+    wider = {torch.bfloat16: (torch.float32, torch.float64), torch.float16: (torch.float32, torch.float64),
+             torch.float32: (torch.float64,)}
+
+    def resident(layer: int, projection: str) -> Any:
+        view = None if loaded is None else loaded.adapter.resident_experts(layer, projection, device)
+        if view is None:
+            return None
+        stored = checkpoint.expert_dtype
+        return view if view.dtype == stored or view.dtype in wider.get(stored, ()) else None
+
+    return resident
+
+
 @pytest.fixture(scope="module")
 def rung_cache() -> Any:
     """A dict that lives as long as the rung module: what its fixtures compute once for all its tests. When the

@@ -24,12 +24,15 @@ def weight_work():
 
 
 @pytest.fixture
-def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds):
+def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds, request):
     """The rung's tensors and fits per weight type, kept in weight_work (the float64 expert tensor of OLMoE-1B-7B is
-    17 GB: it stays on the CPU as read, the float64 work runs in pieces that fit the GPU workspace; one weight type
-    at a time, and nothing left once the module ends)."""
+    17 GB: its layers are views of the session model's weights where those are resident on the compute device, else
+    read from the checkpoint and kept on the CPU as read; the float64 work runs in pieces that fit the GPU workspace;
+    one weight type at a time, and nothing left once the module ends)."""
     from pytest_ladder.measure.tau import tau_floor
     from pytest_ladder.probes import spectral
+    from pytest_ladder.prepare import prepared
+    from pytest_ladder.rung_fixtures import resident_experts
 
     fraction, seeds = prereg.params["budget_fraction"], tuple(ladder_seeds)
 
@@ -39,8 +42,11 @@ def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds):
             if projection not in found:
                 found.clear()
                 read = ladder_weights.on(ladder_workspace.home)
+                resident = resident_experts(prepared(request.config).model, ladder_workspace.device,
+                                            ladder_weights)
+                layers = [resident(layer, projection) for layer in range(ladder_weights.n_layers)]
                 found[projection] = spectral.expert_tensor(
-                    [read.experts(layer, projection) for layer in range(ladder_weights.n_layers)],
+                    [read.experts(layer, projection) if w is None else w for layer, w in enumerate(layers)],
                     projection, ladder_workspace)
                 weight_work.setdefault("shape", {})[projection] = list(found[projection].shape)
             return found[projection]
@@ -48,6 +54,13 @@ def g2(weight_work, ladder_weights, ladder_workspace, prereg, ladder_seeds):
         def shape(self, projection):
             """The tensor's shape, without reading the tensor again once it has been read."""
             return weight_work.get("shape", {}).get(projection) or list(self.tensor(projection).shape)
+
+        def curves(self, projection):
+            """The mode energy curves of the postmortem's plots, kept so a second claim need not read the tensor."""
+            found = weight_work.setdefault("curves", {})
+            if projection not in found:
+                found[projection] = spectral.mode_energy_curves(self.tensor(projection))
+            return found[projection]
 
         def floor(self, projection):
             found = weight_work.setdefault("floor", {})
@@ -97,7 +110,7 @@ def test_residual_at_budget(cell, gate, g2, weight):
     found = g2.floor(weight)
     gate.check(found.residual, ranks=list(found.ranks), params=found.params, budget_params=found.budget_params,
                mode_effective_ranks=list(found.mode_effective_ranks),
-               series=spectral.mode_energy_curves(g2.tensor(weight)))
+               series=g2.curves(weight))
 
 
 @ladder.gate("tucker_residual")

@@ -124,8 +124,12 @@ def multilinear_rank(t: torch.Tensor, rtol: float = 1e-6) -> tuple[int, ...]:
 
 
 class StackedTensor:
-    """T (L, d1, d2, d3) as L slices (d1, d2, d3) kept where `workspace` stores results (the CPU when its budget is
-    bounded) in the dtype they were read in (exact in float64), with float64 work on `workspace.device` in pieces:
+    """T (L, d1, d2, d3) as L slices (d1, d2, d3) in the dtype they were read in (exact in float64), with float64 work
+    on `workspace.device` in pieces. A slice already on that device is kept as given: a view of a model's resident
+    weights (a fused expert parameter's half, a transposed down projection) costs nothing beyond the weights and
+    is never copied whole. Any other slice is kept where `workspace` stores results (the CPU when its budget is
+    bounded). Every piece moved to the work is a contiguous float64 copy, so resident and stored slices give the
+    same values bit for bit.
 
     - mode Grams: those of modes 2 and 3 summed over (layer, d1-chunk) pieces; those of modes 0 and 1 are partial
       traces of the (L·d1)² Gram K of the slices' rows, summed over column chunks;
@@ -140,7 +144,8 @@ class StackedTensor:
         if not slices or any(s.dim() != 3 or s.shape != slices[0].shape for s in slices):
             raise ValueError("StackedTensor: needs one or more slices of one 3-D shape")
         self.workspace = workspace or Workspace.on(slices[0].device, None)
-        self.slices = [self._pinned(self.workspace.store(s.contiguous())) for s in slices]
+        self.slices = [s if s.device == self.workspace.device else self._pinned(self.workspace.store(s.contiguous()))
+                       for s in slices]
         self.shape = (len(self.slices), *self.slices[0].shape)
         self._grams: list[torch.Tensor] | None = None
         self._norm_sq: torch.Tensor | None = None
@@ -168,7 +173,19 @@ class StackedTensor:
         return self.workspace.device
 
     def _on(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` as a contiguous float64 tensor on the device (one copy, also of a strided view already there)."""
+        if x.device == self.device:
+            return x.to(dtype=F64, memory_format=torch.contiguous_format)
         return to_f64(x, self.device)
+
+    @staticmethod
+    def _columns(piece: torch.Tensor, columns: slice) -> torch.Tensor:
+        """piece.reshape(d1, -1)[:, columns] without reshaping the whole slice (a strided view would be copied
+        whole): only the rows of mode 2 the columns fall in are made contiguous."""
+        d3 = piece.shape[2]
+        first, last = columns.start // d3, -(-columns.stop // d3)
+        rows = piece[:, first:last].reshape(piece.shape[0], -1)
+        return rows[:, columns.start - first * d3:columns.stop - first * d3]
 
     def _rows(self, d1_bytes: int) -> list[slice]:
         return self.workspace.spans(self.shape[1], d1_bytes)
@@ -187,9 +204,8 @@ class StackedTensor:
                     by_row = s.transpose(0, 1).reshape(d2, -1)
                     g2 += by_row @ by_row.mT
             k = torch.zeros(n_layers * d1, n_layers * d1, dtype=F64, device=self.device)
-            flat_slices = [piece.reshape(d1, -1) for piece in self.slices]
             for columns in self.workspace.spans(d2 * d3, 2 * n_layers * d1 * 8):
-                block = self._on(torch.cat([f[:, columns] for f in flat_slices]))
+                block = self._on(torch.cat([self._columns(piece, columns) for piece in self.slices]))
                 k += block @ block.mT
             k = k.view(n_layers, d1, n_layers, d1)
             g0 = k.diagonal(dim1=1, dim2=3).sum(-1)

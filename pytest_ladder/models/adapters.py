@@ -150,6 +150,25 @@ class MoEAdapter:
         gate, up = read_parameter(self.model, gate_up_name, expert).clone().chunk(2, dim=0)
         return ExpertWeights(gate=gate, up=up, down=read_parameter(self.model, down_name, expert).clone())
 
+    def resident_experts(self, layer: int, projection: str, device: torch.device | str) -> torch.Tensor | None:
+        """All experts' `projection` matrices of `layer` as a read-only view of the live parameters, in the layout of
+        models.checkpoint.Checkpoint.experts ((E, I, H) for gate and up, (E, H, I) for down), when they are resident
+        on `device`; None when they are not (offloaded: a meta placeholder, or another device), and the caller reads
+        the checkpoint instead. A view costs no memory beyond the model's own weights."""
+        if projection not in ("gate", "up", "down"):
+            raise ValueError(f"resident_experts: projection must be gate, up or down, got {projection!r}")
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        parameter = getattr(self.experts_module(layer), "down_proj" if projection == "down" else "gate_up_proj", None)
+        if not isinstance(parameter, torch.Tensor) or parameter.device != device:
+            return None
+        parameter = parameter.detach()
+        if projection == "down":
+            return parameter
+        inter = parameter.shape[1] // 2
+        return parameter[:, :inter] if projection == "gate" else parameter[:, inter:]
+
     def set_expert_weights(self, layer: int, expert: int, weights: ExpertWeights) -> None:
         """Write an expert's matrices for good (use weights.patched_parameters with `expert_updates` to restore)."""
         for name, value in self.expert_updates(layer, expert, weights).items():
@@ -290,6 +309,10 @@ class GptOssAdapter(MoEAdapter):
         """top-k of the (biased) logits, softmax over the k chosen."""
         top_value, top_index = torch.topk(logits, self.top_k, dim=-1)
         return top_index, F.softmax(top_value, dim=1, dtype=top_value.dtype)
+
+    def resident_experts(self, layer: int, projection: str, device: torch.device | str) -> torch.Tensor | None:
+        """None: the fused parameters interleave gate and up columns, transposed; readers take the checkpoint."""
+        return None
 
     def _names3(self, layer: int) -> tuple[str, str, str, str]:
         experts = self.experts_module(layer)

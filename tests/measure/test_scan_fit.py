@@ -64,3 +64,27 @@ def test_targets_in_a_row_with_one_ridge_share_one_factor_and_release_drops_it()
     assert normal._factor[0] == (normal.ftf.shape[0], 1e-1) and normal._factor[1] is not factor
     normal.release()
     assert normal._factor is None and not normal._eigh and not normal._ftf
+
+
+def test_fits_on_the_compute_device_equal_the_dense_references(device):
+    """The statistics stay on the CPU and the fits run on the compute device (the GPU under a workspace): the
+    in-place Cholesky factor and the pseudo-inverse give the CPU references' solutions there too."""
+    from pytest_ladder.probes.scan import fit_scan
+
+    normal, phi, targets = _normal(rank=16)
+    normal.device = torch.device(device)
+    full, _, _ = _normal()
+    full.device = torch.device(device)
+    a = full.ftf
+    d = a.shape[0]
+    for ridge in (1e-4, 1e-1):
+        regularised = a + ridge * a.trace() / d * torch.eye(d, dtype=F64)
+        for name in targets:
+            expected = torch.linalg.solve(regularised, full.fty[name])
+            got = fit_scan(full, name, ridge)
+            assert got.device.type == device
+            assert torch.allclose(got.cpu(), expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max()))
+    for name, y in targets.items():
+        got = fit_scan(normal, name, 0.0)
+        assert got.device.type == device
+        assert torch.allclose(got.cpu(), torch.linalg.pinv(phi) @ y, rtol=1e-8, atol=1e-10)

@@ -150,6 +150,48 @@ def test_g2_does_not_depend_on_the_budget():
     assert spectral.projection_residual(free, spectral.identity_factors(free.shape)) == 0.0
 
 
+def test_g2_reads_resident_weights_as_views_with_the_checkpoints_values_bit_for_bit():
+    """G2's expert tensor from the loaded model's resident parameters (views of the fused gate_up_proj halves and of
+    down_proj: no copy) gives the mode Grams, the floor and the HOSVD, random and identity residuals of the tensor read
+    from the checkpoint, bit for bit, in pieces of the strided views under a small budget and unbounded; an offloaded (meta) parameter, another device or a
+    narrower dtype than the checkpoint's gives None (the checkpoint is read)."""
+    from pytest_ladder.measure.workspace import Workspace
+    from pytest_ladder.models.checkpoint import Checkpoint
+    from pytest_ladder.models.loading import ModelSpec, load_model
+    from pytest_ladder.probes import spectral
+    from pytest_ladder.rung_fixtures import resident_experts
+
+    loaded = load_model(ModelSpec(source="embedded", device="cpu"))
+    weights = Checkpoint(loaded.path)
+    resident = resident_experts(loaded, "cpu", weights)
+    small = 3_000_000  # a few rows of a layer per piece; chunks of K's 732 columns cut rows of mode 2 (128 wide)
+    for projection, budget in (("gate", small), ("up", None), ("down", small)):
+        views = [resident(layer, projection) for layer in range(weights.n_layers)]
+        read = [weights.experts(layer, projection) for layer in range(weights.n_layers)]
+        fused = loaded.adapter.experts_module(1)
+        parameter = fused.down_proj if projection == "down" else fused.gate_up_proj
+        assert views[1].untyped_storage().data_ptr() == parameter.untyped_storage().data_ptr()
+        assert all(torch.equal(v, r) for v, r in zip(views, read))
+        from_views = spectral.expert_tensor(views, projection, Workspace.on("cpu", budget))
+        from_file = spectral.expert_tensor(read, projection, Workspace.on("cpu", budget))
+        assert from_views.slices[1].untyped_storage().data_ptr() == parameter.untyped_storage().data_ptr()
+        for g_views, g_file in zip(from_views.mode_grams(), from_file.mode_grams()):
+            assert torch.equal(g_views, g_file)
+        floor = spectral.tucker_floor(from_file, from_file.numel() // 4)
+        assert spectral.tucker_floor(from_views, from_file.numel() // 4) == floor
+        sets = [spectral.hosvd_factors(from_file, floor.ranks), spectral.random_factors(from_file.shape, floor.ranks, 5),
+                spectral.identity_factors(from_file.shape)]
+        residuals = spectral.projection_residuals(from_views, sets)
+        assert residuals == spectral.projection_residuals(from_file, sets) and residuals[2] == 0.0
+    assert resident_experts(loaded, "cuda:0", weights)(1, "up") is None
+    assert resident_experts(None, "cpu", weights)(1, "up") is None
+    loaded.model.to(torch.bfloat16)  # narrower than the stored float32: not the checkpoint's values
+    assert weights.expert_dtype == torch.float32 and resident(1, "up") is None
+    with torch.device("meta"):
+        offloaded = type(loaded.model)(loaded.model.config)
+    assert type(loaded.adapter)(offloaded).resident_experts(1, "down", "cpu") is None
+
+
 def test_g0_does_not_depend_on_the_budget():
     """G0's layer under TINY (a few experts per piece, the stacked layer matrix a block of rows at a time, its σ from
     the stacked triangular factors) equals the unbounded run's: spectra, floors, the best regauge's error and every
