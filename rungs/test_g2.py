@@ -105,8 +105,6 @@ def test_trivial_pass(trap, prereg, g2):
 
 @ladder.prefilter("residual_at_budget")
 def test_residual_at_budget(cell, gate, g2, weight):
-    from pytest_ladder.probes import spectral
-
     found = g2.floor(weight)
     gate.check(found.residual, ranks=list(found.ranks), params=found.params, budget_params=found.budget_params,
                mode_effective_ranks=list(found.mode_effective_ranks),
