@@ -173,7 +173,8 @@ def test_the_uncompressed_pipeline_is_exactly_zero_on_every_gate(loaded):
 
 def test_the_checkpoint_files_are_read_in_each_familys_layout(loaded):
     """Mixtral's files store `block_sparse_moe.experts.E.w1/w3/w2`, Qwen3-MoE's `mlp.experts.E.gate_proj/...`: the
-    file readers find the same experts and routers as the loaded model, through the adapter's StoredLayout."""
+    file readers find the same experts and routers as the loaded model, through the adapter's StoredLayout, and the
+    adapter's resident views of the loaded experts equal the files' stacks."""
     from pytest_ladder.models.checkpoint import Checkpoint
     from pytest_ladder.probes.lowrank import input_stacks
     from pytest_ladder.probes.rotorquant import expert_stacks
@@ -187,8 +188,12 @@ def test_the_checkpoint_files_are_read_in_each_familys_layout(loaded):
         stored = weights.expert(layer, 9)
         read = adapter.expert_weights(layer, 9)
         assert all(torch.equal(stored[p], getattr(read, p)) for p in ("gate", "up", "down"))
+        device = adapter.experts_module(layer).down_proj.device
         for projection in ("gate", "up", "down"):
             assert torch.equal(weights.experts(layer, projection)[9], getattr(read, projection))
+            # G2's resident views of the loaded model: the files' stacks exactly
+            assert torch.equal(adapter.resident_experts(layer, projection, device), weights.experts(layer, projection))
+    assert weights.expert_dtype == torch.float32
     inter, hidden = adapter.intermediate_size, adapter.hidden_size
     stacks = expert_stacks(weights.dtype_bytes())
     assert len(stacks) == 3 * 8 and stacks["layers.7.down"] == (torch.float32, (16, hidden, inter))
