@@ -43,7 +43,7 @@ def test_qr_on_the_cpu_device_is_the_cached_draw_bit_for_bit():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_qr_on_a_gpu_is_the_cpu_draw_to_float64_rounding():
+def test_qr_on_cuda_is_the_cpu_draw_to_float64_rounding():
     on_gpu = random_orthonormal_columns(300, 40, 5, device="cuda", qr_on_device=True)
     assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float64
     assert torch.allclose(on_gpu.cpu(), random_orthonormal_columns(300, 40, 5), rtol=0, atol=1e-12)

@@ -35,7 +35,7 @@ def test_accumulate_sums_at_home_bit_for_bit():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_accumulate_a_cpu_total_on_the_gpu_a_block_at_a_time():
+def test_accumulate_a_cpu_total_on_cuda_a_block_at_a_time():
     from pytest_ladder.measure.workspace import Workspace
 
     parts = _parts()
