@@ -95,15 +95,11 @@ def resident_experts(loaded: Any, device: Any, checkpoint: Any) -> Callable[[int
     session loaded no model: a weights-only selection reads only the checkpoint)."""
     import torch
 
-    wider = {torch.bfloat16: (torch.float32, torch.float64), torch.float16: (torch.float32, torch.float64),
-             torch.float32: (torch.float64,)}
-
     def resident(layer: int, projection: str) -> Any:
         view = None if loaded is None else loaded.adapter.resident_experts(layer, projection, device)
-        if view is None:
-            return None
-        stored = checkpoint.expert_dtype
-        return view if view.dtype == stored or view.dtype in wider.get(stored, ()) else None
+        # exact: the view's float type holds every value of the stored one (bf16/fp16 in float32, float32 in float64)
+        return view if view is not None and torch.promote_types(checkpoint.expert_dtype, view.dtype) == view.dtype \
+            else None
 
     return resident
 

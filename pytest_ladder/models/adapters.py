@@ -153,15 +153,12 @@ class MoEAdapter:
     def resident_experts(self, layer: int, projection: str, device: torch.device | str) -> torch.Tensor | None:
         """All experts' `projection` matrices of `layer` as a read-only view of the live parameters, in the layout of
         models.checkpoint.Checkpoint.experts ((E, I, H) for gate and up, (E, H, I) for down), when they are resident
-        on `device`; None when they are not (offloaded: a meta placeholder, or another device), and the caller reads
-        the checkpoint instead. A view costs no memory beyond the model's own weights."""
+        on `device` (with its index: "cuda:0"); None when they are not (offloaded: a meta placeholder, or another
+        device), and the caller reads the checkpoint instead. A view costs no memory beyond the model's own weights."""
         if projection not in ("gate", "up", "down"):
             raise ValueError(f"resident_experts: projection must be gate, up or down, got {projection!r}")
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
         parameter = getattr(self.experts_module(layer), "down_proj" if projection == "down" else "gate_up_proj", None)
-        if not isinstance(parameter, torch.Tensor) or parameter.device != device:
+        if not isinstance(parameter, torch.Tensor) or parameter.device != torch.device(device):
             return None
         parameter = parameter.detach()
         if projection == "down":

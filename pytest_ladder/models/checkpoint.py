@@ -105,13 +105,13 @@ class Checkpoint:
 
     @cached_property
     def expert_dtype(self) -> torch.dtype:
-        """The stored dtype of the expert matrices, from the header of the file holding the first MoE layer's."""
+        """The stored dtype of the expert matrices (the first MoE layer's, from the files' headers: `dtype_bytes`)."""
+        stored = self.dtype_bytes()
         for layer in range(self.n_layers):
             base = self._layer(layer)
             for name in (self._per_expert(base, 0, "gate"), f"{base}.experts.gate_up_proj"):
-                if name in self._files:
-                    with safe_open(self._files[name], "pt") as handle:
-                        return getattr(torch, _DTYPES[handle.get_slice(name).get_dtype()])
+                if name in stored:
+                    return stored[name][0]
         raise KeyError(f"{self.folder}: no expert weights under {self._layer(0)}")
 
     @cached_property
