@@ -170,19 +170,21 @@ def effective_weight_grams(weights: torch.Tensor, idx: torch.Tensor, gates: torc
     return w_t @ w_t.mT if w_t.shape[-2] <= w_t.shape[-1] else w_t.mT @ w_t
 
 
-def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None) -> int:
+def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None, *, held: int = 0) -> int:
     """How many tokens' effective weights (out·in), Grams and their working copies (3·s²) fit in `max_bytes` of
-    float64 (None: the 1 GiB default), at least one. The float64 copy of the experts themselves comes on top."""
+    float64 (None: the 1 GiB default) beside `held` bytes the computation keeps throughout (the experts it reads and
+    their float64 copy), at least one."""
     out_features, in_features = weights.shape[-2:]
     side = min(out_features, in_features)
     per_token = 8 * (out_features * in_features + 3 * side * side)
-    return max(1, (WORKSPACE_BYTES if max_bytes is None else int(max_bytes)) // per_token)
+    return max(1, ((WORKSPACE_BYTES if max_bytes is None else int(max_bytes)) - held) // per_token)
 
 
 def _gram_chunks(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, max_bytes: int | None,
                  desc: str, progress: bool | None):
     w = weights.to(F64)
-    chunk = tokens_per_chunk(w, max_bytes)
+    held = w.numel() * w.element_size() + (0 if w is weights else weights.numel() * weights.element_size())
+    chunk = tokens_per_chunk(w, max_bytes, held=held)
     for start in bar(range(0, idx.shape[0], chunk), desc=desc, enabled=progress):
         yield effective_weight_grams(w, idx[start:start + chunk], gates[start:start + chunk])
 

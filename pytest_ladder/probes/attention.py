@@ -140,9 +140,10 @@ class Calibration:
             fold = getattr(self, name)
             phi = torch.cat([p for p, _ in pending])
             values = {target: torch.cat([v[target] for _, v in pending]) for target in pending[0][1]}
+            pending.clear()  # the sequences' own copies go before the products are made
             fold.add(phi, values, workspace=self.workspace)
             fold.device = phi.device
-            pending.clear()
+            del phi, values
         self._pending_bytes = 0
         self._normal = None
 

@@ -128,7 +128,8 @@ def rank_grid(rank: int, hidden: int) -> list[int]:
 def token_weighted_gram(weights: torch.Tensor, counts: torch.Tensor, *, workspace: Workspace | None = None
                         ) -> torch.Tensor:
     """M = Σ_e n_e W_eᵀ W_e (H, H) float64 from expert input maps W (E, out, H) and token counts n (E,); with a
-    bounded `workspace`, summed over chunks of experts on its device."""
+    bounded `workspace`, summed over chunks of experts on its device (each expert's float64 copy and the scaled copy
+    torch.einsum makes of it count against the workspace)."""
     device = weights.device if workspace is None else workspace.device
     n = to_f64(counts, device)
     if workspace is None:
@@ -136,7 +137,7 @@ def token_weighted_gram(weights: torch.Tensor, counts: torch.Tensor, *, workspac
         return torch.einsum("e,eoi,eoj->ij", n, w, w)
     hidden = weights.shape[-1]
     m = torch.zeros(hidden, hidden, dtype=F64, device=device)
-    for span in workspace.spans(weights.shape[0], nbytes(tuple(weights.shape[1:]))):
+    for span in workspace.spans(weights.shape[0], 2 * nbytes(tuple(weights.shape[1:]))):
         w = to_f64(weights[span], device)
         m += torch.einsum("e,eoi,eoj->ij", n[span], w, w)
         del w

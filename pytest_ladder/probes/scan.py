@@ -67,22 +67,26 @@ class Normal:
         max_bytes = workspace.limit // 4 if bounded else None
         self.ftf = store.accumulate(self.ftf, phi.mT @ phi)
         names, group, groups, width = list(targets), [], [], 0
-        for name in names:  # consecutive targets whose ΦᵀY fits max_bytes together
+        for name in names:  # consecutive targets whose ΦᵀY and float64 Y fit max_bytes together
             size = targets[name].shape[-1]
-            if group and max_bytes is not None and (width + size) * phi.shape[-1] * 8 > max_bytes:
+            if group and max_bytes is not None and (width + size) * (phi.shape[-1] + phi.shape[0]) * 8 > max_bytes:
                 groups.append(group)
                 group, width = [], 0
             group.append(name)
             width += size
         groups.append(group)
         for group in groups:
-            sizes = [targets[name].shape[-1] for name in group]
-            ys = torch.cat([to_f64(targets[name], phi.device) for name in group], dim=-1)
-            for name, part, y in zip(group, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
-                self.fty[name] = store.accumulate(self.fty.get(name), part)
-                self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
+            self._add_products(phi, {name: targets[name] for name in group}, store)
         self.n_points += phi.shape[0]
         self.release()
+
+    def _add_products(self, phi: torch.Tensor, targets: dict[str, torch.Tensor], store: Workspace) -> None:
+        """Fold ΦᵀY and Σ‖Y‖² of a group of targets in with one product (its temporaries end with this call)."""
+        sizes = [y.shape[-1] for y in targets.values()]
+        ys = torch.cat([to_f64(y, phi.device) for y in targets.values()], dim=-1)
+        for name, part, y in zip(targets, (phi.mT @ ys).split(sizes, dim=-1), ys.split(sizes, dim=-1)):
+            self.fty[name] = store.accumulate(self.fty.get(name), part)
+            self.yy[name] = self.yy.get(name, 0.0) + float(y.square().sum())
 
     def __add__(self, other: Normal) -> Normal:
         if other.ftf is None:

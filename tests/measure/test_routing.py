@@ -141,6 +141,9 @@ def test_effective_weight_norms_and_grams_by_hand():
     energy = effective_weight_energy(weights, idx, gates, 1)
     assert energy[1].item() == 0.9
     assert tokens_per_chunk(weights, 8 * (6 + 3 * 4) * 5) == 5 and tokens_per_chunk(weights, 1) == 1
+    # bytes held throughout (the experts and their float64 copy) come out of the budget first
+    assert tokens_per_chunk(weights, 8 * (6 + 3 * 4) * 5 + 96, held=96) == 5
+    assert tokens_per_chunk(weights, 8 * (6 + 3 * 4) * 5, held=1) == 4
 
 
 def test_gram_paths_match_the_svd(device):
