@@ -287,22 +287,36 @@ def patched_layers(model: nn.Module, layers: Iterable[Callable[[], dict]]) -> It
 ExpertTransform = Callable[[int, int, torch.Tensor], torch.Tensor]
 
 
+def routed_rows(top_k_index: torch.Tensor, n_experts: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(expert, top_k_pos, token_idx) for every expert routed a token, in expert order, each with the rows
+    `torch.where(one_hot(top_k_index)[..., expert].T)` gives in transformers' eager loop (by top-k slot, then token).
+
+    One stable sort of the routes and one count per expert read back at once replace a `torch.where` per expert, so
+    on a GPU the loop queues its work without waiting on each expert. Index `n_experts` (a padding route) is skipped,
+    as the eager loop skips it."""
+    n_tokens = top_k_index.shape[0]
+    with torch.no_grad():
+        routes = top_k_index.mT.reshape(-1)  # position p = slot · T + token: torch.where's order within an expert
+        order = torch.sort(routes, stable=True).indices
+        counts = torch.bincount(routes, minlength=n_experts + 1).tolist()
+    start = 0
+    for expert, count in enumerate(counts[:n_experts]):
+        if count:
+            positions = order[start:start + count]
+            yield expert, positions // n_tokens, positions % n_tokens
+        start += count
+
+
 def _experts_loop(adapter: "MoEAdapter", layer: int, transform: ExpertTransform, weighted: bool) -> Callable:
     """An experts forward equivalent to transformers' eager loop, with `transform(layer, expert, output)` applied to
-    each routed expert's output (before the routing weight, or after it when `weighted`) before it is summed."""
+    each routed expert's output (before the routing weight, or after it when `weighted`) before it is summed. Each
+    expert gets the eager loop's rows in its order (`routed_rows`), and the experts are summed in its order, so the
+    result is the eager loop's bit for bit."""
 
     def forward(module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         final = torch.zeros_like(hidden_states)
-        n_experts = adapter.n_experts
-        with torch.no_grad():
-            mask = torch.nn.functional.one_hot(top_k_index, num_classes=n_experts + 1).permute(2, 1, 0)
-            hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
-        for expert in hit:
-            expert = int(expert[0])
-            if expert == n_experts:
-                continue
-            top_k_pos, token_idx = torch.where(mask[expert])
+        for expert, top_k_pos, token_idx in routed_rows(top_k_index, adapter.n_experts):
             output = adapter.expert_forward_module(module, expert, hidden_states[token_idx])
             if not weighted:
                 output = transform(layer, expert, output)

@@ -11,7 +11,7 @@ import torch
 from accelerate import cpu_offload
 
 from pytest_ladder.models.adapters import ExpertWeights, adapter_for
-from pytest_ladder.models.weights import (WeightAccessError, locate, patched_parameters, read_parameter,
+from pytest_ladder.models.weights import (WeightAccessError, locate, patched_parameters, read_parameter, routed_rows,
                                           transformed_expert_outputs, write_parameter)
 
 
@@ -157,6 +157,21 @@ def test_shape_mismatch_and_unknown_names_are_clear(memory):
         write_parameter(memory, "model.layers.0.mlp.gate.weight", torch.zeros(3))
     with pytest.raises(WeightAccessError, match="has no parameter or buffer 'nope'"):
         read_parameter(memory, "model.layers.0.mlp.nope")
+
+
+def test_routed_rows_are_the_eager_loops_rows_in_its_order():
+    """Per expert, the (slot, token) rows transformers' eager loop takes with torch.where over the one-hot mask, in the
+    same order; unrouted experts and the padding index (n_experts) are skipped."""
+    generator = torch.Generator().manual_seed(2)
+    n_experts, top_k = 9, 3
+    index = torch.stack([torch.randperm(n_experts + 1, generator=generator)[:top_k] for _ in range(40)])
+    index[index == 4] = 5  # expert 4 routed nothing (a token may then hold 5 twice: the mask counts both)
+    mask = torch.nn.functional.one_hot(index, num_classes=n_experts + 1).permute(2, 1, 0)
+    expected = [(e, *torch.where(mask[e])) for e in range(n_experts) if mask[e].any()]
+    found = list(routed_rows(index, n_experts))
+    assert [e for e, _, _ in found] == [e for e, _, _ in expected] and 4 not in [e for e, _, _ in found]
+    for (_, pos, tok), (_, pos_ref, tok_ref) in zip(found, expected):
+        assert torch.equal(pos, pos_ref) and torch.equal(tok, tok_ref)
 
 
 def test_expert_output_loop_equals_the_fused_forward(tiny_folder, disk, load_tiny):
