@@ -78,7 +78,7 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
     env = {**os.environ, "SCALE_PROBE_OUT": str(probe),
            "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     print(f"[{phase}] {' '.join(command)}", flush=True)
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     with open(args.out / f"log_{phase}.txt", "w") as log:
         session = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -103,6 +103,14 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
         print(f"[{phase}] {row['rung']}: {row['wall_s']} s, {row.get('allocated_gib')} / {row.get('reserved_gib')} GiB, "
               f"{row['verdict']}", flush=True)
     summary = {"phase": phase, "session_wall_s": round(wall, 1), "exit": completed.returncode, "rows": rows}
+    stamps_file = Path(str(probe) + ".stamps.json")
+    if stamps_file.is_file():  # where the session's time went outside the rungs
+        stamps = json.loads(stamps_file.read_text())
+        marks = [("start", started_at), *((k, stamps[k]) for k in ("configure", "first_rung", "last_rung_end",
+                                                                     "unconfigure") if k in stamps),
+                 ("exit", started_at + wall)]
+        summary["phases_s"] = {f"{a}->{b}": round(tb - ta, 1) for (a, ta), (b, tb) in zip(marks, marks[1:])}
+        print(f"[{phase}] " + ", ".join(f"{k} {v} s" for k, v in summary["phases_s"].items()), flush=True)
     (args.out / f"scale_{phase}.json").write_text(json.dumps(summary, indent=1))
     print(f"[{phase}] session {wall:.1f} s, pytest exit {completed.returncode}", flush=True)
     return rows

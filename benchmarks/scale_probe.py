@@ -5,7 +5,9 @@ setup of its module's first item and ends at the next module's first setup (or t
 records wall seconds, torch.cuda.max_memory_allocated / max_memory_reserved (peak stats reset at every item, the
 rung's peak is the largest of its items') and the largest nvidia-smi memory.used seen by a 0.1 s sampling thread
 during the rung; per item, its wall seconds and peaks. The file is rewritten after every rung (a session stopped by a
-deadline keeps the rungs it finished) and a line per rung goes to stderr.
+deadline keeps the rungs it finished) and a line per rung goes to stderr. Beside it, `<file>.stamps.json` keeps the
+wall-clock times (time.time()) the session was configured, its first rung started, its last rung ended and it was
+unconfigured: what the session spent outside the rungs (collection, the model's load, the last archive).
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class ScaleProbe:
         self.sampler: _Sampler | None = None
         self.items: list[dict] = []
         self.item_started = 0.0
+        self.stamps: dict[str, float] = {"configure": time.time()}
+
+    def stamp(self, name: str, *, first: bool = False) -> None:
+        if not (first and name in self.stamps):
+            self.stamps[name] = time.time()
+        if os.environ.get("SCALE_PROBE_OUT"):
+            Path(os.environ["SCALE_PROBE_OUT"] + ".stamps.json").write_text(json.dumps(self.stamps, indent=1))
 
     def _close(self) -> None:
         if self.module is None:
@@ -92,6 +101,7 @@ class ScaleProbe:
             row["nvidia_smi_mib"] = self.sampler.peak
         self.rows.append(row)
         self.module = None
+        self.stamp("last_rung_end")
         if os.environ.get("SCALE_PROBE_OUT"):
             Path(os.environ["SCALE_PROBE_OUT"]).write_text(json.dumps(self.rows, indent=1))
         slow = sorted(row["items"], key=lambda i: -i["wall_s"])[:3]
@@ -107,6 +117,7 @@ class ScaleProbe:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self.module, self.started = module, time.perf_counter()
+        self.stamp("first_rung", first=True)
         self.sampler = _Sampler()
         self.sampler.start()
 
@@ -139,6 +150,9 @@ class ScaleProbe:
         out = os.environ.get("SCALE_PROBE_OUT")
         if out:
             Path(out).write_text(json.dumps(self.rows, indent=1))
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.stamp("unconfigure")
 
 
 def pytest_configure(config: pytest.Config) -> None:
