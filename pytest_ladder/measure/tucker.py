@@ -205,7 +205,9 @@ class StackedTensor:
                     g2 += by_row @ by_row.mT
             k = torch.zeros(n_layers * d1, n_layers * d1, dtype=F64, device=self.device)
             for columns in self.workspace.spans(d2 * d3, 2 * n_layers * d1 * 8):
-                block = self._on(torch.cat([self._columns(piece, columns) for piece in self.slices]))
+                # each layer's columns reach the device in float64 first: the slices may lie on different devices
+                # (a layer resident on the GPU, an offloaded one read from the checkpoint into the CPU)
+                block = torch.cat([self._on(self._columns(piece, columns)) for piece in self.slices])
                 k += block @ block.mT
             k = k.view(n_layers, d1, n_layers, d1)
             g0 = k.diagonal(dim1=1, dim2=3).sum(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from pytest_ladder.measure.spectra import singular_values
@@ -87,3 +88,26 @@ def test_one_pass_over_the_tensor_gives_each_factor_sets_own_residual():
         assert together == alone
         assert together[4] == 0.0 and together[5] == 1.0
         assert all(0.0 < r < 1.0 for r in together[:4] + together[6:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_slices_on_cuda_and_on_the_cpu_together_give_the_values_of_cpu_slices_on_cuda():
+    """G2 offloaded: layers resident on the GPU come as views there, offloaded ones from the checkpoint on the CPU.
+    Mode Grams (the column-chunked K of modes 0 and 1 included) and projection residuals of such a mix equal those of
+    the same slices all read from the CPU, bit for bit, under a workspace that chunks rows and columns."""
+    from pytest_ladder.measure.orthogonal import random_orthonormal_columns
+    from pytest_ladder.measure.tucker import StackedTensor
+    from pytest_ladder.measure.workspace import Workspace
+
+    g = torch.Generator().manual_seed(4)
+    t = torch.randn(4, 6, 8, 10, generator=g, dtype=F64).to(torch.bfloat16)
+    device = torch.device("cuda", torch.cuda.current_device())
+    work = Workspace.on(device, 4096)
+    stored = StackedTensor(list(t.unbind(0)), work)
+    mixed = StackedTensor([s.to(device) if layer % 2 else s for layer, s in enumerate(t.unbind(0))], work)
+    assert [s.device.type for s in mixed.slices] == ["cpu", "cuda", "cpu", "cuda"]
+    for a, b in zip(mixed.mode_grams(), stored.mode_grams()):
+        assert torch.equal(a, b)
+    sets = [tuple(random_orthonormal_columns(d, r, seed).to(device) for d, r in zip(t.shape, (2, 3, 4, 5)))
+            for seed in range(2)]
+    assert mixed.projection_residuals(sets) == stored.projection_residuals(sets)
