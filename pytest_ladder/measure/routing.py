@@ -127,11 +127,19 @@ def gate_matrix(idx: torch.Tensor, gates: torch.Tensor, n_experts: int) -> torch
     return dense.scatter_add_(1, idx.long(), gates.to(F64))
 
 
-def effective_weights(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+def effective_weights(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *,
+                      columns: int | None = None) -> torch.Tensor:
     """G3: per-token effective weight Σ_k g_k W_{e_k} (T, out, in) from expert weights (E, out, in), float64, on the
-    weights' device."""
-    w = weights.to(F64)
-    return torch.einsum("te,eoi->toi", gate_matrix(idx.to(w.device), gates.to(w.device), w.shape[0]), w)
+    weights' device. With `columns`, the experts are taken to float64 that many of their out·in entries at a time
+    (no float64 copy of the whole stack); each entry is the same sum over experts either way."""
+    mixing = gate_matrix(idx.to(weights.device), gates.to(weights.device), weights.shape[0])
+    if columns is None:
+        return torch.einsum("te,eoi->toi", mixing, weights.to(F64))
+    flat = weights.reshape(weights.shape[0], -1)
+    found = torch.empty(mixing.shape[0], flat.shape[1], dtype=F64, device=weights.device)
+    for start in range(0, flat.shape[1], columns):
+        found[:, start:start + columns] = mixing @ flat[:, start:start + columns].to(F64)
+    return found.view(mixing.shape[0], *weights.shape[1:])
 
 
 def effective_weight_spectra(
@@ -148,32 +156,40 @@ def effective_weight_spectra(
     ])
 
 
-def expert_inner_products(weights: torch.Tensor) -> torch.Tensor:
-    """K_ef = ⟨W_e, W_f⟩_F (E, E) float64 of expert weights (E, out, in), on their device."""
-    w = weights.to(F64)
-    return torch.einsum("eoi,foi->ef", w, w)
+def expert_inner_products(weights: torch.Tensor, *, max_bytes: int | None = None) -> torch.Tensor:
+    """K_ef = ⟨W_e, W_f⟩_F (E, E) float64 of expert weights (E, out, in), on their device: one product of the
+    flattened experts (no copy beside their float64 one), or with `max_bytes` summed over column blocks whose float64
+    copies fit half of it."""
+    flat = weights.reshape(weights.shape[0], -1)
+    width = flat.shape[1] if max_bytes is None else max(1, int(max_bytes) // (2 * 8 * flat.shape[0]))
+    inner = None
+    for start in range(0, flat.shape[1], width):
+        part = flat[:, start:start + width].to(F64)
+        inner = part @ part.mT if inner is None else inner.addmm_(part, part.mT)
+    return inner
 
 
 def effective_weight_sq_norms(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor,
-                              inner: torch.Tensor | None = None) -> torch.Tensor:
+                              inner: torch.Tensor | None = None, *, max_bytes: int | None = None) -> torch.Tensor:
     """‖W_t‖²_F = m_tᵀ K m_t (T,) float64, from the mixing weights m_t (`gate_matrix`) and K (`expert_inner_products`,
-    computed here unless given): no effective weight is formed."""
-    inner = expert_inner_products(weights) if inner is None else inner.to(F64)
+    computed here unless given, `max_bytes` at a time): no effective weight is formed."""
+    inner = expert_inner_products(weights, max_bytes=max_bytes) if inner is None else inner.to(F64)
     mixing = gate_matrix(idx.to(inner.device), gates.to(inner.device), inner.shape[0])
     return ((mixing @ inner) * mixing).sum(-1)
 
 
-def effective_weight_grams(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+def effective_weight_grams(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, *,
+                           columns: int | None = None) -> torch.Tensor:
     """Gram of the smaller side of every token's effective weight, W_t W_tᵀ (out ≤ in) or W_tᵀ W_t (T, s, s), float64:
-    its eigenvalues are the σ_i² of W_t."""
-    w_t = effective_weights(weights, idx, gates)
+    its eigenvalues are the σ_i² of W_t (`columns`: see `effective_weights`)."""
+    w_t = effective_weights(weights, idx, gates, columns=columns)
     return w_t @ w_t.mT if w_t.shape[-2] <= w_t.shape[-1] else w_t.mT @ w_t
 
 
 def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None, *, held: int = 0) -> int:
     """How many tokens' effective weights (out·in), Grams and their working copies (3·s²) fit in `max_bytes` of
-    float64 (None: the 1 GiB default) beside `held` bytes the computation keeps throughout (the experts it reads and
-    their float64 copy), at least one."""
+    float64 (None: the 1 GiB default) beside `held` bytes the computation keeps throughout (the experts it reads, the
+    float64 blocks it reads them in), at least one."""
     out_features, in_features = weights.shape[-2:]
     side = min(out_features, in_features)
     per_token = 8 * (out_features * in_features + 3 * side * side)
@@ -182,11 +198,18 @@ def tokens_per_chunk(weights: torch.Tensor, max_bytes: int | None, *, held: int 
 
 def _gram_chunks(weights: torch.Tensor, idx: torch.Tensor, gates: torch.Tensor, max_bytes: int | None,
                  desc: str, progress: bool | None):
-    w = weights.to(F64)
-    held = w.numel() * w.element_size() + (0 if w is weights else weights.numel() * weights.element_size())
-    chunk = tokens_per_chunk(w, max_bytes, held=held)
+    """The Grams of every token's effective weight, a chunk of tokens at a time. Experts stored narrower than float64
+    are read in float64 a block of columns at a time, an eighth of the budget (the block and its product with the
+    chunk's mixing weights), so the working set is the stored experts, that eighth and the chunk."""
+    budget = WORKSPACE_BYTES if max_bytes is None else int(max_bytes)
+    stored = weights.numel() * weights.element_size()
+    if weights.dtype == F64:
+        chunk, columns = tokens_per_chunk(weights, budget, held=stored), None
+    else:
+        chunk = tokens_per_chunk(weights, budget, held=stored + budget // 8)
+        columns = max(1, budget // 16 // (8 * max(weights.shape[0], chunk)))
     for start in bar(range(0, idx.shape[0], chunk), desc=desc, enabled=progress):
-        yield effective_weight_grams(w, idx[start:start + chunk], gates[start:start + chunk])
+        yield effective_weight_grams(weights, idx[start:start + chunk], gates[start:start + chunk], columns=columns)
 
 
 def effective_weight_energy(
@@ -201,7 +224,7 @@ def effective_weight_energy(
     """
     top = torch.cat([top_energy_from_gram(gram, rank, tol=tol)
                      for gram in _gram_chunks(weights, idx, gates, max_bytes, "effective-weight energy", progress)])
-    total = effective_weight_sq_norms(weights, idx, gates).to(top.device)
+    total = effective_weight_sq_norms(weights, idx, gates, max_bytes=max_bytes).to(top.device)
     return torch.where(total > 0, top / total, torch.zeros_like(top))
 
 

@@ -132,6 +132,7 @@ def test_effective_weight_norms_and_grams_by_hand():
     gates = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=F64)  # token 1 routes expert 1 twice: weight 1.0
     inner = expert_inner_products(weights)
     assert inner.tolist() == [[5.0, 0.0], [0.0, 10.0]]
+    assert expert_inner_products(weights, max_bytes=2 * 8 * 2 * 2).tolist() == inner.tolist()  # 3 blocks of 2
     # W_0 = [[.5, 0, 1.5], [.5, 1, 0]]: ‖W_0‖² = .25 + 2.25 + .25 + 1 = 3.75; W_1 = expert 1: 10
     assert effective_weight_sq_norms(weights, idx, gates).tolist() == [3.75, 10.0]
     grams = effective_weight_grams(weights, idx, gates)  # out 2 <= in 3: W Wᵀ (2, 2)
@@ -161,6 +162,22 @@ def test_gram_paths_match_the_svd(device):
         assert float((energy - energy_at_rank(s, 3)).abs().max()) < 1e-12
         assert float((reff - effective_rank(s)).abs().max()) < 1e-10
         assert energy[7].item() == 0.0 and reff[7].item() == 0.0
+
+
+def test_narrow_experts_read_in_float64_column_blocks_agree_with_the_whole_stack(device):
+    """Experts stored narrower than float64 are read a block of columns at a time (no float64 copy of the stack): the
+    effective weights agree with the whole-stack product to rounding, and G3's energy with the SVD's."""
+    g = torch.Generator().manual_seed(12)
+    weights = torch.randn(8, 24, 40, generator=g).to(torch.bfloat16).to(device)
+    idx = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(50)]).to(device)
+    gates = torch.rand(50, 3, generator=g, dtype=F64).to(device)
+    whole, blocked = effective_weights(weights, idx, gates), effective_weights(weights, idx, gates, columns=7)
+    assert blocked.shape == whole.shape == (50, 24, 40)
+    assert float((blocked - whole).abs().max()) <= 1e-14 * float(whole.abs().max())
+    spectra = effective_weight_spectra(weights, idx, gates)
+    for budget in (8 * 3000, None):  # one token at a time, and every token in one chunk
+        energy = effective_weight_energy(weights, idx, gates, 3, max_bytes=budget)
+        assert float((energy - energy_at_rank(spectra, 3)).abs().max()) < 1e-12
 
 
 def test_coactivation_hand_counts():
