@@ -6,14 +6,6 @@ already has torch and transformers) gets the same plugin from here. Nothing else
 fixtures are the plugin's, so rung modules run the same in any project that installs pytest-ladder.
 """
 
-import importlib.metadata
-import os
+from pytest_ladder import registered_by_entry_point
 
-
-def _registered_by_entry_point() -> bool:
-    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return False
-    return any(ep.value == "pytest_ladder.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
-
-
-pytest_plugins = [] if _registered_by_entry_point() else ["pytest_ladder.plugin"]
+pytest_plugins = [] if registered_by_entry_point() else ["pytest_ladder.plugin"]

@@ -9,4 +9,16 @@ __version__ = "0.1.0"
 
 from pytest_ladder.rung import rung  # noqa: E402  (re-export: rung modules write `from pytest_ladder import rung`)
 
-__all__ = ["rung", "__version__"]
+
+def registered_by_entry_point() -> bool:
+    """Whether pytest loads the plugin through its pytest11 entry point (the package installed, plugin autoloading
+    on). A checkout used without installing it loads the plugin otherwise (the repository's conftest)."""
+    import importlib.metadata
+    import os
+
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False
+    return any(ep.value == "pytest_ladder.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+__all__ = ["rung", "registered_by_entry_point", "__version__"]

@@ -3,11 +3,11 @@ torch: two xdist workers building the embedded models on two cores would otherwi
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 
 import pytest
 
+from pytest_ladder import registered_by_entry_point
 from pytest_ladder.models.embedded import passive_threads
 
 passive_threads()
@@ -15,7 +15,7 @@ passive_threads()
 # A checkout used without installing the package (`PYTHONPATH=. pytest tests -k cuda` on a GPU box) has no pytest11
 # entry point: the repository's conftest gives this session the plugin, and PYTEST_PLUGINS gives it to the sessions
 # the tests start (pytester, in process or not), as the installed entry point would.
-if not any(ep.value == "pytest_ladder.plugin" for ep in importlib.metadata.entry_points(group="pytest11")):
+if not registered_by_entry_point():
     os.environ.setdefault("PYTEST_PLUGINS", "pytest_ladder.plugin")
 
 
