@@ -1,7 +1,8 @@
 """What the ladder's dense linear algebra costs on a device, one operation at a time, at OLMoE-1B-7B's sizes.
 
 The rungs' slowest steps are float64 factorisations: σ of every expert matrix (G0's drift traps: SVD, or eigh of the
-smaller Gram), the per-token effective-weight Grams of G3 (a 1024 × 1024 symmetric eigensolver per token, or the
+smaller Gram), G1.0′'s gauge projection after every Adam step (SVD, or eigh of MᵀM), the per-token
+effective-weight Grams of G3 (a 1024 × 1024 symmetric eigensolver per token, or the
 72 × 72 Ritz problems of the subspace iteration) and G10.5's scan fit (one 10240 × 10240 normal-equation matrix:
 eigh, or a Cholesky factor per ridge). Each line times one operation (after a warm-up, synchronised) and prints
 seconds per call and per matrix, so the choices in measure.spectra / probes.scan rest on measured numbers.
@@ -78,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     line(f"cholesky ({d},{d}) f64 + solve ({d},{heads_out})",
          timed(lambda: torch.cholesky_solve(rhs, torch.linalg.cholesky(ftf)), device), 1)
     line(f"matmul ({d},{d}) @ ({d},{heads_out}) f64", timed(lambda: ftf @ rhs, device, repeat=5), 1)
+    from pytest_ladder.measure.gauge import bound_condition
+
+    gauge = (experts[0, :, :inter] / experts[0, :, :inter].norm()).float()  # G1.0′'s M: (inter, inter) float32
+    for method in ("svd", "gram"):
+        line(f"gauge projection ({inter},{inter}) f32, {method}",
+             timed(lambda: bound_condition(gauge, 4.0, method=method), device, repeat=5), 1)
     if device.type == "cuda":
         cpu = grams[:8].cpu()
         line(f"CPU eigvalsh (8,{inter},{inter}) f64 ({torch.get_num_threads()} threads)",
@@ -88,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     each: dict[str, float] = {}
     for name, _, per in rows:
         each.setdefault(name.split(" (")[0], per)
+    gauge_svd, gauge_gram = (per for name, _, per in rows if name.startswith("gauge projection"))
     print(f"device={device} sigma_svd_over_gram_eigh={each['svdvals'] / each['gram + eigvalsh']:.1f}x "
-          f"scan_eigh_over_cholesky_solve={each['eigh'] / each['cholesky']:.1f}x")
+          f"scan_eigh_over_cholesky_solve={each['eigh'] / each['cholesky']:.1f}x "
+          f"gauge_svd_over_gram={gauge_svd / gauge_gram:.1f}x")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 M (out, out) acts on W's output side. Training: Adam on the round-trip loss ‖M⁻¹ q(M W) − W‖²_F / ‖W‖²_F with a
 straight-through estimator for the quantizer q (forward: the real round trip; backward: identity through q). After
-every step M is projected by SVD: its singular values are clamped into [σ_max/κ, σ_max] and then divided by σ_max,
-so cond(M) ≤ κ always holds and the scale of M (to which the round trip is invariant up to scale rounding) cannot
+every step M is projected by SVD: its singular values are clamped into [σ_max/κ, σ_max] and then divided by σ_max
+(on a GPU through the eigendecomposition of MᵀM in float64, see bound_condition), so cond(M) ≤ κ always holds and the scale of M (to which the round trip is invariant up to scale rounding) cannot
 drift. Deterministic from the seed: the seed draws the initial M (a Haar-random orthogonal matrix, or identity).
 The null the gate compares against is `round_trip_error(w, random_orthogonal(n, seed), spec)` (draw it from a seed
 other than the gauge's, or the gauge starts at the null); R1/R2 use the same
@@ -35,10 +35,27 @@ class Gauge:
     seed: int
 
 
-def bound_condition(m: torch.Tensor, kappa_max: float) -> torch.Tensor:
-    """SVD projection: σ_i -> clamp(σ_i, σ_max/κ, σ_max) / σ_max, so cond ≤ κ and σ_max = 1."""
+def bound_condition(m: torch.Tensor, kappa_max: float, *, method: str | None = None) -> torch.Tensor:
+    """SVD projection: σ_i -> clamp(σ_i, σ_max/κ, σ_max) / σ_max, so cond ≤ κ and σ_max = 1.
+
+    method "svd": from M = U S Vᵀ (torch.linalg.svd). "gram": the same projection from the eigendecomposition of the
+    float64 Gram MᵀM = V S² Vᵀ, as M V diag(clamp(s)/s) Vᵀ / σ_max (a function of MᵀM, so it does not depend on how
+    eigenvectors of equal σ are chosen); where cond(M) > 1e4, where the Gram would blur the smallest σ beyond 1e-8
+    relative, it falls back to the SVD. None: "gram" on a GPU, where a square SVD costs several times an eigh
+    (`benchmarks/linalg_costs.py`), "svd" elsewhere."""
     if not kappa_max >= 1.0:
         raise ValueError(f"bound_condition: kappa_max must be >= 1, got {kappa_max}")
+    method = method or ("gram" if m.is_cuda else "svd")
+    if method not in ("svd", "gram"):
+        raise ValueError(f"bound_condition: method must be 'svd' or 'gram', got {method!r}")
+    if method == "gram":
+        w = m.to(F64)
+        eigenvalues, v = torch.linalg.eigh(w.mT @ w)  # ascending
+        s = eigenvalues.clamp_min(0).sqrt()
+        top = s[..., -1:]
+        if not bool((s[..., 0] * 1e4 < top[..., 0]).any()):
+            scale = torch.minimum(torch.maximum(s, top / kappa_max), top) / top / s
+            return (((w @ v) * scale.unsqueeze(-2)) @ v.mT).to(m.dtype)
     # on a GPU the Jacobi driver is several times faster than the default for these square matrices
     u, s, vh = torch.linalg.svd(m, full_matrices=False, driver="gesvdj" if m.is_cuda else None)
     top = s[..., :1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,14 +19,46 @@ F64 = torch.float64
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(2, 12), kappa=st.floats(1.0, 10.0), spread=st.floats(0.0, 6.0), seed=st.integers(0, 2**31 - 1))
-def test_projection_bounds_the_condition_number(n, kappa, spread, seed):
+@given(n=st.integers(2, 12), kappa=st.floats(1.0, 10.0), spread=st.floats(0.0, 6.0), seed=st.integers(0, 2**31 - 1),
+       method=st.sampled_from(["svd", "gram"]))
+def test_projection_bounds_the_condition_number(n, kappa, spread, seed, method):
     g = torch.Generator().manual_seed(seed)
     spectrum = torch.diag(torch.logspace(0, spread, n, dtype=F64))
     m = random_orthogonal(n, seed) @ spectrum @ random_orthogonal(n, seed + 1)
-    projected = bound_condition(m + 1e-3 * torch.randn(n, n, generator=g, dtype=F64), kappa)
+    projected = bound_condition(m + 1e-3 * torch.randn(n, n, generator=g, dtype=F64), kappa, method=method)
     assert condition_number(projected) <= kappa * (1 + 1e-9)
     assert math.isclose(float(torch.linalg.svdvals(projected)[0]), 1.0, rel_tol=1e-9)
+
+
+def _conditioned(n: int, cond: float, seed: int, batch: int = 3) -> torch.Tensor:
+    """A batch of n × n float64 matrices with singular values spread evenly in log from 1 to `cond`."""
+    spectrum = torch.logspace(0, math.log10(cond), n, dtype=F64)
+    return torch.stack([random_orthogonal(n, seed + 2 * i) * spectrum @ random_orthogonal(n, seed + 2 * i + 1)
+                        for i in range(batch)])
+
+
+@pytest.mark.parametrize("cond", [1.0 + 1e-9, 30.0, 1e3])
+def test_gram_projection_is_the_svd_projection(cond):
+    """Through the eigendecomposition of MᵀM the projection equals the SVD's to float64 rounding, batched, for a
+    spectrum inside [σ_max/κ, σ_max] (kept up to scale), straddling it, and far below it; a float32 M stays float32."""
+    m = _conditioned(40, cond, seed=7)
+    by_svd, by_gram = bound_condition(m, 4.0, method="svd"), bound_condition(m, 4.0, method="gram")
+    torch.testing.assert_close(by_gram, by_svd, rtol=1e-10, atol=1e-12)
+    assert bound_condition(m.float(), 4.0, method="gram").dtype == torch.float32
+
+
+def test_gram_projection_falls_back_to_the_svd_when_the_gram_would_blur_the_small_values():
+    m = _conditioned(12, 1e8, seed=3, batch=2)
+    assert torch.equal(bound_condition(m, 4.0, method="gram"), bound_condition(m, 4.0, method="svd"))
+    with pytest.raises(ValueError, match="method must be 'svd' or 'gram'"):
+        bound_condition(m, 4.0, method="qr")
+
+
+def test_default_projection_on_each_device_equals_the_svd_on_the_cpu(device):
+    """The default (the Gram's eigendecomposition on a GPU, the SVD elsewhere) on a float32 M like learn_gauge's."""
+    m = _conditioned(64, 10.0, seed=11).float()
+    projected = bound_condition(m.to(device), 4.0).cpu()
+    torch.testing.assert_close(projected, bound_condition(m, 4.0, method="svd"), rtol=1e-5, atol=1e-6)
 
 
 def test_projection_keeps_a_well_conditioned_matrix_up_to_scale():
