@@ -172,8 +172,8 @@ def deploy_updates(adapter: MoEAdapter, approx: Mapping[int, Mapping[str, torch.
 
     updates: dict[tuple[str, int], torch.Tensor] = {}
     for layer, stacks in approx.items():
+        dense = adapter.expert_weights(layer, 0)  # the stored dtypes (one read per layer: offloaded, one from disk)
         for expert in range(adapter.n_experts):
-            dense = adapter.expert_weights(layer, expert)
             weights = ExpertWeights(*(stacks[p][expert].to(getattr(dense, p).dtype) for p in PROJECTIONS))
             updates.update(adapter.expert_updates(layer, expert, weights))
     return updates
@@ -289,6 +289,7 @@ class ExpertWeightStudy:
         self.compressors = dict(compressors or {})
         self.device = model_device(routing.loaded.model)  # where weights, Grams and round trips are computed
         self._stacks: dict[int, dict[str, torch.Tensor]] = {}
+        self._views: set[int] = set()  # layers whose stacks are views of the live parameters (see `stacks`)
         self._grams: dict[tuple[int, str], LayerGrams] = {}
         self._errors: dict[tuple, LayerError] = {}
         self._nll: dict[tuple, Any] = {}
@@ -310,12 +311,21 @@ class ExpertWeightStudy:
         return named_compressor(self.compressors, key, Identity(), type(self).__name__)
 
     def stacks(self, layer: int, *, keep: bool = True) -> dict[str, torch.Tensor]:
-        """The layer's expert stacks on the study's device, or on the CPU under a bounded workspace (kept for later
-        calls unless `keep` is False)."""
+        """The layer's expert stacks on the study's device, or under a bounded workspace on the CPU, unless the layer
+        is resident on the workspace's device: then read-only views of its live parameters (no copy to the CPU and
+        back; every consumer reads them, and compressors get copies: `pieces`, `compress`). Kept for later calls
+        unless `keep` is False."""
         if layer in self._stacks:
             return self._stacks[layer]
-        home = "cpu" if self.workspace is not None else self.device
-        stacks = {p: w.to(home) for p, w in layer_stacks(self.adapter, layer).items()}
+        workspace = self.workspace
+        views = None if workspace is None else {
+            p: self.adapter.resident_experts(layer, p, workspace.device) for p in PROJECTIONS}
+        if views is not None and all(v is not None for v in views.values()):
+            stacks = views
+            self._views.add(layer)
+        else:
+            home = "cpu" if workspace is not None else self.device
+            stacks = {p: w.to(home) for p, w in layer_stacks(self.adapter, layer).items()}
         if keep:
             self._stacks[layer] = stacks
         return stacks
@@ -332,8 +342,8 @@ class ExpertWeightStudy:
         workspace = self.workspace
         n_experts = next(iter(stacks.values())).shape[0]
         for span in workspace.spans(n_experts, self.piece_bytes(stacks)):
-            yield span, self._compress(layer, key, {p: w[span].to(workspace.device) for p, w in stacks.items()},
-                                       range(n_experts)[span])
+            yield span, self._compress(layer, key, {p: w[span].to(workspace.device, copy=True)
+                                                    for p, w in stacks.items()}, range(n_experts)[span])
 
     @staticmethod
     def piece_bytes(stacks: Mapping[str, torch.Tensor]) -> int:
@@ -360,6 +370,8 @@ class ExpertWeightStudy:
 
         if not self._chunked(key):
             n_experts = next(iter(stacks.values())).shape[0]
+            if layer in self._views:  # a copy where the stacks wait without views (the CPU), never the live weights
+                stacks = {p: w.to("cpu", copy=True) for p, w in stacks.items()}
             return {p: cast(p, w) for p, w in self._compress(layer, key, stacks, range(n_experts)).items()}
         parts: dict[str, list[torch.Tensor]] = {p: [] for p in stacks}
         for _, chunk in self.pieces(layer, key, stacks):

@@ -197,6 +197,35 @@ def test_chunks_of_experts_give_the_one_pass_result(tiny):
     assert tiny_budget.error(1, "text", ew.IDENTITY).pooled == 0.0
 
 
+class Scribbler:
+    """A compressor that writes into the stacks it is given (nothing forbids it): W′ = 2W, its input zeroed."""
+
+    def __init__(self, per_expert: bool) -> None:
+        self.per_expert = per_expert
+
+    def compress(self, layer, stacks, experts):
+        found = {p: 2 * w for p, w in stacks.items()}
+        for w in stacks.values():
+            w.zero_()
+        return found
+
+
+@pytest.mark.parametrize("per_expert", [True, False])
+def test_bounded_stacks_are_views_of_the_live_weights_and_compressors_get_copies(tiny, per_expert):
+    """Under a bounded workspace a layer resident on the workspace's device is read as views of its parameters (no
+    copy to the CPU and back); a compressor, in chunks of experts or given the whole layer, works on copies, so one
+    that writes into its input leaves the model as it was."""
+    tokenizer, corpora = tiny
+    model = tiny_forward_model(tokenizer, seed=2)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    study = study_on(model, tokenizer, corpora, {ew.METHOD: Scribbler(per_expert)}, workspace=64 * 1024)
+    stacks = study.stacks(1)
+    assert stacks["down"].data_ptr() == study.adapter.resident_experts(1, "down", "cpu").data_ptr()
+    found = study.compress(1, ew.METHOD)
+    assert all(torch.equal(found[p], 2 * stacks[p].to(torch.float64)) for p in ew.PROJECTIONS)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
 # ------------------------------------------------------------------------------------- the real rung module ----
 
 
