@@ -3,11 +3,12 @@
 M (out, out) acts on W's output side. Training: Adam on the round-trip loss ‖M⁻¹ q(M W) − W‖²_F / ‖W‖²_F with a
 straight-through estimator for the quantizer q (forward: the real round trip; backward: identity through q). After
 every step M is projected by SVD: its singular values are clamped into [σ_max/κ, σ_max] and then divided by σ_max
-(on a GPU through the eigendecomposition of MᵀM in float64, see bound_condition), so cond(M) ≤ κ always holds and the scale of M (to which the round trip is invariant up to scale rounding) cannot
-drift. Deterministic from the seed: the seed draws the initial M (a Haar-random orthogonal matrix, or identity).
-The null the gate compares against is `round_trip_error(w, random_orthogonal(n, seed), spec)` (draw it from a seed
-other than the gauge's, or the gauge starts at the null); R1/R2 use the same
-round trip with an SRHT (fast transform) or a Haar rotation, on either side of W.
+(on a GPU through the eigendecomposition of MᵀM in float64, see bound_condition), so cond(M) ≤ κ always holds and
+the scale of M (to which the round trip is invariant up to scale rounding) cannot drift. Deterministic from the
+seed: the seed draws the initial M (a Haar-random orthogonal matrix, or identity). The null the gate compares against
+is `round_trip_error(w, random_orthogonal(n, seed), spec)` (draw it from a seed other than the gauge's, or the gauge
+starts at the null); R1/R2 use the same round trip with an SRHT (fast transform) or a Haar rotation, on either side
+of W.
 """
 
 from __future__ import annotations
