@@ -37,7 +37,7 @@ def _conditioned(n: int, cond: float, seed: int, batch: int = 3) -> torch.Tensor
                         for i in range(batch)])
 
 
-@pytest.mark.parametrize("cond", [1.0 + 1e-9, 30.0, 1e3])
+@pytest.mark.parametrize("cond", [1.0 + 1e-9, 30.0, 500.0])
 def test_gram_projection_is_the_svd_projection(cond):
     """Through the eigendecomposition of MᵀM the projection equals the SVD's to float64 rounding, batched, for a
     spectrum inside [σ_max/κ, σ_max] (kept up to scale), straddling it, and far below it; a float32 M stays float32."""
