@@ -5,7 +5,7 @@ layer and one batch (16,384 points routed top-8 to 64 experts, hidden 2048, as t
 synchronised and timed alone, with the float rate of the products:
 
 - the whole `_Recorder._expert_grams` call (gather the routed rows, zero-padded stack, float64 batched product, sum);
-- its gather alone (sort, index_select, the padded stack);
+- its gather alone (`_gather_routed`: sort, index_select, the padded stack);
 - the batched product X_eᵀX_e of the padded stack in float64: a new product then `+=` (as the capture does), and
   `baddbmm_` into the total; float32; TF32 (exact inputs here: bf16 values fit TF32);
 - the same product on the upper half only, in 2 and 4 column blocks (strided slices of the stack, and contiguous
@@ -23,7 +23,7 @@ import argparse
 import torch
 from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
-from pytest_ladder.models.capture import CaptureSpec, LayerCapture, _Recorder
+from pytest_ladder.models.capture import CaptureSpec, LayerCapture, _gather_routed, _Recorder
 
 F64 = torch.float64
 
@@ -57,16 +57,8 @@ def main() -> None:
     def whole() -> None:
         recorder._expert_grams(LayerCapture(0), x64, index, counts)
 
-    flat = index.reshape(-1)
-
     def gather() -> torch.Tensor:
-        order = torch.argsort(flat, stable=True)
-        rows = x64.index_select(0, torch.div(order, k, rounding_mode="floor"))
-        experts = flat[order]
-        slot = torch.arange(flat.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[experts]
-        stack = x64.new_zeros((e, widest, h))
-        stack[experts, slot] = rows
-        return stack
+        return _gather_routed(x64, index, counts, e)[1]
 
     stack = gather()
     stack32 = stack.float()

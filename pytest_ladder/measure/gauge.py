@@ -42,8 +42,8 @@ def bound_condition(m: torch.Tensor, kappa_max: float, *, method: str | None = N
     method "svd": from M = U S Vᵀ (torch.linalg.svd). "gram": the same projection from the eigendecomposition of the
     float64 Gram MᵀM = V S² Vᵀ, as M V diag(clamp(s)/s) Vᵀ / σ_max (a function of MᵀM, so it does not depend on how
     eigenvectors of equal σ are chosen); where cond(M) > 1e3, beyond which the Gram's rounding (ε · cond²) would
-    reach 1e-10 of the smallest σ, it falls back to the SVD. None: "gram" on a GPU, where a square SVD costs several times an eigh
-    (`benchmarks/linalg_costs.py`), "svd" elsewhere."""
+    reach 1e-10 of the smallest σ, it falls back to the SVD. None: "gram" on a GPU, where a square SVD costs several
+    times an eigh (`benchmarks/linalg_costs.py`), "svd" elsewhere."""
     if not kappa_max >= 1.0:
         raise ValueError(f"bound_condition: kappa_max must be >= 1, got {kappa_max}")
     method = method or ("gram" if m.is_cuda else "svd")

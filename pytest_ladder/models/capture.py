@@ -119,6 +119,25 @@ def batches(sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[Seq
         yield sequences[start:start + batch_size]
 
 
+def _gather_routed(x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, n_experts: int
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of x (T, H) routed by `index` (T, k), gathered once and sorted by expert (stably: by point, then
+    slot), and, when routing is balanced enough that a zero-padded (E, max rows, H) stack at most doubles them, that
+    stack (else None). `counts` (E,): the bincount of `index`."""
+    flat = index.reshape(-1).to(x.device)
+    order = torch.argsort(flat, stable=True)
+    rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
+    counts = counts.to(x.device)
+    widest = int(counts.max())
+    if n_experts * widest > 2 * flat.numel():
+        return rows, None
+    experts = flat[order]
+    slot = torch.arange(flat.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[experts]
+    stack = x.new_zeros((n_experts, widest, x.shape[1]))
+    stack[experts, slot] = rows
+    return rows, stack
+
+
 class _Recorder:
     """Hook state of one capture run."""
 
@@ -161,25 +180,16 @@ class _Recorder:
 
     def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor,
                       counts: torch.Tensor) -> None:
-        """G_e += X_eᵀX_e for every expert. The routed rows are gathered once, sorted by expert; when routing is
-        balanced enough that a zero-padded (E, max rows, H) stack at most doubles them (padding rows add exactly 0),
-        one bmm does every expert, else one matmul per expert block (memory stays bounded for skewed routing).
+        """G_e += X_eᵀX_e for every expert: one bmm over the zero-padded stack of `_gather_routed` (padding rows add
+        exactly 0), or, for routing too skewed for the stack, one matmul per expert block (memory stays bounded).
         `counts` (E,): the points routed to each expert in this batch (bincount of `index`)."""
         n_experts, h = self.adapter.n_experts, x.shape[1]
         if result.expert_gram is None:
             result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=x.device)
-        flat = index.reshape(-1).to(x.device)
-        if flat.numel() == 0:
+        if index.numel() == 0:
             return
-        order = torch.argsort(flat, stable=True)
-        rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
-        counts = counts.to(x.device)
-        widest = int(counts.max())
-        if n_experts * widest <= 2 * flat.numel():
-            experts = flat[order]
-            slot = torch.arange(flat.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[experts]
-            stack = x.new_zeros((n_experts, widest, h))
-            stack[experts, slot] = rows
+        rows, stack = _gather_routed(x, index, counts, n_experts)
+        if stack is not None:
             result.expert_gram += torch.bmm(stack.transpose(1, 2), stack).double()
             return
         for expert, block in enumerate(torch.split(rows, counts.tolist())):
