@@ -2,12 +2,15 @@
 accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.capture), on the embedded model.
 
     python benchmarks/capture_overhead.py [--model embedded] [--device cpu] [--tokens 8192] [--batch 8]
-                                          [--repeats 5] [--threads N]
+                                          [--repeats 5] [--threads N] [--blocks 1,4] [--profile]
 
-All runs see the same held-out text tokens in the same batches; they alternate (plain, capture, capture with
+All runs see the same held-out text tokens in the same batches; they alternate (plain, capture with the device's
+default products, the same with each of --blocks column blocks of the symmetric upper half (1: whole products),
 float32 block products, plain, ...) so machine noise hits all, and the medians are compared. Prints the times and
-last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time; target <= 1.25 on CPU)
-and `float32_products_ratio=<y>` (CaptureSpec(gram_products="float32"): float32 block products, float64 sums).
+last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time; target <= 1.25 on CPU,
+<= 1.5 on a GPU), `blocks<b>_ratio=<y>` per --blocks value and `float32_products_ratio=<z>`
+(CaptureSpec(gram_products="float32"): float32 block products, float64 sums). --profile prints torch.profiler's
+table of one default capture (the kernels and host calls that take its time).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import statistics
 import torch
 from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
-from pytest_ladder.models.capture import CaptureSpec, batches, capture, model_device, pad_batch
+from pytest_ladder.models.capture import CaptureSpec, batches, capture, gram_blocks, model_device, pad_batch
 from pytest_ladder.models.corpora import load_corpus, token_sequences
 from pytest_ladder.models.loading import ModelSpec, load_model
 
@@ -42,6 +45,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--blocks", type=lambda text: [int(b) for b in text.split(",")], default=[1],
+                        help="column block counts of the float64 upper-half products to time too (1: whole)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one capture")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -49,31 +55,48 @@ def main() -> None:
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.prefix_token_id
     sequences = token_sequences(load_corpus("text").heldout, loaded.tokenizer, args.tokens, loaded.max_length,
                                 loaded.prefix_token_id)
-    specs = {"float64": CaptureSpec(gram=True, topk=True), "float32": CaptureSpec(gram_products="float32")}
+    specs = {"default": CaptureSpec(gram=True, topk=True)}
+    for blocks in args.blocks:
+        specs[f"blocks{blocks}"] = CaptureSpec(gram=True, topk=True, gram_blocks=blocks)
+    specs["float32"] = CaptureSpec(gram_products="float32")
+    device = model_device(loaded.model)
 
     def timed_capture(spec: CaptureSpec, chosen: list[list[int]]) -> float:
         return timed(lambda: capture(loaded.model, loaded.adapter, chosen, spec, batch_size=args.batch,
-                                     pad_token_id=pad, progress=False), model_device(loaded.model), 1)[1]
+                                     pad_token_id=pad, progress=False), device, 1)[1]
 
     plain_forward(loaded.model, sequences[:args.batch], args.batch, pad)  # warm up every path
     for spec in specs.values():
         timed_capture(spec, sequences[:args.batch])
-    plain, captured, captured32 = [], [], []
+    plain: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in specs}
     for _ in range(args.repeats):
         plain.append(plain_forward(loaded.model, sequences, args.batch, pad))
-        captured.append(timed_capture(specs["float64"], sequences))
-        captured32.append(timed_capture(specs["float32"], sequences))
-    plain_s, capture_s, capture32_s = (statistics.median(v) for v in (plain, captured, captured32))
+        for name, spec in specs.items():
+            times[name].append(timed_capture(spec, sequences))
+    plain_s = statistics.median(plain)
+    median = {name: statistics.median(values) for name, values in times.items()}
     layers, experts, hidden = len(loaded.adapter.moe_layers()), loaded.adapter.n_experts, loaded.adapter.hidden_size
     print(f"model {loaded.identity['name']} ({layers} MoE layers x {experts} experts, hidden {hidden}), "
-          f"{args.tokens} tokens in batches of {args.batch}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
-    print(f"plain forward:                      {plain_s:.3f} s  (all: {', '.join(f'{t:.3f}' for t in plain)})")
-    print(f"forward + capture (float64 Grams):  {capture_s:.3f} s  (all: {', '.join(f'{t:.3f}' for t in captured)})")
-    print(f"  same, float32 block products:     {capture32_s:.3f} s  "
-          f"(all: {', '.join(f'{t:.3f}' for t in captured32)})")
-    print(f"overhead_ratio={capture_s / plain_s:.3f} float32_products_ratio={capture32_s / plain_s:.3f}")
+          f"{args.tokens} tokens in {len(sequences)} sequences, batches of {args.batch}, {torch.get_num_threads()} "
+          f"threads, {device}, median of {args.repeats}; default column blocks {gram_blocks(specs['default'], device)}")
+    print(f"{'plain forward:':<44}{plain_s:.3f} s  (all: {', '.join(f'{t:.3f}' for t in plain)})")
+    labels = {"default": "forward + capture (float64 Grams):", "float32": "  same, float32 block products:"}
+    for name, values in times.items():
+        label = labels.get(name, f"  same, float64, {name[6:]} column block(s):")
+        print(f"{label:<44}{median[name]:.3f} s  (all: {', '.join(f'{t:.3f}' for t in values)})")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
 
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            timed_capture(specs["default"], sequences)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    ratios = " ".join(f"{name}_ratio={median[name] / plain_s:.3f}" for name in specs if name.startswith("blocks"))
+    print(f"overhead_ratio={median['default'] / plain_s:.3f} {ratios} "
+          f"float32_products_ratio={median['float32'] / plain_s:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -43,6 +43,7 @@ class CaptureSpec:
     expert_outputs: bool = False  # each routed expert's output before its routing weight (per expert)
     gram_device: str | None = None
     gram_products: str = "float64"  # each batch's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
+    gram_blocks: int | None = None  # column blocks of the symmetric expert Grams' upper half; None: by device
     skip_prefix: bool = True
 
 
@@ -119,16 +120,16 @@ def batches(sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[Seq
         yield sequences[start:start + batch_size]
 
 
-def _gather_routed(x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, n_experts: int
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _gather_routed(x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, n_experts: int,
+                   widest: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rows of x (T, H) routed by `index` (T, k), gathered once and sorted by expert (stably: by point, then
     slot), and, when routing is balanced enough that a zero-padded (E, max rows, H) stack at most doubles them, that
-    stack (else None). `counts` (E,): the bincount of `index`."""
+    stack (else None). `counts` (E,): the bincount of `index`; `widest`: its maximum when the caller has read it."""
     flat = index.reshape(-1).to(x.device)
     order = torch.argsort(flat, stable=True)
     rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
     counts = counts.to(x.device)
-    widest = int(counts.max())
+    widest = int(counts.max()) if widest is None else widest
     if n_experts * widest > 2 * flat.numel():
         return rows, None
     experts = flat[order]
@@ -136,6 +137,43 @@ def _gather_routed(x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, n
     stack = x.new_zeros((n_experts, widest, x.shape[1]))
     stack[experts, slot] = rows
     return rows, stack
+
+
+CUDA_GRAM_BLOCKS = 4  # column blocks of the expert Grams' upper half on a GPU (benchmarks/capture_overhead.py)
+
+
+def gram_blocks(spec: CaptureSpec, device: torch.device) -> int:
+    """How many column blocks the expert Grams' upper half is computed in: the spec's, else CUDA_GRAM_BLOCKS on a
+    GPU and 1 (the whole product) elsewhere."""
+    if spec.gram_blocks is not None:
+        if spec.gram_blocks < 1:
+            raise ValueError(f"CaptureSpec.gram_blocks must be >= 1, got {spec.gram_blocks}")
+        return spec.gram_blocks
+    return CUDA_GRAM_BLOCKS if device.type == "cuda" else 1
+
+
+def column_spans(size: int, blocks: int) -> list[slice]:
+    """`blocks` contiguous column ranges covering range(size), as equal as integers allow."""
+    edges = [round(i * size / blocks) for i in range(blocks + 1)]
+    return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def add_upper_products(total: torch.Tensor, stack: torch.Tensor, spans: list[slice]) -> None:
+    """total (E, H, H) += stack_eᵀ stack_e (stack (E, rows, H)) on the column blocks on and above the diagonal only,
+    one batched product per row panel: block row i times columns from span i's start on. With one span this is the
+    whole product; `mirror_lower` fills the rest."""
+    for span in spans:
+        panel = torch.bmm(stack[..., span].transpose(1, 2), stack[..., span.start:])
+        total[:, span, span.start:] += panel if panel.dtype == total.dtype else panel.double()
+
+
+def mirror_lower(total: torch.Tensor, spans: list[slice]) -> None:
+    """Make symmetric (E, H, H) matrices whose upper column blocks (`add_upper_products`) hold the sums: every
+    entry below the diagonal becomes its mirror above (one matrix at a time: no (E, H, H) temporary). One span: the
+    whole products were summed, left as they are."""
+    if len(spans) > 1:
+        for matrix in total:
+            matrix.copy_(matrix.triu() + matrix.triu(1).T)
 
 
 class _Recorder:
@@ -152,6 +190,7 @@ class _Recorder:
         self.point_of: torch.Tensor | None = None  # flattened position -> global point index
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.offset = 0
+        self.spans: dict[int, list[slice]] = {}  # layer -> column blocks of its expert Grams' products
 
     def prepare(self, valids: Sequence[torch.Tensor]) -> None:
         """The point masks (B, T) of every batch, in order: points are numbered across batches."""
@@ -173,30 +212,38 @@ class _Recorder:
         current = getattr(result, attribute)
         setattr(result, attribute, gram if current is None else current + gram)
 
-    def _gram_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _gram_input(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         device = self.spec.gram_device or x.device
-        dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
+        if dtype is None:
+            dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
         return x.detach().to(device=device, dtype=dtype)
 
     def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor,
-                      counts: torch.Tensor) -> None:
-        """G_e += X_eᵀX_e for every expert: one bmm over the zero-padded stack of `_gather_routed` (padding rows add
-        exactly 0), or, for routing too skewed for the stack, one matmul per expert block (memory stays bounded).
-        `counts` (E,): the points routed to each expert in this batch (bincount of `index`)."""
+                      counts: torch.Tensor, host_counts: torch.Tensor) -> None:
+        """G_e += X_eᵀX_e for every expert: batched products over the zero-padded stack of `_gather_routed` (padding
+        rows add exactly 0), on the upper column blocks only where `gram_blocks` > 1 (`finish` mirrors them), or,
+        for routing too skewed for the stack, one matmul per expert block (memory stays bounded). Rows are gathered
+        in the activations' dtype, then converted (exactly) for the products. `counts` (E,): the points routed to
+        each expert in this batch (bincount of `index`), `host_counts` the same on the CPU."""
         n_experts, h = self.adapter.n_experts, x.shape[1]
         if result.expert_gram is None:
-            result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=x.device)
+            device = torch.device(self.spec.gram_device or x.device)
+            result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=device)
+            self.spans[result.layer] = column_spans(h, gram_blocks(self.spec, device))
         if index.numel() == 0:
             return
-        rows, stack = _gather_routed(x, index, counts, n_experts)
+        rows, stack = _gather_routed(x.detach(), index, counts, n_experts, int(host_counts.max()))
         if stack is not None:
-            result.expert_gram += torch.bmm(stack.transpose(1, 2), stack).double()
+            add_upper_products(result.expert_gram, self._gram_input(stack), self.spans[result.layer])
             return
-        for expert, block in enumerate(torch.split(rows, counts.tolist())):
+        for expert, block in enumerate(torch.split(rows, host_counts.tolist())):
             if block.shape[0]:
+                block = self._gram_input(block)
                 result.expert_gram[expert] += (block.T @ block).double()
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
+        """Reads back what goes to the CPU first (counts, top-k, inputs: one wait for the GPU), then queues the Gram
+        products, which the GPU runs while the forward's next kernels are queued behind them."""
         names = ("hidden_states", "top_k_index", "top_k_weights")
         values = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
         hidden, top_k_index, top_k_weights = values
@@ -208,12 +255,6 @@ class _Recorder:
         counts = torch.bincount(index.reshape(-1), minlength=self.adapter.n_experts)
         on_cpu = counts.cpu()
         result.expert_tokens = on_cpu if result.expert_tokens is None else result.expert_tokens + on_cpu
-        if self.spec.gram or self.spec.input_gram:
-            x_gram = self._gram_input(x)
-            if self.spec.input_gram:
-                self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
-            if self.spec.gram:
-                self._expert_grams(result, x_gram, index, counts)
         if self.spec.topk:
             lists.setdefault("topk_index", []).append(index.detach().cpu())
             lists.setdefault("topk_weight", []).append(weight.detach().float().cpu())
@@ -221,6 +262,11 @@ class _Recorder:
             lists.setdefault("inputs", []).append(x.detach().float().cpu())
         if self.spec.expert_outputs:
             self.pending[layer] = top_k_index.detach()
+        if self.spec.input_gram:
+            x_gram = self._gram_input(x)
+            self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
+        if self.spec.gram:
+            self._expert_grams(result, x, index, counts, on_cpu)
 
     def router_post(self, layer: int, output: Any) -> None:
         logits = output[0] if isinstance(output, (tuple, list)) else output
@@ -242,6 +288,8 @@ class _Recorder:
 
     def finish(self) -> dict[int, LayerCapture]:
         for layer, result in self.results.items():
+            if result.expert_gram is not None:
+                mirror_lower(result.expert_gram, self.spans[layer])
             for name, parts in self.lists[layer].items():
                 setattr(result, name, torch.cat(parts) if parts else None)
             if self.spec.expert_outputs:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from pytest_ladder.models.adapters import adapter_for
-from pytest_ladder.models.capture import CaptureSpec, LayerCapture, _Recorder, capture, pad_batch
+from pytest_ladder.models.capture import (CUDA_GRAM_BLOCKS, CaptureSpec, LayerCapture, _Recorder, add_upper_products,
+                                          capture, column_spans, gram_blocks, mirror_lower, pad_batch)
 
 FULL = CaptureSpec(router_logits=True, inputs=True, input_gram=True, attention_input_gram=True)
 
@@ -70,23 +71,52 @@ def test_expert_grams_equal_routed_inputs_by_hand(model, captured, by_hand):
         torch.testing.assert_close(captured[layer].input_gram, x64.T @ x64, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("routing", ["balanced", "skewed"])
-def test_expert_grams_batched_and_per_block_paths(model, routing):
-    """Balanced routing takes the one-bmm path over a zero-padded stack, skewed routing (every point on expert 0 and
-    one other) the per-expert blocks; both equal X_eᵀX_e by hand, and an expert nobody chose keeps an exact 0."""
-    recorder = _Recorder(adapter_for(model), CaptureSpec(), [0])
+def test_expert_grams_batched_and_per_block_paths(model, routing, blocks):
+    """Balanced routing takes the batched path over a zero-padded stack, skewed routing (every point on expert 0 and
+    one other) the per-expert blocks; both equal X_eᵀX_e by hand, whole or as upper column blocks mirrored at the
+    end (then exactly symmetric), and an expert nobody chose keeps an exact 0."""
+    recorder = _Recorder(adapter_for(model), CaptureSpec(gram_blocks=blocks), [0])
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     if routing == "balanced":  # 16 rows per expert of the 8 (every expert but 7), 128 routed rows
         index = torch.stack([torch.arange(64) % 7, (torch.arange(64) + 3) % 7], dim=1)
     else:
         index = torch.stack([torch.zeros(64, dtype=torch.long), 1 + torch.arange(64) % 6], dim=1)
-    result = LayerCapture(0)
+    recorder.results[0] = result = LayerCapture(0)
     for half in (slice(0, 32), slice(32, 64)):  # two batches accumulate
-        recorder._expert_grams(result, x[half], index[half], torch.bincount(index[half].reshape(-1), minlength=8))
+        counts = torch.bincount(index[half].reshape(-1), minlength=8)
+        recorder._expert_grams(result, x[half], index[half], counts, counts.clone())
+    recorder.finish()
     for expert in range(8):
         rows = x[(index == expert).any(dim=-1)]
         torch.testing.assert_close(result.expert_gram[expert], rows.T @ rows, rtol=1e-12, atol=1e-12)
+    if blocks > 1:
+        assert torch.equal(result.expert_gram, result.expert_gram.transpose(1, 2))
     assert torch.equal(result.expert_gram[7], torch.zeros(32, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4, 7])
+def test_upper_panels_mirrored_equal_the_whole_product(blocks):
+    """add_upper_products then mirror_lower gives stackᵀstack to float64 rounding, for spans of unequal widths."""
+    stack = torch.randn(3, 11, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    spans = column_spans(10, blocks)
+    assert [(s.start, s.stop) for s in spans][0][0] == 0 and spans[-1].stop == 10 and len(spans) == blocks
+    total = torch.zeros(3, 10, 10, dtype=torch.float64)
+    add_upper_products(total, stack, spans)
+    add_upper_products(total, stack, spans)
+    mirror_lower(total, spans)
+    torch.testing.assert_close(total, 2 * torch.bmm(stack.transpose(1, 2), stack), rtol=1e-14, atol=1e-14)
+    if blocks > 1:
+        assert torch.equal(total, total.transpose(1, 2))
+
+
+def test_gram_blocks_by_device_and_spec():
+    assert gram_blocks(CaptureSpec(), torch.device("cpu")) == 1
+    assert gram_blocks(CaptureSpec(), torch.device("cuda")) == CUDA_GRAM_BLOCKS
+    assert gram_blocks(CaptureSpec(gram_blocks=2), torch.device("cpu")) == 2
+    with pytest.raises(ValueError, match="gram_blocks must be >= 1, got 0"):
+        gram_blocks(CaptureSpec(gram_blocks=0), torch.device("cpu"))
 
 
 def test_attention_input_gram_by_hand(captured, by_hand):
