@@ -5,10 +5,11 @@ accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.ca
                                           [--repeats 5] [--threads N] [--blocks 1,4] [--profile]
 
 All runs see the same held-out text tokens in the same batches; they alternate (plain, capture with the device's
-default products, the same with each of --blocks column blocks of the symmetric upper half (1: whole products),
+default products, the same with each of --blocks column blocks of the symmetric upper half (1: whole products)
+and --pass-mib pass sizes,
 float32 block products, plain, ...) so machine noise hits all, and the medians are compared. Prints the times and
 last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time; target <= 1.25 on CPU,
-<= 1.5 on a GPU), `blocks<b>_ratio=<y>` per --blocks value and `float32_products_ratio=<z>`
+<= 1.5 on a GPU), `blocks<b>_pass<m>_ratio=<y>` per --blocks and --pass-mib value and `float32_products_ratio=<z>`
 (CaptureSpec(gram_products="float32"): float32 block products, float64 sums). --profile prints torch.profiler's
 table of one default capture (the kernels and host calls that take its time).
 """
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--blocks", type=lambda text: [int(b) for b in text.split(",")], default=[1],
                         help="column block counts of the float64 upper-half products to time too (1: whole)")
+    parser.add_argument("--pass-mib", type=lambda text: [int(m) for m in text.split(",")], default=[64],
+                        help="routed inputs a layer keeps before a Gram pass, MiB (CaptureSpec.gram_pass_bytes)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one capture")
     args = parser.parse_args()
     if args.threads:
@@ -57,7 +60,9 @@ def main() -> None:
                                 loaded.prefix_token_id)
     specs = {"default": CaptureSpec(gram=True, topk=True)}
     for blocks in args.blocks:
-        specs[f"blocks{blocks}"] = CaptureSpec(gram=True, topk=True, gram_blocks=blocks)
+        for mib in args.pass_mib:
+            specs[f"blocks{blocks}_pass{mib}"] = CaptureSpec(gram=True, topk=True, gram_blocks=blocks,
+                                                             gram_pass_bytes=mib * 2**20)
     specs["float32"] = CaptureSpec(gram_products="float32")
     device = model_device(loaded.model)
 
@@ -83,7 +88,8 @@ def main() -> None:
     print(f"{'plain forward:':<44}{plain_s:.3f} s  (all: {', '.join(f'{t:.3f}' for t in plain)})")
     labels = {"default": "forward + capture (float64 Grams):", "float32": "  same, float32 block products:"}
     for name, values in times.items():
-        label = labels.get(name, f"  same, float64, {name[6:]} column block(s):")
+        blocks, mib = name[6:].split("_pass") if name.startswith("blocks") else ("", "")
+        label = labels.get(name, f"  same, {blocks} column block(s), {mib} MiB passes:")
         print(f"{label:<44}{median[name]:.3f} s  (all: {', '.join(f'{t:.3f}' for t in values)})")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

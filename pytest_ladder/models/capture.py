@@ -3,9 +3,11 @@
 Hooks sit on the modules, not on F.linear (fused experts run grouped_mm, which bypasses linear hooks):
 - a forward pre-hook on each MoE layer's experts module sees exactly what the experts compute on: the router
   input x_t (T, H) and the chosen top-k indices and weights. Expert e's routed inputs are the rows x_t with
-  e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 (each
-  batch's block product too, unless gram_products="float32") so that ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide
-  a gate;
+  e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 (the
+  products too, unless gram_products="float32") so that ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide a gate. A
+  layer keeps its routed inputs over batches and takes them in a pass of per-expert products (`gram_pass_bytes`
+  at a time); on a GPU the products cover the column blocks on and above the diagonal and are mirrored at the
+  end (the Grams are symmetric: half the float64 work);
 - a forward hook on the router keeps its logits; a pre-hook on self-attention gives the attention input Gram;
 - expert outputs need the per-expert loop of weights.transformed_expert_outputs (a recording transform).
 
@@ -42,8 +44,9 @@ class CaptureSpec:
     attention_input_gram: bool = False  # Gram of the self-attention input over all points (H, H), float64
     expert_outputs: bool = False  # each routed expert's output before its routing weight (per expert)
     gram_device: str | None = None
-    gram_products: str = "float64"  # each batch's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
+    gram_products: str = "float64"  # each pass's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
     gram_blocks: int | None = None  # column blocks of the symmetric expert Grams' upper half; None: by device
+    gram_pass_bytes: int = 64 * 2**20  # routed inputs a layer keeps (at their dtype) before its Grams take them in
     skip_prefix: bool = True
 
 
@@ -120,26 +123,8 @@ def batches(sequences: Sequence[Sequence[int]], batch_size: int) -> Iterator[Seq
         yield sequences[start:start + batch_size]
 
 
-def _gather_routed(x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor, n_experts: int,
-                   widest: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The rows of x (T, H) routed by `index` (T, k), gathered once and sorted by expert (stably: by point, then
-    slot), and, when routing is balanced enough that a zero-padded (E, max rows, H) stack at most doubles them, that
-    stack (else None). `counts` (E,): the bincount of `index`; `widest`: its maximum when the caller has read it."""
-    flat = index.reshape(-1).to(x.device)
-    order = torch.argsort(flat, stable=True)
-    rows = x.index_select(0, torch.div(order, index.shape[-1], rounding_mode="floor"))
-    counts = counts.to(x.device)
-    widest = int(counts.max()) if widest is None else widest
-    if n_experts * widest > 2 * flat.numel():
-        return rows, None
-    experts = flat[order]
-    slot = torch.arange(flat.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[experts]
-    stack = x.new_zeros((n_experts, widest, x.shape[1]))
-    stack[experts, slot] = rows
-    return rows, stack
-
-
 CUDA_GRAM_BLOCKS = 4  # column blocks of the expert Grams' upper half on a GPU (benchmarks/capture_overhead.py)
+GATHER_BYTES = 256 * 2**20  # routed rows converted for the products at a time
 
 
 def gram_blocks(spec: CaptureSpec, device: torch.device) -> int:
@@ -158,22 +143,52 @@ def column_spans(size: int, blocks: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def add_upper_products(total: torch.Tensor, stack: torch.Tensor, spans: list[slice]) -> None:
-    """total (E, H, H) += stack_eᵀ stack_e (stack (E, rows, H)) on the column blocks on and above the diagonal only,
-    one batched product per row panel: block row i times columns from span i's start on. With one span this is the
-    whole product; `mirror_lower` fills the rest."""
+def add_upper_products(total: torch.Tensor, rows: torch.Tensor, spans: list[slice]) -> None:
+    """total (H, H) += rowsᵀ rows (rows (n, H)) on the column blocks on and above the diagonal only, one product
+    per row panel (block row i times the columns from span i's start on), summed into `total` by the product itself
+    where the dtypes agree. With one span this is the whole product; `mirror_lower` fills the rest."""
     for span in spans:
-        panel = torch.bmm(stack[..., span].transpose(1, 2), stack[..., span.start:])
-        total[:, span, span.start:] += panel if panel.dtype == total.dtype else panel.double()
+        target, left, right = total[span, span.start:], rows[:, span].T, rows[:, span.start:]
+        if rows.dtype == total.dtype:
+            target.addmm_(left, right)
+        else:
+            target += (left @ right).to(total.dtype)
 
 
 def mirror_lower(total: torch.Tensor, spans: list[slice]) -> None:
-    """Make symmetric (E, H, H) matrices whose upper column blocks (`add_upper_products`) hold the sums: every
-    entry below the diagonal becomes its mirror above (one matrix at a time: no (E, H, H) temporary). One span: the
-    whole products were summed, left as they are."""
-    if len(spans) > 1:
-        for matrix in total:
-            matrix.copy_(matrix.triu() + matrix.triu(1).T)
+    """Make the symmetric (E, H, H) matrices whose column blocks on and above the diagonal (`add_upper_products`)
+    hold the sums exactly symmetric: the blocks below the diagonal become the transposes of those above, and each
+    diagonal block its upper triangle mirrored. One span: whole products were summed, left as they are."""
+    if len(spans) == 1:
+        return
+    for i, upper in enumerate(spans):
+        diagonal = total[:, upper, upper]
+        diagonal.copy_(diagonal.triu() + diagonal.triu(1).mT)
+        for lower in spans[i + 1:]:
+            total[:, lower, upper] = total[:, upper, lower].mT
+
+
+def add_expert_grams(total: torch.Tensor, x: torch.Tensor, index: torch.Tensor, counts: Sequence[int],
+                     spans: list[slice], dtype: torch.dtype, gather_bytes: int = GATHER_BYTES) -> None:
+    """total[e] (E, H, H) += X_eᵀX_e for every expert e, X_e the rows of x (N, H) that `index` (N, k) routes to e;
+    `counts` the number of rows per expert (a list read back once). The routed rows are sorted by expert (stably: by
+    point, then slot) and gathered at most `gather_bytes` of `dtype` at a time, converted (exactly, from bf16 or
+    float32) on `total`'s device; each expert's rows go through `add_upper_products`. (Zero-padded stacks of
+    several experts in one batched product measured no faster on an H200 in benchmarks/gram_products.py and
+    capture_overhead.py.)"""
+    order = torch.argsort(index.reshape(-1).to(x.device), stable=True)
+    points = torch.div(order, index.shape[-1], rounding_mode="floor")
+    bounds = [0]
+    for count in counts:
+        bounds.append(bounds[-1] + int(count))
+    step = max(1, gather_bytes // (x.shape[1] * torch.finfo(dtype).bits // 8))
+    for first in range(0, bounds[-1], step):
+        last = min(first + step, bounds[-1])
+        rows = x.index_select(0, points[first:last]).to(device=total.device, dtype=dtype)
+        for expert in range(len(counts)):
+            lo, hi = max(bounds[expert], first), min(bounds[expert + 1], last)
+            if hi > lo:
+                add_upper_products(total[expert], rows[lo - first:hi - first], spans)
 
 
 class _Recorder:
@@ -191,6 +206,7 @@ class _Recorder:
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.offset = 0
         self.spans: dict[int, list[slice]] = {}  # layer -> column blocks of its expert Grams' products
+        self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # layer -> routed inputs not yet summed
 
     def prepare(self, valids: Sequence[torch.Tensor]) -> None:
         """The point masks (B, T) of every batch, in order: points are numbered across batches."""
@@ -218,32 +234,33 @@ class _Recorder:
             dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
         return x.detach().to(device=device, dtype=dtype)
 
-    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor,
-                      counts: torch.Tensor, host_counts: torch.Tensor) -> None:
-        """G_e += X_eᵀX_e for every expert: batched products over the zero-padded stack of `_gather_routed` (padding
-        rows add exactly 0), on the upper column blocks only where `gram_blocks` > 1 (`finish` mirrors them), or,
-        for routing too skewed for the stack, one matmul per expert block (memory stays bounded). Rows are gathered
-        in the activations' dtype, then converted (exactly) for the products. `counts` (E,): the points routed to
-        each expert in this batch (bincount of `index`), `host_counts` the same on the CPU."""
-        n_experts, h = self.adapter.n_experts, x.shape[1]
+    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor) -> None:
+        """Keep this call's routed inputs (N, H) and routes (N, k) until the layer has `gram_pass_bytes` of them,
+        then add their per-expert Grams in one pass (`_flush`): few large products, not one small one per batch."""
+        device = torch.device(self.spec.gram_device or x.device)
         if result.expert_gram is None:
-            device = torch.device(self.spec.gram_device or x.device)
+            n_experts, h = self.adapter.n_experts, x.shape[1]
             result.expert_gram = torch.zeros((n_experts, h, h), dtype=torch.float64, device=device)
             self.spans[result.layer] = column_spans(h, gram_blocks(self.spec, device))
         if index.numel() == 0:
             return
-        rows, stack = _gather_routed(x.detach(), index, counts, n_experts, int(host_counts.max()))
-        if stack is not None:
-            add_upper_products(result.expert_gram, self._gram_input(stack), self.spans[result.layer])
+        kept = self.kept.setdefault(result.layer, [])
+        kept.append((x.detach().to(device), index.detach().to(device)))
+        if sum(part.numel() * part.element_size() for part, _ in kept) >= self.spec.gram_pass_bytes:
+            self._flush(result)
+
+    def _flush(self, result: LayerCapture) -> None:
+        kept = self.kept.pop(result.layer, [])
+        if not kept:
             return
-        for expert, block in enumerate(torch.split(rows, host_counts.tolist())):
-            if block.shape[0]:
-                block = self._gram_input(block)
-                result.expert_gram[expert] += (block.T @ block).double()
+        x, index = torch.cat([part for part, _ in kept]), torch.cat([part for _, part in kept])
+        counts = torch.bincount(index.reshape(-1), minlength=self.adapter.n_experts).tolist()
+        dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
+        add_expert_grams(result.expert_gram, x, index, counts, self.spans[result.layer], dtype)
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
-        """Reads back what goes to the CPU first (counts, top-k, inputs: one wait for the GPU), then queues the Gram
-        products, which the GPU runs while the forward's next kernels are queued behind them."""
+        """Reads back what goes to the CPU (counts, top-k, inputs: one wait for the GPU), then keeps the routed
+        inputs for the layer's next Gram pass."""
         names = ("hidden_states", "top_k_index", "top_k_weights")
         values = list(args[:3]) + [kwargs.get(n) for n in names[len(args[:3]):]]
         hidden, top_k_index, top_k_weights = values
@@ -266,7 +283,7 @@ class _Recorder:
             x_gram = self._gram_input(x)
             self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
         if self.spec.gram:
-            self._expert_grams(result, x, index, counts, on_cpu)
+            self._expert_grams(result, x, index)
 
     def router_post(self, layer: int, output: Any) -> None:
         logits = output[0] if isinstance(output, (tuple, list)) else output
@@ -289,6 +306,7 @@ class _Recorder:
     def finish(self) -> dict[int, LayerCapture]:
         for layer, result in self.results.items():
             if result.expert_gram is not None:
+                self._flush(result)
                 mirror_lower(result.expert_gram, self.spans[layer])
             for name, parts in self.lists[layer].items():
                 setattr(result, name, torch.cat(parts) if parts else None)

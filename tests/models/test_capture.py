@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from pytest_ladder.models.adapters import adapter_for
-from pytest_ladder.models.capture import (CUDA_GRAM_BLOCKS, CaptureSpec, LayerCapture, _Recorder, add_upper_products,
-                                          capture, column_spans, gram_blocks, mirror_lower, pad_batch)
+from pytest_ladder.models.capture import (CUDA_GRAM_BLOCKS, GATHER_BYTES, CaptureSpec, _Recorder, add_expert_grams,
+                                          add_upper_products, capture, column_spans, gram_blocks, mirror_lower,
+                                          pad_batch)
 
 FULL = CaptureSpec(router_logits=True, inputs=True, input_gram=True, attention_input_gram=True)
 
@@ -73,20 +74,21 @@ def test_expert_grams_equal_routed_inputs_by_hand(model, captured, by_hand):
 
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("routing", ["balanced", "skewed"])
-def test_expert_grams_batched_and_per_block_paths(model, routing, blocks):
-    """Balanced routing takes the batched path over a zero-padded stack, skewed routing (every point on expert 0 and
-    one other) the per-expert blocks; both equal X_eᵀX_e by hand, whole or as upper column blocks mirrored at the
-    end (then exactly symmetric), and an expert nobody chose keeps an exact 0."""
-    recorder = _Recorder(adapter_for(model), CaptureSpec(gram_blocks=blocks), [0])
+@pytest.mark.parametrize("pass_bytes", [10**9, 1])
+def test_expert_grams_by_hand(model, routing, blocks, pass_bytes):
+    """Grams of balanced routing and of skewed routing (every point on expert 0 and one other) equal X_eᵀX_e by hand,
+    whole or as upper column blocks mirrored at the end (then exactly symmetric), taken in one pass at the end or a
+    pass per batch; an expert nobody chose keeps an exact 0."""
+    recorder = _Recorder(adapter_for(model), CaptureSpec(gram_blocks=blocks, gram_pass_bytes=pass_bytes), [0])
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     if routing == "balanced":  # 16 rows per expert of the 8 (every expert but 7), 128 routed rows
         index = torch.stack([torch.arange(64) % 7, (torch.arange(64) + 3) % 7], dim=1)
     else:
         index = torch.stack([torch.zeros(64, dtype=torch.long), 1 + torch.arange(64) % 6], dim=1)
-    recorder.results[0] = result = LayerCapture(0)
+    result = recorder.results[0]
     for half in (slice(0, 32), slice(32, 64)):  # two batches accumulate
-        counts = torch.bincount(index[half].reshape(-1), minlength=8)
-        recorder._expert_grams(result, x[half], index[half], counts, counts.clone())
+        recorder._expert_grams(result, x[half], index[half])
+        assert (0 in recorder.kept) == (pass_bytes > 1)
     recorder.finish()
     for expert in range(8):
         rows = x[(index == expert).any(dim=-1)]
@@ -96,15 +98,57 @@ def test_expert_grams_batched_and_per_block_paths(model, routing, blocks):
     assert torch.equal(result.expert_gram[7], torch.zeros(32, 32, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("gather_bytes", [GATHER_BYTES, 8 * 10 * 7])
+def test_expert_grams_gathered_in_pieces(gather_bytes):
+    """Grams from bf16 inputs converted exactly are the same gathered all at once or 7 rows at a time (pieces that
+    split experts); float32 products of exact inputs added to float64 sums agree to float32 rounding."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 10, generator=g).to(torch.bfloat16)
+    index = torch.argsort(torch.rand(40, 5, generator=g), dim=1)[:, :2]
+    counts = torch.bincount(index.reshape(-1), minlength=5).tolist()
+    spans = column_spans(10, 3)
+    total = torch.zeros(5, 10, 10, dtype=torch.float64)
+    add_expert_grams(total, x, index, counts, spans, torch.float64, gather_bytes)
+    mirror_lower(total, spans)
+    total32 = torch.zeros(5, 10, 10, dtype=torch.float64)
+    add_expert_grams(total32, x, index, counts, spans, torch.float32, gather_bytes)
+    mirror_lower(total32, spans)
+    for expert in range(5):
+        rows = x[(index == expert).any(dim=-1)].double()
+        torch.testing.assert_close(total[expert], rows.T @ rows, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(total32[expert], rows.T @ rows, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_expert_grams_on_cuda_upper_blocks_equal_the_cpu_sums():
+    """On a GPU the default (CUDA_GRAM_BLOCKS upper column blocks, mirrored) gives the CPU's whole float64 products
+    to float64 rounding, exactly symmetric, from bf16 routed inputs as OLMoE's."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 64, generator=g).to(torch.bfloat16)
+    index = torch.argsort(torch.rand(300, 8, generator=g), dim=1)[:, :2]
+    counts = torch.bincount(index.reshape(-1), minlength=8).tolist()
+    spans = column_spans(64, gram_blocks(CaptureSpec(), torch.device("cuda")))
+    assert len(spans) == CUDA_GRAM_BLOCKS > 1
+    on_gpu = torch.zeros(8, 64, 64, dtype=torch.float64, device="cuda")
+    add_expert_grams(on_gpu, x.cuda(), index.cuda(), counts, spans, torch.float64)
+    mirror_lower(on_gpu, spans)
+    on_cpu = torch.zeros(8, 64, 64, dtype=torch.float64)
+    add_expert_grams(on_cpu, x, index, counts, column_spans(64, 1), torch.float64)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-12, atol=1e-12)
+    assert torch.equal(on_gpu, on_gpu.mT)
+
+
 @pytest.mark.parametrize("blocks", [1, 2, 4, 7])
 def test_upper_panels_mirrored_equal_the_whole_product(blocks):
-    """add_upper_products then mirror_lower gives stackᵀstack to float64 rounding, for spans of unequal widths."""
+    """add_upper_products then mirror_lower gives rowsᵀrows per matrix to float64 rounding, for spans of unequal
+    widths."""
     stack = torch.randn(3, 11, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     spans = column_spans(10, blocks)
-    assert [(s.start, s.stop) for s in spans][0][0] == 0 and spans[-1].stop == 10 and len(spans) == blocks
+    assert spans[0].start == 0 and spans[-1].stop == 10 and len(spans) == blocks
     total = torch.zeros(3, 10, 10, dtype=torch.float64)
-    add_upper_products(total, stack, spans)
-    add_upper_products(total, stack, spans)
+    for _ in range(2):
+        for matrix, rows in zip(total, stack):
+            add_upper_products(matrix, rows, spans)
     mirror_lower(total, spans)
     torch.testing.assert_close(total, 2 * torch.bmm(stack.transpose(1, 2), stack), rtol=1e-14, atol=1e-14)
     if blocks > 1:
