@@ -1,7 +1,7 @@
 """Offload strategies side by side on one GPU: what many batches through an offloaded model cost.
 
     python benchmarks/offload_strategies.py --model /tmp/olmoe7b [--max-memory cuda:0=8GiB,cpu=100GiB]
-                                            [--batches 8] [--batch 4] [--tokens 2048]
+                                            [--batches 8] [--batch 4] [--tokens 2048] [--device cuda]
 
 The ladder passes many batches through the model (captures, deploy NLL, τ baselines). Each strategy runs the same
 `--batches` batches of random token ids with logits, after one warm-up batch, and reports wall time, GPU peaks
@@ -19,13 +19,15 @@ against the model in GPU memory:
   a line saying so when diffusers is not importable.
 
 Prints a table and last `hooks_ratio=<x> sequential_ratio=<y> group_offload_ratio=<z>` (each strategy's wall /
-in memory).
+in memory). `--device cpu` (no GPU: peaks read 0, the cap offloads to disk, default `cpu=10MiB`) checks the script
+end to end, e.g. `--model embedded --tokens 64 --batches 2`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import tempfile
 import time
 
 import torch
@@ -51,17 +53,22 @@ def run_sequential(model: torch.nn.Module, batches: list[tuple[torch.Tensor, tor
     return tails
 
 
-def measure(name: str, run, model: torch.nn.Module, batches: list, reference: list | None) -> dict:
+def measure(name: str, run, model: torch.nn.Module, batches: list, reference: list | None,
+            device: torch.device) -> dict:
+    gpu = device.type == "cuda"
     run(model, batches[:1])  # warm-up: kernels, cuBLAS handles, first moves
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     tails = run(model, batches)
-    torch.cuda.synchronize()
+    if gpu:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - start
     delta = (max(float((a - b).abs().max()) for a, b in zip(tails, reference)) if reference is not None else 0.0)
-    row = {"strategy": name, "wall_s": wall, "allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-           "reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "max_abs_delta": delta, "tails": tails}
+    row = {"strategy": name, "wall_s": wall, "max_abs_delta": delta, "tails": tails,
+           "allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0,
+           "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0}
     print(f"{name}: {wall:.2f} s, peak {row['allocated_gib']:.2f} / {row['reserved_gib']:.2f} GiB, "
           f"max |Δ logits| {delta:.3g}", flush=True)
     return row
@@ -70,22 +77,28 @@ def measure(name: str, run, model: torch.nn.Module, batches: list, reference: li
 def free_gpu() -> None:
     """Give the GPU back what the dropped model held (call after dropping every reference to it)."""
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--max-memory", default="cuda:0=8GiB,cpu=100GiB")
+    parser.add_argument("--max-memory", default=None, help="default cuda:0=8GiB,cpu=100GiB (cpu=10MiB on the CPU)")
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--offload-dir", default=None, help="where the cap's disk offload goes (default: a temp dir)")
     args = parser.parse_args()
-    cuda = torch.device("cuda:0")
+    device = torch.device(args.device)
+    if args.max_memory is None:
+        args.max_memory = "cuda:0=8GiB,cpu=100GiB" if device.type == "cuda" else "cpu=10MiB"
+    offload_dir = args.offload_dir or tempfile.mkdtemp(prefix="offload-strategies-")
     rows = []
 
     start = time.perf_counter()
-    loaded = load_model(ModelSpec(source=args.model, device="cuda:0"))
+    loaded = load_model(ModelSpec(source=args.model, device=args.device))
     print(f"loaded in GPU memory in {time.perf_counter() - start:.1f} s", flush=True)
     vocab = min(loaded.model.config.vocab_size, len(loaded.tokenizer))
     generator = torch.Generator().manual_seed(0)
@@ -93,17 +106,18 @@ def main() -> None:
     for _ in range(args.batches):
         ids = torch.randint(2, vocab, (args.batch, args.tokens), generator=generator)
         ids[:, 0] = loaded.prefix_token_id
-        batches.append((ids.to(cuda), torch.ones_like(ids).to(cuda)))
-    rows.append(measure("in memory", run_plain, loaded.model, batches, None))
+        batches.append((ids.to(device), torch.ones_like(ids).to(device)))
+    rows.append(measure("in memory", run_plain, loaded.model, batches, None, device))
     reference = rows[0]["tails"]
     loaded = None
     free_gpu()
 
     start = time.perf_counter()
-    capped = load_model(ModelSpec(source=args.model, device="cuda:0", max_memory=parse_max_memory(args.max_memory)))
+    capped = load_model(ModelSpec(source=args.model, device=args.device, max_memory=parse_max_memory(args.max_memory),
+                                  offload_dir=offload_dir))
     print(f"loaded with --max-memory {args.max_memory} in {time.perf_counter() - start:.1f} s", flush=True)
-    rows.append(measure("accelerate hooks", run_plain, capped.model, batches, reference))
-    rows.append(measure("layer by layer", run_sequential, capped.model, batches, reference))
+    rows.append(measure("accelerate hooks", run_plain, capped.model, batches, reference, device))
+    rows.append(measure("layer by layer", run_sequential, capped.model, batches, reference, device))
     capped = None
     free_gpu()
 
@@ -114,11 +128,11 @@ def main() -> None:
     else:
         start = time.perf_counter()
         on_cpu = load_model(ModelSpec(source=args.model, device="cpu")).model
-        apply_group_offloading(on_cpu.model, onload_device=cuda, offload_device=torch.device("cpu"),
-                               offload_type="block_level", num_blocks_per_group=1, use_stream=True)
-        on_cpu.lm_head.to(cuda)
+        apply_group_offloading(on_cpu.model, onload_device=device, offload_device=torch.device("cpu"),
+                               offload_type="block_level", num_blocks_per_group=1, use_stream=device.type == "cuda")
+        on_cpu.lm_head.to(device)
         print(f"loaded on the CPU and grouped for offloading in {time.perf_counter() - start:.1f} s", flush=True)
-        rows.append(measure("diffusers group offloading", run_plain, on_cpu, batches, reference))
+        rows.append(measure("diffusers group offloading", run_plain, on_cpu, batches, reference, device))
         on_cpu = None
         free_gpu()
 
