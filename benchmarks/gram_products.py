@@ -22,7 +22,7 @@ import argparse
 import torch
 from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
-from pytest_ladder.models.capture import add_expert_grams, column_spans, mirror_lower
+from pytest_ladder.models.capture import add_expert_grams, column_spans, mirror_lower, points_by_expert
 
 F64 = torch.float64
 
@@ -52,8 +52,7 @@ def main() -> None:
         print(f"{name:<62} {seconds * 1e3:9.2f} ms{rate}", flush=True)
 
     def gather() -> torch.Tensor:
-        order = torch.argsort(index.reshape(-1), stable=True)
-        return x.index_select(0, torch.div(order, k, rounding_mode="floor")).to(F64)
+        return x.index_select(0, points_by_expert(index, device)).to(F64)
 
     print(f"{args.device}: {n} points top-{k} of {e} experts, hidden {h}; rows per expert {min(counts)}..{max(counts)}"
           f" (mean {n * k / e:.0f}); routed rows {n * k * h * 8 / 2**30:.2f} GiB in float64")

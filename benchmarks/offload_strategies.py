@@ -31,6 +31,7 @@ import tempfile
 import time
 
 import torch
+from timing import sync  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
 from pytest_ladder.models.loading import ModelSpec, load_model, parse_max_memory
 from pytest_ladder.models.sequential import forward_batches
@@ -57,13 +58,12 @@ def measure(name: str, run, model: torch.nn.Module, batches: list, reference: li
             device: torch.device) -> dict:
     gpu = device.type == "cuda"
     run(model, batches[:1])  # warm-up: kernels, cuBLAS handles, first moves
+    sync(device)
     if gpu:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     tails = run(model, batches)
-    if gpu:
-        torch.cuda.synchronize()
+    sync(device)
     wall = time.perf_counter() - start
     delta = (max(float((a - b).abs().max()) for a, b in zip(tails, reference)) if reference is not None else 0.0)
     row = {"strategy": name, "wall_s": wall, "max_abs_delta": delta, "tails": tails,

@@ -168,6 +168,12 @@ def mirror_lower(total: torch.Tensor, spans: list[slice]) -> None:
             total[:, lower, upper] = total[:, upper, lower].mT
 
 
+def points_by_expert(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The point of every route in `index` (N, k), the routes sorted by expert (stably: by point, then slot)."""
+    order = torch.argsort(index.reshape(-1).to(device), stable=True)
+    return torch.div(order, index.shape[-1], rounding_mode="floor")
+
+
 def add_expert_grams(total: torch.Tensor, x: torch.Tensor, index: torch.Tensor, counts: Sequence[int],
                      spans: list[slice], dtype: torch.dtype, gather_bytes: int = GATHER_BYTES) -> None:
     """total[e] (E, H, H) += X_eᵀX_e for every expert e, X_e the rows of x (N, H) that `index` (N, k) routes to e;
@@ -176,8 +182,7 @@ def add_expert_grams(total: torch.Tensor, x: torch.Tensor, index: torch.Tensor, 
     float32) on `total`'s device; each expert's rows go through `add_upper_products`. (Zero-padded stacks of
     several experts in one batched product measured no faster on an H200 in benchmarks/gram_products.py and
     capture_overhead.py.)"""
-    order = torch.argsort(index.reshape(-1).to(x.device), stable=True)
-    points = torch.div(order, index.shape[-1], rounding_mode="floor")
+    points = points_by_expert(index, x.device)
     bounds = [0]
     for count in counts:
         bounds.append(bounds[-1] + int(count))
