@@ -5,9 +5,9 @@ accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.ca
                                           [--repeats 5] [--threads N] [--blocks 1,4] [--profile]
 
 All runs see the same held-out text tokens in the same batches; they alternate (plain, capture with the device's
-default products, the same with each of --blocks column blocks of the symmetric upper half (1: whole products)
-and --pass-mib pass sizes,
-float32 block products, plain, ...) so machine noise hits all, and the medians are compared. Prints the times and
+default products (on a GPU: the upper triangle by cuBLAS DSYRK), the same with each of --blocks column blocks of
+`addmm_` for the symmetric upper half (1: whole products) and --pass-mib pass sizes, float32 block products, plain,
+...) so machine noise hits all, and the medians are compared. Prints the times and
 last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time; target <= 1.25 on CPU,
 <= 1.5 on a GPU), `blocks<b>_pass<m>_ratio=<y>` per --blocks and --pass-mib value and `float32_products_ratio=<z>`
 (CaptureSpec(gram_products="float32"): float32 block products, float64 sums). --profile prints torch.profiler's
@@ -62,7 +62,7 @@ def main() -> None:
     for blocks in args.blocks:
         for mib in args.pass_mib:
             specs[f"blocks{blocks}_pass{mib}"] = CaptureSpec(gram=True, topk=True, gram_blocks=blocks,
-                                                             gram_pass_bytes=mib * 2**20)
+                                                             gram_pass_bytes=mib * 2**20, gram_syrk=False)
     specs["float32"] = CaptureSpec(gram_products="float32")
     device = model_device(loaded.model)
 

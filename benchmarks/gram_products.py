@@ -6,23 +6,29 @@ synchronised and timed alone, with the float rate of the products:
 
 - the gather: sort the routes by expert, index_select the routed rows, convert them to float64 (exact);
 - `models.capture.add_expert_grams` (gather + per-expert products summed into the (E, H, H) total by the product
-  itself) with the whole products (1 column block) and with the upper half in 2, 4 and 8 column blocks (the capture
-  mirrors the lower half once at the end; its cost is timed too);
+  itself) with the whole products (1 column block), with the upper half in 2, 4 and 8 column blocks of `addmm_`, and
+  (on a GPU) with the upper triangle by cuBLAS DSYRK, one launch per expert (models.cublas; the capture's default
+  there), each also timed for the host alone (the time to queue its launches); the capture mirrors the lower half
+  once at the end, its cost is timed too;
 - the same products in float32 and TF32 (exact inputs here: bf16 values fit TF32; sums are float32, not float64).
 
     python benchmarks/gram_products.py [--device cuda] [--tokens 16384] [--hidden 2048] [--experts 64] [--top 8]
 
-Prints a line per part and last `blocks1_s=<whole products> best_blocks=<b> best_s=<its time> dgemm_tflops=<rate>`.
+Prints a line per part and last `blocks1_s=<whole products> best_blocks=<b> best_s=<its time> dgemm_tflops=<rate>
+syrk_s=<DSYRK time> syrk_over_best_blocks=<ratio>` (the last two on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import time
 
 import torch
-from timing import timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
+from timing import sync, timed  # benchmarks/timing.py (scripts run from benchmarks/ on sys.path)
 
 from pytest_ladder.models.capture import add_expert_grams, column_spans, mirror_lower, points_by_expert
+from pytest_ladder.models.cublas import available as cublas_available
 
 F64 = torch.float64
 
@@ -57,13 +63,27 @@ def main() -> None:
     print(f"{args.device}: {n} points top-{k} of {e} experts, hidden {h}; rows per expert {min(counts)}..{max(counts)}"
           f" (mean {n * k / e:.0f}); routed rows {n * k * h * 8 / 2**30:.2f} GiB in float64")
     line("gather: sort, index_select, to float64", timed(gather, device, args.repeats)[1], 0.0)
+    def host(run) -> float:  # the host's time to queue the work (the device may still be running it)
+        sync(device)
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+        sync(device)
+        return seconds
+
     for blocks in (1, 2, 4, 8):
         spans = column_spans(h, blocks)
         share = (blocks + 1) / (2 * blocks)
-        line(f"add_expert_grams float64, {blocks} column block(s)",
-             timed(lambda: add_expert_grams(total, x, index, counts, spans, F64), device, args.repeats)[1],
+        run = functools.partial(add_expert_grams, total, x, index, counts, spans, F64, syrk=False)
+        line(f"add_expert_grams float64, {blocks} column block(s)", timed(run, device, args.repeats)[1],
              flops * share)
+        line("  host time to queue it", host(run), 0.0)
     spans = column_spans(h, 4)
+    if device.type == "cuda" and cublas_available():
+        run = functools.partial(add_expert_grams, total, x, index, counts, spans, F64, syrk=True)
+        line("add_expert_grams float64, upper triangle by cuBLAS DSYRK", timed(run, device, args.repeats)[1],
+             flops / 2)
+        line("  host time to queue it", host(run), 0.0)
     line("  mirror the lower half (4 blocks), once per capture",
          timed(lambda: mirror_lower(total, spans), device, args.repeats)[1], 0.0)
     single = torch.zeros(e, h, h, dtype=torch.float32, device=device)
@@ -82,7 +102,9 @@ def main() -> None:
     by_blocks = {b: results[f"add_expert_grams float64, {b} column block(s)"] for b in (1, 2, 4, 8)}
     best = min(by_blocks, key=by_blocks.get)
     rate = flops * (best + 1) / (2 * best) / by_blocks[best] / 1e12
-    print(f"blocks1_s={by_blocks[1]:.4f} best_blocks={best} best_s={by_blocks[best]:.4f} dgemm_tflops={rate:.1f}")
+    syrk = results.get("add_expert_grams float64, upper triangle by cuBLAS DSYRK")
+    tail = f" syrk_s={syrk:.4f} syrk_over_best_blocks={syrk / by_blocks[best]:.3f}" if syrk else ""
+    print(f"blocks1_s={by_blocks[1]:.4f} best_blocks={best} best_s={by_blocks[best]:.4f} dgemm_tflops={rate:.1f}{tail}")
 
 
 if __name__ == "__main__":

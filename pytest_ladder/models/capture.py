@@ -6,8 +6,9 @@ Hooks sit on the modules, not on F.linear (fused experts run grouped_mm, which b
   e ∈ topk(t); their Gram matrix G_e = Σ_t x_t x_tᵀ (= X_eᵀX_e for rows x_t) is accumulated in float64 (the
   products too, unless gram_products="float32") so that ‖(W − W')X_e‖²_F = tr(Δ G_e Δᵀ) can decide a gate. A
   layer keeps its routed inputs over batches and takes them in a pass of per-expert products (`gram_pass_bytes`
-  at a time); on a GPU the products cover the column blocks on and above the diagonal and are mirrored at the
-  end (the Grams are symmetric: 5/8 of the float64 work in 4 blocks);
+  at a time); on a GPU only the upper triangle is computed (the Grams are symmetric) and mirrored at the end: by
+  cuBLAS DSYRK (models.cublas, half the float64 work in one launch per expert), else the column blocks on and
+  above the diagonal (5/8 of the work in 4 blocks);
 - a forward hook on the router keeps its logits; a pre-hook on self-attention gives the attention input Gram;
 - expert outputs need the per-expert loop of weights.transformed_expert_outputs (a recording transform).
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from pytest_ladder.models.adapters import MoEAdapter
+from pytest_ladder.models.cublas import add_upper_gram
 from pytest_ladder.models.weights import transformed_expert_outputs
 
 
@@ -46,6 +48,7 @@ class CaptureSpec:
     gram_device: str | None = None
     gram_products: str = "float64"  # each pass's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
     gram_blocks: int | None = None  # column blocks of the symmetric expert Grams' upper half; None: by device
+    gram_syrk: bool = True  # the upper half by cuBLAS DSYRK where it applies (float64 on a GPU), else the blocks
     gram_pass_bytes: int = 64 * 2**20  # routed inputs a layer keeps (at their dtype) before its Grams take them in
     skip_prefix: bool = True
 
@@ -143,10 +146,13 @@ def column_spans(size: int, blocks: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def add_upper_products(total: torch.Tensor, rows: torch.Tensor, spans: list[slice]) -> None:
+def add_upper_products(total: torch.Tensor, rows: torch.Tensor, spans: list[slice], *, syrk: bool = True) -> None:
     """total (H, H) += rowsᵀ rows (rows (n, H)) on the column blocks on and above the diagonal only, one product
     per row panel (block row i times the columns from span i's start on), summed into `total` by the product itself
-    where the dtypes agree. With one span this is the whole product; `mirror_lower` fills the rest."""
+    where the dtypes agree; with several spans and `syrk`, the upper triangle in one cuBLAS DSYRK where it applies
+    (models.cublas: float64 on a GPU). With one span this is the whole product; `mirror_lower` fills the rest."""
+    if syrk and len(spans) > 1 and add_upper_gram(total, rows):
+        return
     for span in spans:
         target, left, right = total[span, span.start:], rows[:, span].T, rows[:, span.start:]
         if rows.dtype == total.dtype:
@@ -175,13 +181,14 @@ def points_by_expert(index: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def add_expert_grams(total: torch.Tensor, x: torch.Tensor, index: torch.Tensor, counts: Sequence[int],
-                     spans: list[slice], dtype: torch.dtype, gather_bytes: int = GATHER_BYTES) -> None:
+                     spans: list[slice], dtype: torch.dtype, gather_bytes: int = GATHER_BYTES, *,
+                     syrk: bool = True) -> None:
     """total[e] (E, H, H) += X_eᵀX_e for every expert e, X_e the rows of x (N, H) that `index` (N, k) routes to e;
     `counts` the number of rows per expert (a list read back once). The routed rows are sorted by expert (stably: by
     point, then slot) and gathered at most `gather_bytes` of `dtype` at a time, converted (exactly, from bf16 or
-    float32) on `total`'s device; each expert's rows go through `add_upper_products`. (Zero-padded stacks of
-    several experts in one batched product measured no faster on an H200 in benchmarks/gram_products.py and
-    capture_overhead.py.)"""
+    float32) on `total`'s device; each expert's rows go through `add_upper_products` (`syrk` passed on).
+    (Zero-padded stacks of several experts in one batched product measured no faster on an H200 in
+    benchmarks/gram_products.py and capture_overhead.py.)"""
     points = points_by_expert(index, x.device)
     bounds = [0]
     for count in counts:
@@ -193,7 +200,7 @@ def add_expert_grams(total: torch.Tensor, x: torch.Tensor, index: torch.Tensor, 
         for expert in range(len(counts)):
             lo, hi = max(bounds[expert], first), min(bounds[expert + 1], last)
             if hi > lo:
-                add_upper_products(total[expert], rows[lo - first:hi - first], spans)
+                add_upper_products(total[expert], rows[lo - first:hi - first], spans, syrk=syrk)
 
 
 class _Recorder:
@@ -260,7 +267,8 @@ class _Recorder:
         x, index = torch.cat([part for part, _ in kept]), torch.cat([part for _, part in kept])
         counts = torch.bincount(index.reshape(-1), minlength=self.adapter.n_experts).tolist()
         dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
-        add_expert_grams(result.expert_gram, x, index, counts, self.spans[result.layer], dtype)
+        add_expert_grams(result.expert_gram, x, index, counts, self.spans[result.layer], dtype,
+                         syrk=self.spec.gram_syrk)
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
         """Reads back what goes to the CPU (counts, top-k, inputs: one wait for the GPU), then keeps the routed

@@ -11,6 +11,8 @@ from pytest_ladder.models.adapters import adapter_for
 from pytest_ladder.models.capture import (CUDA_GRAM_BLOCKS, GATHER_BYTES, CaptureSpec, _Recorder, add_expert_grams,
                                           add_upper_products, capture, column_spans, gram_blocks, mirror_lower,
                                           pad_batch)
+from pytest_ladder.models.cublas import add_upper_gram
+from pytest_ladder.models.cublas import available as cublas_available
 
 FULL = CaptureSpec(router_logits=True, inputs=True, input_gram=True, attention_input_gram=True)
 
@@ -120,9 +122,10 @@ def test_expert_grams_gathered_in_pieces(gather_bytes):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_expert_grams_on_cuda_upper_blocks_equal_the_cpu_sums():
-    """On a GPU the default (CUDA_GRAM_BLOCKS upper column blocks, mirrored) gives the CPU's whole float64 products
-    to float64 rounding, exactly symmetric, from bf16 routed inputs as OLMoE's."""
+@pytest.mark.parametrize("syrk", [True, False])
+def test_expert_grams_on_cuda_upper_blocks_equal_the_cpu_sums(syrk):
+    """On a GPU the default upper half (cuBLAS DSYRK, or CUDA_GRAM_BLOCKS upper column blocks), mirrored, gives the
+    CPU's whole float64 products to float64 rounding, exactly symmetric, from bf16 routed inputs as OLMoE's."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(300, 64, generator=g).to(torch.bfloat16)
     index = torch.argsort(torch.rand(300, 8, generator=g), dim=1)[:, :2]
@@ -130,12 +133,36 @@ def test_expert_grams_on_cuda_upper_blocks_equal_the_cpu_sums():
     spans = column_spans(64, gram_blocks(CaptureSpec(), torch.device("cuda")))
     assert len(spans) == CUDA_GRAM_BLOCKS > 1
     on_gpu = torch.zeros(8, 64, 64, dtype=torch.float64, device="cuda")
-    add_expert_grams(on_gpu, x.cuda(), index.cuda(), counts, spans, torch.float64)
+    add_expert_grams(on_gpu, x.cuda(), index.cuda(), counts, spans, torch.float64, syrk=syrk)
     mirror_lower(on_gpu, spans)
     on_cpu = torch.zeros(8, 64, 64, dtype=torch.float64)
     add_expert_grams(on_cpu, x, index, counts, column_spans(64, 1), torch.float64)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-12, atol=1e-12)
     assert torch.equal(on_gpu, on_gpu.mT)
+
+
+def test_dsyrk_applies_only_to_float64_on_a_gpu():
+    """On the CPU (or for other dtypes) models.cublas does nothing and says so: the block products run instead."""
+    rows = torch.randn(5, 4, dtype=torch.float64)
+    total = torch.full((4, 4), 7.0, dtype=torch.float64)
+    assert not add_upper_gram(total, rows) and torch.equal(total, torch.full((4, 4), 7.0, dtype=torch.float64))
+    assert not add_upper_gram(total.float(), rows.float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dsyrk_adds_the_upper_triangle_and_leaves_the_rest():
+    """cuBLAS DSYRK through torch's handle: on and above the diagonal total += rowsᵀrows (the same sums as torch's
+    float64 product to float64 rounding), below it untouched; a row-strided view of rows is refused, not misread."""
+    assert cublas_available()
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(37, 24, generator=g, dtype=torch.float64).cuda()
+    start = torch.randn(24, 24, generator=g, dtype=torch.float64).cuda()
+    total = start.clone()
+    assert add_upper_gram(total, rows)
+    upper = torch.ones(24, 24, dtype=torch.bool, device="cuda").triu()
+    torch.testing.assert_close(total[upper], (start + rows.T @ rows)[upper], rtol=1e-14, atol=1e-14)
+    assert torch.equal(total[~upper], start[~upper])
+    assert not add_upper_gram(total, rows.T.contiguous().T) and not add_upper_gram(total, rows[::2])
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 4, 7])
