@@ -5,13 +5,15 @@ accumulating per-expert float64 Gram matrices and top-k (pytest_ladder.models.ca
                                           [--repeats 5] [--threads N] [--blocks 1,4] [--profile]
 
 All runs see the same held-out text tokens in the same batches; they alternate (plain, capture with the device's
-default products (on a GPU: the upper triangle by cuBLAS DSYRK), the same with each of --blocks column blocks of
-`addmm_` for the symmetric upper half (1: whole products) and --pass-mib pass sizes, float32 block products, plain,
-...) so machine noise hits all, and the medians are compared. Prints the times and
-last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time; target <= 1.25 on CPU,
-<= 1.5 on a GPU), `blocks<b>_pass<m>_ratio=<y>` per --blocks and --pass-mib value and `float32_products_ratio=<z>`
-(CaptureSpec(gram_products="float32"): float32 block products, float64 sums). --profile prints torch.profiler's
-table of one default capture (the kernels and host calls that take its time).
+defaults, the same with its Gram passes in line during a plain forward, with each of --blocks column blocks of
+`addmm_` for the symmetric upper half (1: whole products) and --pass-mib pass sizes in line, float32 block products,
+plain, ...) so machine noise hits all, and the medians are compared. The defaults on a GPU: the upper triangle by
+cuBLAS DSYRK, each layer's pass on a side stream while the layers after it run (the capture goes layer by layer).
+Prints the times and last `overhead_ratio=<x>` (default capture — float64 products and sums — time / plain time;
+target <= 1.25 on CPU, <= 1.5 on a GPU), `in_line_ratio=<y>`, `blocks<b>_pass<m>_ratio=<z>` per --blocks and
+--pass-mib value and `float32_products_ratio=<w>` (CaptureSpec(gram_products="float32"): float32 products, float64
+sums). --profile prints torch.profiler's table of one default capture (the kernels and host calls that take its
+time).
 """
 
 from __future__ import annotations
@@ -58,11 +60,13 @@ def main() -> None:
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else loaded.prefix_token_id
     sequences = token_sequences(load_corpus("text").heldout, loaded.tokenizer, args.tokens, loaded.max_length,
                                 loaded.prefix_token_id)
-    specs = {"default": CaptureSpec(gram=True, topk=True)}
+    specs = {"default": CaptureSpec(gram=True, topk=True),
+             "in_line": CaptureSpec(gram=True, topk=True, gram_overlap=False)}
     for blocks in args.blocks:
         for mib in args.pass_mib:
             specs[f"blocks{blocks}_pass{mib}"] = CaptureSpec(gram=True, topk=True, gram_blocks=blocks,
-                                                             gram_pass_bytes=mib * 2**20, gram_syrk=False)
+                                                             gram_pass_bytes=mib * 2**20, gram_syrk=False,
+                                                             gram_overlap=False)
     specs["float32"] = CaptureSpec(gram_products="float32")
     device = model_device(loaded.model)
 
@@ -86,7 +90,8 @@ def main() -> None:
           f"{args.tokens} tokens in {len(sequences)} sequences, batches of {args.batch}, {torch.get_num_threads()} "
           f"threads, {device}, median of {args.repeats}; default column blocks {gram_blocks(specs['default'], device)}")
     print(f"{'plain forward:':<44}{plain_s:.3f} s  (all: {', '.join(f'{t:.3f}' for t in plain)})")
-    labels = {"default": "forward + capture (float64 Grams):", "float32": "  same, float32 block products:"}
+    labels = {"default": "forward + capture (float64 Grams):", "float32": "  same, float32 block products:",
+              "in_line": "  same, passes in line, plain forward:"}
     for name, values in times.items():
         blocks, mib = name[6:].split("_pass") if name.startswith("blocks") else ("", "")
         label = labels.get(name, f"  same, {blocks} column block(s), {mib} MiB passes:")
@@ -100,7 +105,8 @@ def main() -> None:
         sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
-    ratios = " ".join(f"{name}_ratio={median[name] / plain_s:.3f}" for name in specs if name.startswith("blocks"))
+    ratios = " ".join(f"{name}_ratio={median[name] / plain_s:.3f}" for name in specs
+                      if name.startswith("blocks") or name == "in_line")
     print(f"overhead_ratio={median['default'] / plain_s:.3f} {ratios} "
           f"float32_products_ratio={median['float32'] / plain_s:.3f}")
 

@@ -8,7 +8,8 @@ Hooks sit on the modules, not on F.linear (fused experts run grouped_mm, which b
   layer keeps its routed inputs over batches and takes them in a pass of per-expert products (`gram_pass_bytes`
   at a time); on a GPU only the upper triangle is computed (the Grams are symmetric) and mirrored at the end: by
   cuBLAS DSYRK (models.cublas, half the float64 work in one launch per expert), else the column blocks on and
-  above the diagonal (5/8 of the work in 4 blocks);
+  above the diagonal (5/8 of the work in 4 blocks); a layer's last pass runs on a side stream while the layers
+  after it compute (`gram_overlap`; such a capture runs layer by layer, see `capture`);
 - a forward hook on the router keeps its logits; a pre-hook on self-attention gives the attention input Gram;
 - expert outputs need the per-expert loop of weights.transformed_expert_outputs (a recording transform).
 
@@ -49,6 +50,7 @@ class CaptureSpec:
     gram_products: str = "float64"  # each pass's X_eᵀX_e in float64, or "float32" (then added to the float64 sum)
     gram_blocks: int | None = None  # column blocks of the symmetric expert Grams' upper half; None: by device
     gram_syrk: bool = True  # the upper half by cuBLAS DSYRK where it applies (float64 on a GPU), else the blocks
+    gram_overlap: bool = True  # on a GPU: Gram passes on a side stream while later layers compute (see `capture`)
     gram_pass_bytes: int = 64 * 2**20  # routed inputs a layer keeps (at their dtype) before its Grams take them in
     skip_prefix: bool = True
 
@@ -218,7 +220,10 @@ class _Recorder:
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.offset = 0
         self.spans: dict[int, list[slice]] = {}  # layer -> column blocks of its expert Grams' products
-        self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # layer -> routed inputs not yet summed
+        self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}  # layer -> routed inputs,
+        # routes and per-expert counts (on the CPU) not yet summed
+        self.current = 0  # the batch the hooks see
+        self.side: torch.cuda.Stream | None = None  # where Gram passes run when they overlap the forward
 
     def prepare(self, valids: Sequence[torch.Tensor]) -> None:
         """The point masks (B, T) of every batch, in order: points are numbered across batches."""
@@ -231,6 +236,7 @@ class _Recorder:
     def select(self, index: int) -> None:
         """The hooks that fire next see batch `index` (a plain forward, or one layer's call in layer order)."""
         self.valid, self.point_of = self.batches[index]
+        self.current = index
 
     def _mask(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor[self.valid.to(tensor.device)]
@@ -245,9 +251,11 @@ class _Recorder:
         dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
         return x.detach().to(device=device, dtype=dtype)
 
-    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor) -> None:
-        """Keep this call's routed inputs (N, H) and routes (N, k) until the layer has `gram_pass_bytes` of them,
-        then add their per-expert Grams in one pass (`_flush`): few large products, not one small one per batch."""
+    def _expert_grams(self, result: LayerCapture, x: torch.Tensor, index: torch.Tensor, counts: torch.Tensor
+                      ) -> None:
+        """Keep this call's routed inputs (N, H), routes (N, k) and counts per expert (E,) until the layer has
+        `gram_pass_bytes` of them or sees its last batch, then add their per-expert Grams in one pass (`_flush`):
+        few large products, not one small one per batch."""
         device = torch.device(self.spec.gram_device or x.device)
         if result.expert_gram is None:
             n_experts, h = self.adapter.n_experts, x.shape[1]
@@ -256,19 +264,41 @@ class _Recorder:
         if index.numel() == 0:
             return
         kept = self.kept.setdefault(result.layer, [])
-        kept.append((x.detach().to(device), index.detach().to(device)))
-        if sum(part.numel() * part.element_size() for part, _ in kept) >= self.spec.gram_pass_bytes:
+        kept.append((x.detach().to(device), index.detach().to(device), counts))
+        if (self.current == len(self.batches) - 1
+                or sum(part.numel() * part.element_size() for part, _, _ in kept) >= self.spec.gram_pass_bytes):
             self._flush(result)
 
+    def _stream(self, device: torch.device) -> torch.cuda.Stream | None:
+        """The side stream Gram passes run on (GPU, `gram_overlap`), else None (they run in line)."""
+        if device.type != "cuda" or not self.spec.gram_overlap:
+            return None
+        if self.side is None or self.side.device != device:
+            self.side = torch.cuda.Stream(device)
+        return self.side
+
     def _flush(self, result: LayerCapture) -> None:
+        """One Gram pass over what the layer kept. On a GPU it is queued on a side stream that first waits for
+        everything queued so far (the kept tensors are complete), so the layers after this one compute while the
+        products run; the host reads nothing back from it (the counts came from the hook), and `finish` waits for
+        it before the Grams are read."""
         kept = self.kept.pop(result.layer, [])
         if not kept:
             return
-        x, index = torch.cat([part for part, _ in kept]), torch.cat([part for _, part in kept])
-        counts = torch.bincount(index.reshape(-1), minlength=self.adapter.n_experts).tolist()
+        counts = sum(part for _, _, part in kept).tolist()
         dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
-        add_expert_grams(result.expert_gram, x, index, counts, self.spans[result.layer], dtype,
-                         syrk=self.spec.gram_syrk)
+        total, spans = result.expert_gram, self.spans[result.layer]
+        stream = self._stream(total.device)
+        if stream is None:
+            x, index = torch.cat([part for part, _, _ in kept]), torch.cat([part for _, part, _ in kept])
+            add_expert_grams(total, x, index, counts, spans, dtype, syrk=self.spec.gram_syrk)
+            return
+        stream.wait_stream(torch.cuda.current_stream(total.device))
+        for tensor in [total] + [t for x, index, _ in kept for t in (x, index)]:
+            tensor.record_stream(stream)  # not handed to the main stream's next allocations before the pass is done
+        with torch.cuda.stream(stream):
+            x, index = torch.cat([part for part, _, _ in kept]), torch.cat([part for _, part, _ in kept])
+            add_expert_grams(total, x, index, counts, spans, dtype, syrk=self.spec.gram_syrk)
 
     def experts_pre(self, layer: int, args: tuple, kwargs: dict) -> None:
         """Reads back what goes to the CPU (counts, top-k, inputs: one wait for the GPU), then keeps the routed
@@ -295,7 +325,7 @@ class _Recorder:
             x_gram = self._gram_input(x)
             self._accumulate(result, "input_gram", (x_gram.T @ x_gram).double())
         if self.spec.gram:
-            self._expert_grams(result, x, index)
+            self._expert_grams(result, x, index, on_cpu)
 
     def router_post(self, layer: int, output: Any) -> None:
         logits = output[0] if isinstance(output, (tuple, list)) else output
@@ -319,6 +349,8 @@ class _Recorder:
         for layer, result in self.results.items():
             if result.expert_gram is not None:
                 self._flush(result)
+                if self.side is not None:
+                    torch.cuda.current_stream(result.expert_gram.device).wait_stream(self.side)
                 mirror_lower(result.expert_gram, self.spans[layer])
             for name, parts in self.lists[layer].items():
                 setattr(result, name, torch.cat(parts) if parts else None)
@@ -365,11 +397,12 @@ def capture(model: nn.Module, adapter: MoEAdapter, sequences: Sequence[Sequence[
             desc: str = "capture", progress: bool | None = None, sequential: bool | None = None) -> Capture:
     """Run `sequences` (token lists, each starting with the prefix token) through the model in batches and record
     what `spec` asks for at its MoE layers (see the module docstring for what a point is). Layers after the last
-    recorded one are not run; an offloaded model runs layer by layer (models.sequential), `sequential` forces
-    either path."""
+    recorded one are not run; an offloaded model runs layer by layer (models.sequential), and so does a capture of
+    expert Grams on a GPU with `gram_overlap`: each layer's Gram pass, queued on a side stream after the layer's
+    last batch, then runs while every batch goes through the layers after it. `sequential` forces either path."""
     if not sequences:
         raise ValueError("capture needs at least one sequence")
-    from pytest_ladder.models.sequential import forward_batches
+    from pytest_ladder.models.sequential import forward_batches, supports_sequential
 
     layers = list(spec.layers) if spec.layers is not None else adapter.moe_layers()
     recorder = _Recorder(adapter, spec, layers)
@@ -382,6 +415,8 @@ def capture(model: nn.Module, adapter: MoEAdapter, sequences: Sequence[Sequence[
             valid[:, 0] = False
         valids.append(valid)
     recorder.prepare(valids)
+    if sequential is None and spec.gram and spec.gram_overlap and device.type == "cuda" and supports_sequential(model):
+        sequential = True
     was_training = model.training
     model.eval()
     try:

@@ -79,18 +79,20 @@ def test_expert_grams_equal_routed_inputs_by_hand(model, captured, by_hand):
 @pytest.mark.parametrize("pass_bytes", [10**9, 1])
 def test_expert_grams_by_hand(model, routing, blocks, pass_bytes):
     """Grams of balanced routing and of skewed routing (every point on expert 0 and one other) equal X_eᵀX_e by hand,
-    whole or as upper column blocks mirrored at the end (then exactly symmetric), taken in one pass at the end or a
-    pass per batch; an expert nobody chose keeps an exact 0."""
+    whole or as upper column blocks mirrored at the end (then exactly symmetric), taken in one pass at the layer's
+    last batch or a pass per batch; an expert nobody chose keeps an exact 0."""
     recorder = _Recorder(adapter_for(model), CaptureSpec(gram_blocks=blocks, gram_pass_bytes=pass_bytes), [0])
+    recorder.prepare([torch.ones(1, 32, dtype=torch.bool)] * 2)
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     if routing == "balanced":  # 16 rows per expert of the 8 (every expert but 7), 128 routed rows
         index = torch.stack([torch.arange(64) % 7, (torch.arange(64) + 3) % 7], dim=1)
     else:
         index = torch.stack([torch.zeros(64, dtype=torch.long), 1 + torch.arange(64) % 6], dim=1)
     result = recorder.results[0]
-    for half in (slice(0, 32), slice(32, 64)):  # two batches accumulate
-        recorder._expert_grams(result, x[half], index[half])
-        assert (0 in recorder.kept) == (pass_bytes > 1)
+    for batch, half in enumerate((slice(0, 32), slice(32, 64))):  # two batches accumulate
+        recorder.select(batch)
+        recorder._expert_grams(result, x[half], index[half], torch.bincount(index[half].reshape(-1), minlength=8))
+        assert (0 in recorder.kept) == (pass_bytes > 1 and batch == 0)  # the last batch takes the pass
     recorder.finish()
     for expert in range(8):
         rows = x[(index == expert).any(dim=-1)]
@@ -237,6 +239,25 @@ def test_capture_is_the_same_with_disk_offload_and_batching(tiny_folder, load_ti
         # padded batches of 5 sum in another order than single sequences: float32 rounding only
         torch.testing.assert_close(a.expert_gram, b.expert_gram, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a.attention_input_gram, b.attention_input_gram, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pass_bytes", [64 * 2**20, 1])
+def test_gram_passes_on_a_side_stream_equal_those_in_line(tiny_folder, load_tiny, sequences, pass_bytes):
+    """On a GPU the default capture runs layer by layer with each Gram pass on a side stream, overlapping the layers
+    after it: the same Grams (to float64 rounding, exactly symmetric) and top-k as passes in line with a plain
+    forward, for one pass per layer and a pass per batch."""
+    gpu = load_tiny(tiny_folder, device_map={"": "cuda"})
+    adapter = adapter_for(gpu)
+    runs = [capture(gpu, adapter, sequences, CaptureSpec(gram_pass_bytes=pass_bytes, gram_overlap=overlap),
+                    batch_size=3, pad_token_id=1, progress=False, sequential=None if overlap else False)
+            for overlap in (True, False)]
+    for layer in range(4):
+        side, in_line = runs[0][layer], runs[1][layer]
+        assert torch.equal(side.topk_index, in_line.topk_index) and torch.equal(side.expert_tokens,
+                                                                                 in_line.expert_tokens)
+        torch.testing.assert_close(side.expert_gram, in_line.expert_gram, rtol=1e-12, atol=1e-12)
+        assert torch.equal(side.expert_gram, side.expert_gram.mT)
 
 
 def test_selected_layers_and_prefix_points(model, sequences):
