@@ -81,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     line(f"matmul ({d},{d}) @ ({d},{heads_out}) f64", timed(lambda: ftf @ rhs, device, repeat=5), 1)
     from pytest_ladder.measure.gauge import bound_condition
 
-    gauge = (experts[0, :, :inter] / experts[0, :, :inter].norm()).float()  # G1.0′'s M: (inter, inter) float32
+    # G1.0′'s M (inter, inter) float32 as each Adam step leaves it: last step's projection (cond ≤ κ = 4) moved a
+    # little. A raw random slice has cond(M) > 1e3, where the Gram path falls back to the SVD after its eigh.
+    start = (experts[0, :, :inter] / experts[0, :, :inter].norm()).float()
+    step = torch.randn(start.shape, generator=torch.Generator().manual_seed(7)).to(device) * 1e-4
+    gauge = bound_condition(start, 4.0, method="svd") + step
     for method in ("svd", "gram"):
-        line(f"gauge projection ({inter},{inter}) f32, {method}",
+        line(f"gauge projection ({inter},{inter}) f32, cond ~4, {method}",
              timed(lambda: bound_condition(gauge, 4.0, method=method), device, repeat=5), 1)
     if device.type == "cuda":
         cpu = grams[:8].cpu()
