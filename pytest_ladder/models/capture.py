@@ -289,14 +289,11 @@ class _Recorder:
         dtype = torch.float64 if self.spec.gram_products == "float64" else torch.float32
         total, spans = result.expert_gram, self.spans[result.layer]
         stream = self._stream(total.device)
-        if stream is None:
-            x, index = torch.cat([part for part, _, _ in kept]), torch.cat([part for _, part, _ in kept])
-            add_expert_grams(total, x, index, counts, spans, dtype, syrk=self.spec.gram_syrk)
-            return
-        stream.wait_stream(torch.cuda.current_stream(total.device))
-        for tensor in [total] + [t for x, index, _ in kept for t in (x, index)]:
-            tensor.record_stream(stream)  # not handed to the main stream's next allocations before the pass is done
-        with torch.cuda.stream(stream):
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(total.device))
+            for tensor in [total] + [t for x, index, _ in kept for t in (x, index)]:
+                tensor.record_stream(stream)  # kept from the main stream's next allocations until the pass is done
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             x, index = torch.cat([part for part, _, _ in kept]), torch.cat([part for _, part, _ in kept])
             add_expert_grams(total, x, index, counts, spans, dtype, syrk=self.spec.gram_syrk)
 
