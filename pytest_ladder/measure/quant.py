@@ -166,22 +166,8 @@ def quantize(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None
     """Codes of x under `params` (default: calibrated on x itself); outliers per spec are kept aside first."""
     shape = tuple(x.shape)
     x64, outlier_index, outlier_values = _without_outliers(x.to(F64), spec)
-    params = params if params is not None else calibrate(x, spec)
     grouped, _ = _grouped(x64, spec)
-    try:
-        fits = torch.broadcast_shapes(params.scale.shape, grouped.shape) == grouped.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"quantize: calibrated scales of shape {tuple(params.scale.shape)} do not apply to a tensor of shape "
-            f"{shape} ({spec.granularity} granularity): calibrate on data with the same channel layout"
-        )
-    if (params.zero is None) != spec.symmetric:
-        raise ValueError("quantize: asymmetric specs need params with zero points and symmetric ones without")
-    params = QuantParams(
-        scale=params.scale.to(x64.device), zero=None if params.zero is None else params.zero.to(x64.device)
-    )
+    params = _applicable(params if params is not None else calibrate(x, spec), spec, grouped, shape)
     if spec.symmetric and spec.bits == 1:
         codes = torch.where(grouped >= 0, 1, -1)
     elif spec.symmetric:
@@ -194,9 +180,38 @@ def quantize(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None
     )
 
 
+def _applicable(params: QuantParams, spec: QuantSpec, grouped: torch.Tensor, shape: tuple[int, ...]) -> QuantParams:
+    """`params` checked against x's grouped view, on its device (a copy to the GPU only where they are elsewhere)."""
+    try:
+        fits = torch.broadcast_shapes(params.scale.shape, grouped.shape) == grouped.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"quantize: calibrated scales of shape {tuple(params.scale.shape)} do not apply to a tensor of shape "
+            f"{shape} ({spec.granularity} granularity): calibrate on data with the same channel layout"
+        )
+    if (params.zero is None) != spec.symmetric:
+        raise ValueError("quantize: asymmetric specs need params with zero points and symmetric ones without")
+    if params.scale.device == grouped.device and (params.zero is None or params.zero.device == grouped.device):
+        return params
+    return QuantParams(
+        scale=params.scale.to(grouped.device), zero=None if params.zero is None else params.zero.to(grouped.device)
+    )
+
+
 def fake_quant(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None) -> torch.Tensor:
-    """Round trip x -> codes -> x̂ (float64)."""
-    return quantize(x, spec, params).dequantize()
+    """Round trip x -> codes -> x̂ (float64): `quantize(x, spec, params).dequantize()`, the same operations without
+    the integer codes where no outliers are set aside (the codes are whole numbers, exact in float64)."""
+    if spec.outliers or (spec.symmetric and spec.bits == 1):
+        return quantize(x, spec, params).dequantize()
+    shape = tuple(x.shape)
+    grouped, _ = _grouped(x.to(F64), spec)
+    params = _applicable(params if params is not None else calibrate(x, spec), spec, grouped, shape)
+    if spec.symmetric:
+        return (torch.round(grouped / params.scale).clamp(-spec.qmax, spec.qmax) * params.scale).reshape(shape)
+    codes = torch.round((grouped - params.zero) / params.scale).clamp(0, spec.qmax)
+    return (codes * params.scale + params.zero).reshape(shape)
 
 
 def fake_quant_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

@@ -75,8 +75,18 @@ class OutputQuantizer:
     params: dict[tuple[int, int], QuantParams]
     fallback: dict[int, QuantParams]
     calibration_tokens: dict[int, list[int]] = field(default_factory=dict)
+    placed: dict[tuple[int, int, torch.device], QuantParams] = field(default_factory=dict, compare=False, repr=False)
 
-    def params_for(self, layer: int, expert: int) -> QuantParams:
+    def params_for(self, layer: int, expert: int, device: torch.device | None = None) -> QuantParams:
+        """The scales of (layer, expert), or its layer's fallback; with `device`, a copy kept there (the forward's
+        per-expert loop then copies no scale to the GPU, and waits for none)."""
+        if device is not None:
+            key = (layer, expert, torch.device(device))
+            if key not in self.placed:
+                found = self.params_for(layer, expert)
+                self.placed[key] = QuantParams(
+                    scale=found.scale.to(device), zero=None if found.zero is None else found.zero.to(device))
+            return self.placed[key]
         found = self.params.get((layer, expert))
         if found is not None:
             return found
@@ -86,7 +96,7 @@ class OutputQuantizer:
 
     def round_trip(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
         """ŷ = dequantize(quantize(y)) with the static scales, float64 (before the cast to the model's dtype)."""
-        return fake_quant(output, self.spec, self.params_for(layer, expert))
+        return fake_quant(output, self.spec, self.params_for(layer, expert, output.device))
 
     def transform(self, layer: int, expert: int, output: torch.Tensor) -> torch.Tensor:
         """ŷ = dequantize(quantize(y)) with the static scales, back in y's dtype."""

@@ -146,3 +146,24 @@ def test_spec_is_validated():
         QuantSpec(4, granularity="group")
     with pytest.raises(ValueError, match="divide"):
         quantize(torch.zeros(2, 6), QuantSpec(4, granularity="group", group_size=4))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    bits=st.sampled_from([8, 4, 2, 1]),
+    symmetric=st.booleans(),
+    granularity=st.sampled_from(["tensor", "channel", "group"]),
+    axis=st.sampled_from([0, -1]),
+    outliers=st.sampled_from([0, 2]),
+    scale_dtype=st.sampled_from([torch.float32, torch.float16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fake_quant_is_the_codes_round_trip_bit_for_bit(bits, symmetric, granularity, axis, outliers, scale_dtype,
+                                                        seed):
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed), dtype=F64) * 3 + 0.5
+    spec = QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity, axis=axis, group_size=4,
+                     outliers=outliers, scale_dtype=scale_dtype)
+    other = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed + 1), dtype=F64) * 5  # saturates
+    for params in (None, calibrate(x, spec)):
+        data = x if params is None else other
+        assert torch.equal(fake_quant(data, spec, params), quantize(data, spec, params).dequantize())
