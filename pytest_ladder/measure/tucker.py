@@ -203,12 +203,14 @@ class StackedTensor:
                     g3 += flat.mT @ flat
                     by_row = s.transpose(0, 1).reshape(d2, -1)
                     g2 += by_row @ by_row.mT
+                    del s, flat, by_row  # the next piece is made beside nothing of this one
             k = torch.zeros(n_layers * d1, n_layers * d1, dtype=F64, device=self.device)
             for columns in self.workspace.spans(d2 * d3, 2 * n_layers * d1 * 8):
                 # each layer's columns reach the device in float64 first: the slices may lie on different devices
                 # (a layer resident on the GPU, an offloaded one read from the checkpoint into the CPU)
                 block = torch.cat([self._on(self._columns(piece, columns)) for piece in self.slices])
                 k += block @ block.mT
+                del block  # else the last block lives on while the next one's pieces and block are made
             k = k.view(n_layers, d1, n_layers, d1)
             g0 = k.diagonal(dim1=1, dim2=3).sum(-1)
             g1 = k.diagonal(dim1=0, dim2=2).sum(-1)

@@ -69,3 +69,19 @@ def test_normal_equations_on_cuda_stay_inside_the_workspace():
     assert torch.allclose(normal.ftf, free.ftf.cpu(), rtol=1e-12, atol=0)
     for name in targets:
         assert torch.allclose(normal.fty[name], free.fty[name].cpu(), rtol=1e-12, atol=1e-12)
+
+
+def test_g2_mode_grams_on_cuda_stay_inside_the_workspace():
+    """Mode Grams of the stacked tensor (G2) with its slices resident on the GPU: each column block and the pieces it
+    is made of fit the workspace's half, and the last block is gone before the next one is made."""
+    from pytest_ladder.measure.tucker import StackedTensor
+
+    g = torch.Generator().manual_seed(6)
+    slices = [torch.randn(16, 32, 64, generator=g).to(torch.bfloat16).to("cuda") for _ in range(4)]  # 1 MiB float64
+    workspace = Workspace.on("cuda", MiB // 2)  # column blocks of (64, 512) float64 pieces and block: 8 in all
+    used, grams = peak_over_base(lambda: StackedTensor(slices, workspace).mode_grams())
+    results = 5 * 64 * 64 * 8  # the Grams (K 64², modes 2 and 3) and a product being added: 160 KiB
+    assert used <= workspace.limit // 2 + results  # a block left alive beside the next would add 128 KiB
+    free = StackedTensor(slices).mode_grams()
+    for bounded, whole in zip(grams, free):
+        assert torch.allclose(bounded, whole, rtol=1e-12, atol=1e-12)
