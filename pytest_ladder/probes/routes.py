@@ -286,9 +286,14 @@ class RoutingStudy:
         return self._grams[task, layer]
 
     def stacks(self, layer: int) -> dict[str, torch.Tensor]:
-        """The layer's experts {gate: (E, I, H), up: (E, I, H), down: (E, H, I)} at their stored dtype, on `device`
-        (on the CPU under a bounded workspace), read meta-safe one expert at a time."""
+        """The layer's experts {gate: (E, I, H), up: (E, I, H), down: (E, H, I)} at their stored dtype: read-only
+        views of its live parameters where the layer is resident on `device` (no copy anywhere; readers never write
+        them), else read meta-safe one expert at a time onto `device` (the CPU under a bounded workspace)."""
         if layer not in self._stacks:
+            views = {p: self.adapter.resident_experts(layer, p, self.device) for p in ("gate", "up", "down")}
+            if all(view is not None for view in views.values()):
+                self._stacks[layer] = views
+                return views
             experts = [self.adapter.expert_weights(layer, e) for e in range(self.adapter.n_experts)]
             home = "cpu" if self.workspace.bounded else self.device
             self._stacks[layer] = {p: torch.stack([getattr(w, p).to(home) for w in experts])

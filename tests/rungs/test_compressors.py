@@ -283,3 +283,24 @@ def test_a_storage_that_fails_on_the_models_shapes_spends_nothing(tmp_path, monk
                      r"failed its storage\(\) on this model's shapes: ValueError: storage part 'layers\.0\.\w+\.mask': "
                      r"unknown kind 'masks'; use one of weight, codes", done.stdout + done.stderr)
     assert not (tmp_path / "run" / "archive").exists()
+
+
+def test_routing_stacks_of_a_resident_layer_are_views_and_g4_reads_the_fused_gate_up(tiny):
+    """The routing study reads a layer resident on its device as views of the live parameters, and G4's stacked
+    input maps [gate; up] of such a layer are the fused gate_up_proj itself (a view, no concatenated copy), with the
+    values of the copies read one expert at a time."""
+    from pytest_ladder.probes.lowrank import stacked_inputs
+
+    tokenizer, corpora = tiny
+    model = tiny_forward_model(tokenizer, seed=3)
+    routing = study_on(model, tokenizer, corpora, {}).routing
+    stacks = routing.stacks(1)
+    fused = routing.adapter.experts_module(1)
+    assert stacks["gate"].untyped_storage().data_ptr() == fused.gate_up_proj.untyped_storage().data_ptr()
+    stacked = stacked_inputs(stacks["gate"], stacks["up"])
+    assert stacked.data_ptr() == fused.gate_up_proj.data_ptr() and torch.equal(stacked, fused.gate_up_proj)
+    experts = [routing.adapter.expert_weights(1, e) for e in range(routing.adapter.n_experts)]
+    copies = {p: torch.stack([getattr(w, p) for w in experts]) for p in ("gate", "up", "down")}
+    assert all(torch.equal(stacks[p], copies[p]) for p in copies)
+    assert torch.equal(stacked, torch.cat([copies["gate"], copies["up"]], dim=-2))
+    assert stacked_inputs(copies["gate"], copies["up"]).data_ptr() != copies["gate"].data_ptr()  # copies: a cat
