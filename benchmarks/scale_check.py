@@ -118,7 +118,8 @@ def run_phase(phase: str, args: argparse.Namespace, extra: list[str]) -> list[di
 
 def print_profile(raw: Path, text: Path) -> None:
     """The session's hottest functions (cProfile: own time, then cumulative) as text beside the raw profile. CUDA work
-    is asynchronous: its time lands on the call that waits for it (a .item(), an eigensolver, a copy to the CPU)."""
+    is asynchronous: its time lands on the call that waits for it (a .item(), an eigensolver, a copy to the CPU), so
+    the callers of the calls that wait close the listing."""
     import io
     import pstats
 
@@ -126,6 +127,7 @@ def print_profile(raw: Path, text: Path) -> None:
     stats = pstats.Stats(str(raw), stream=out)
     stats.sort_stats("tottime").print_stats(45)
     stats.sort_stats("cumulative").print_stats(90)
+    stats.sort_stats("tottime").print_callers(r"method 'to' of|method 'cpu' of|method 'item' of|method 'tolist' of")
     text.write_text(out.getvalue())
 
 

@@ -8,6 +8,11 @@ during the rung; per item, its wall seconds and peaks. The file is rewritten aft
 deadline keeps the rungs it finished) and a line per rung goes to stderr. Beside it, `<file>.stamps.json` keeps the
 wall-clock times (time.time()) the session was configured, its first rung started, its last rung ended and it was
 unconfigured: what the session spent outside the rungs (collection, the model's load, the last archive).
+
+With `SCALE_PROBE_PEAKS=1` CUDA's allocator records every allocation with its Python stack (torch.cuda.memory's
+memory history; it slows the run) and each item's line in the JSON gains `peak_parts`: what was allocated at the
+moment of the item's allocated peak, grouped by the innermost pytest_ladder (or rungs/) frame that asked for it,
+largest first, with what was already allocated when the item started (the weights and what earlier items kept).
 """
 
 from __future__ import annotations
@@ -59,6 +64,40 @@ def _live_cuda_tensors(top: int = 6) -> list[str]:
     loose = sorted((t for p, t in found.items() if p not in owned), key=lambda t: -t.untyped_storage().nbytes())
     return [f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} {t.untyped_storage().nbytes() / 2**20:.0f} MiB"
             for t in loose[:top]]
+
+
+def _peak_parts(before: int, top: int = 8) -> list[str]:
+    """What was allocated at the recorded history's allocated peak, grouped by the innermost project frame."""
+    import torch
+
+    traces = torch.cuda.memory._snapshot().get("device_traces", [[]])
+    events = traces[torch.cuda.current_device()] if traces else []
+    live: dict[int, int] = {}
+    total = peak = peak_at = 0
+    for i, event in enumerate(events):
+        if event["action"] == "alloc":
+            live[event["addr"]] = event["size"]
+            total += event["size"]
+            if total > peak:
+                peak, peak_at = total, i + 1
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])
+    where: dict[int, tuple[int, str]] = {}
+    for event in events[:peak_at]:
+        if event["action"] == "alloc":
+            frames = [f for f in event.get("frames", []) if "pytest_ladder" in f["filename"] or "/rungs/" in
+                      f["filename"]]
+            site = f"{frames[0]['filename'].rsplit('/', 2)[-1]}:{frames[0]['line']} {frames[0]['name']}" \
+                if frames else "(outside the project)"
+            where[event["addr"]] = (event["size"], site)
+        elif event["action"] == "free_completed":
+            where.pop(event["addr"], None)
+    groups: dict[str, list[int]] = {}
+    for size, site in where.values():
+        groups.setdefault(site, []).append(size)
+    ranked = sorted(groups.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return [f"before the item {before / 2**30:.2f} GiB"] + [
+        f"{sum(sizes) / 2**20:.0f} MiB in {len(sizes)} at {site}" for site, sizes in ranked]
 
 
 class ScaleProbe:
@@ -132,8 +171,13 @@ class ScaleProbe:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
         import torch
 
+        peaks = torch.cuda.is_available() and os.environ.get("SCALE_PROBE_PEAKS") == "1"
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        if peaks:
+            torch.cuda.memory._record_memory_history(enabled=None)  # a fresh history per item
+            torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+            before = torch.cuda.memory_allocated()
         started = time.perf_counter()
         try:
             return (yield)
@@ -142,6 +186,11 @@ class ScaleProbe:
             if torch.cuda.is_available():
                 entry["allocated_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
                 entry["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 1024**3, 2)
+            if peaks:
+                entry["peak_parts"] = _peak_parts(before)
+                torch.cuda.memory._record_memory_history(enabled=None)
+                print(f"[scale_probe] {item.nodeid}: {entry['allocated_gib']} / {entry['reserved_gib']} GiB; "
+                      + "; ".join(entry["peak_parts"]), file=sys.__stderr__, flush=True)
             self.items.append(entry)
 
     @pytest.hookimpl(trylast=True)
