@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    start = time.perf_counter()
+    from pytest_ladder.models.embedded import ensure_embedded_model
+
+    embedded = ensure_embedded_model()  # its tokenizer goes beside the weights: found first, so a missing project
+    start = time.perf_counter()  # (not on PYTHONPATH) stops this before a folder without a tokenizer is written
     torch.manual_seed(args.seed)
     config = olmoe_1b_7b_config(args.layers)
     torch.set_default_dtype(torch.bfloat16)
@@ -43,9 +46,6 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     built = time.perf_counter()
     model.save_pretrained(args.out, max_shard_size="2GB")
-    from pytest_ladder.models.embedded import ensure_embedded_model
-
-    embedded = ensure_embedded_model()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (embedded / name).is_file():
             shutil.copy(embedded / name, args.out / name)
