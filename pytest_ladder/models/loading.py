@@ -328,6 +328,29 @@ def check_gpu_budget(spec: ModelSpec, path: Path) -> None:
             "offloaded behind the GPU)")
 
 
+TOKENIZER_PROBE = "The ladder measures what a compressed model keeps: 12 tokens, or so."
+
+
+def check_tokenizer(tokenizer: Any, model: Any, spec: ModelSpec, path: Path) -> None:
+    """Refuse a tokenizer that cannot feed the model: one that encodes text to no tokens (transformers builds an
+    empty one, without a word, for a folder that holds no tokenizer files) or to ids past the model's vocabulary."""
+    ids = tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    vocab = getattr(getattr(model.config, "text_config", None) or model.config, "vocab_size", None)
+    files = sorted(p.name for p in path.iterdir() if p.is_file() and ("token" in p.name or p.name in (
+        "vocab.json", "merges.txt", "spiece.model")))
+    if not ids:
+        raise ModelLoadError(
+            f"--ladder-model {spec.source!r}: the tokenizer read from {path} encodes text to no tokens (its "
+            f"vocabulary has {len(tokenizer)} entries; tokenizer files there: {', '.join(files) or 'none'}). Put the "
+            "model's tokenizer beside its weights (tokenizer.json and tokenizer_config.json, e.g. with "
+            "tokenizer.save_pretrained(folder))")
+    if vocab is not None and max(ids) >= int(vocab):
+        raise ModelLoadError(
+            f"--ladder-model {spec.source!r}: the tokenizer read from {path} gives id {max(ids)}, past the model's "
+            f"vocabulary of {vocab} (config.json vocab_size; tokenizer files: {', '.join(files) or 'none'}): it is "
+            "not this model's tokenizer; put the model's own beside its weights")
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load `spec` with transformers + accelerate, pick its MoE adapter and compute its identity."""
     import torch
@@ -348,12 +371,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"--ladder-model {spec.source!r}: loading {path} failed: {error}") from error
+    check_tokenizer(tokenizer, model, spec, path)
     model.eval()
     adapter = adapter_for(model)
     identity = model_identity(model, adapter, spec, path, revision)
     return LoadedModel(model, tokenizer, adapter, identity, spec, path)
 
 
-__all__ = ["ModelSpec", "LoadedModel", "load_model", "parse_max_memory", "parse_device", "parse_dtype",
-           "parse_size", "worker_device", "worker_max_memory", "weights_sha256", "resolve_source",
+__all__ = ["ModelSpec", "LoadedModel", "load_model", "check_tokenizer", "parse_max_memory", "parse_device",
+           "parse_dtype", "parse_size", "worker_device", "worker_max_memory", "weights_sha256", "resolve_source",
            "ModelLoadError", "EMBEDDED", "embedded_names", "is_embedded"]

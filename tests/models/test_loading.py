@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from pytest_ladder.models.loading import (ModelLoadError, ModelSpec, load_model, parse_device, parse_dtype,
-                                          parse_max_memory, weights_sha256, worker_device, worker_max_memory)
+from pytest_ladder.models.loading import (TOKENIZER_PROBE, ModelLoadError, ModelSpec, load_model, parse_device,
+                                          parse_dtype, parse_max_memory, weights_sha256, worker_device,
+                                          worker_max_memory)
 from pytest_ladder.models.preflight import PreflightError, offloaded_layers, preflight
 
 GIB = 2**30
@@ -77,6 +78,32 @@ def test_load_a_local_folder_with_its_identity(tiny_folder):
     assert not loaded.offloaded and loaded.prefix_token_id == 0
     bf16 = load_model(ModelSpec(source=str(tiny_folder), dtype="bfloat16"))
     assert bf16.identity["dtype"] == "bfloat16" and bf16.model.dtype == torch.bfloat16
+
+
+def test_a_folder_without_a_tokenizer_or_with_another_models_is_a_clear_error(tiny_folder, tmp_path):
+    """transformers gives a folder without tokenizer files an empty tokenizer (no word in it): the load stops there,
+    naming the folder and the fix, not rungs later at corpora of zero tokens; a tokenizer whose ids run past the
+    model's vocabulary is refused the same way."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_folder, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    with pytest.raises(ModelLoadError, match=f"--ladder-model '{bare}': the tokenizer read from {bare} encodes text "
+                                             "to no tokens .*tokenizer files there: none.*tokenizer.save_pretrained"):
+        load_model(ModelSpec(source=str(bare)))
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"[UNK]": 0, **{w: 1000 + i for i, w in enumerate(TOKENIZER_PROBE.split())}}  # ids 1000.. > 320
+    word_level = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder, other, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]").save_pretrained(other)
+    last = 1000 + len(TOKENIZER_PROBE.split()) - 1
+    with pytest.raises(ModelLoadError, match=f"gives id {last}, past the model's vocabulary of 320 .*tokenizer files: "
+                                             "tokenizer.json, tokenizer_config.json"):
+        load_model(ModelSpec(source=str(other)))
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
