@@ -369,7 +369,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **options)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: weights whose shapes the config denies
         raise ModelLoadError(f"--ladder-model {spec.source!r}: loading {path} failed: {error}") from error
     check_tokenizer(tokenizer, model, spec, path)
     model.eval()

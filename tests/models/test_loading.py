@@ -83,7 +83,7 @@ def test_load_a_local_folder_with_its_identity(tiny_folder):
 def test_a_folder_without_a_tokenizer_or_with_another_models_is_a_clear_error(tiny_folder, tmp_path):
     """transformers gives a folder without tokenizer files an empty tokenizer (no word in it): the load stops there,
     naming the folder and the fix, not rungs later at corpora of zero tokens; a tokenizer whose ids run past the
-    model's vocabulary is refused the same way."""
+    model's vocabulary is refused the same way, and so are weights whose shapes config.json denies."""
     import shutil
 
     bare = tmp_path / "bare"
@@ -104,6 +104,12 @@ def test_a_folder_without_a_tokenizer_or_with_another_models_is_a_clear_error(ti
     with pytest.raises(ModelLoadError, match=f"gives id {last}, past the model's vocabulary of 320 .*tokenizer files: "
                                              "tokenizer.json, tokenizer_config.json"):
         load_model(ModelSpec(source=str(other)))
+    resized = tmp_path / "resized"  # config.json says 317 words, the weights hold 320: transformers refuses
+    shutil.copytree(tiny_folder, resized)
+    config = json.loads((resized / "config.json").read_text())
+    (resized / "config.json").write_text(json.dumps({**config, "vocab_size": 317}))
+    with pytest.raises(ModelLoadError, match=f"--ladder-model '{resized}': loading {resized} failed: .*mismatched"):
+        load_model(ModelSpec(source=str(resized)))
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
