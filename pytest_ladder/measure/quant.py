@@ -147,19 +147,57 @@ def _round_down(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return -_round_up(-values, dtype)
 
 
-def calibrate(x: torch.Tensor, spec: QuantSpec) -> QuantParams:
-    """Scales (and zero points) from x's range per spec's granularity, rounded to the stored scale dtype."""
+@dataclass(frozen=True)
+class Extent:
+    """What scales are fit on, per scale group of x without its outliers, float64: max |x| (`high`, symmetric) or
+    min and max (`low`, `high`, asymmetric)."""
+
+    high: torch.Tensor
+    low: torch.Tensor | None = None
+
+
+def extent(x: torch.Tensor, spec: QuantSpec) -> Extent:
+    """x's `Extent` under spec (b ≥ 2; INT1's scale is a mean, not an extent)."""
     x = _without_outliers(x.to(F64), spec)[0]
     grouped, dims = _grouped(x, spec)
+    if spec.symmetric:
+        return Extent(high=grouped.abs().amax(dim=dims, keepdim=True))
+    return Extent(high=grouped.amax(dim=dims, keepdim=True), low=grouped.amin(dim=dims, keepdim=True))
+
+
+def merged(extents: Sequence[Extent]) -> Extent:
+    """The extent of several blocks of rows stacked, from theirs, exactly (a max of maxima is the maximum), where
+    the blocks share their scale groups: one scale per tensor, or per channel of the last dim (`mergeable`)."""
+    high, low = extents[0].high, extents[0].low
+    for found in extents[1:]:
+        high = torch.maximum(high, found.high)
+        low = None if low is None else torch.minimum(low, found.low)
+    return Extent(high=high, low=low)
+
+
+def mergeable(spec: QuantSpec, dims: int) -> bool:
+    """Whether blocks of rows of a `dims`-D tensor share their scale groups under spec (see `merged`)."""
+    last = spec.granularity == "channel" and spec.axis in (-1, dims - 1)
+    return not (spec.symmetric and spec.bits == 1) and (spec.granularity == "tensor" or last)
+
+
+def params_of(found: Extent, spec: QuantSpec) -> QuantParams:
+    """The scales (and zero points) `calibrate` fits on an extent, rounded to the stored scale dtype."""
+    if spec.symmetric:
+        scale = _round_up(found.high / spec.qmax, spec.scale_dtype)
+        return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)))
+    zero = _round_down(found.low, spec.scale_dtype)
+    scale = _round_up((found.high - zero) / spec.qmax, spec.scale_dtype)
+    return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)), zero=zero)
+
+
+def calibrate(x: torch.Tensor, spec: QuantSpec) -> QuantParams:
+    """Scales (and zero points) from x's range per spec's granularity, rounded to the stored scale dtype."""
     if spec.symmetric and spec.bits == 1:
         # no division by the scale here, so an all-zero group keeps scale 0 and round-trips exactly
+        grouped, dims = _grouped(_without_outliers(x.to(F64), spec)[0], spec)
         return QuantParams(scale=grouped.abs().mean(dim=dims, keepdim=True).to(spec.scale_dtype).to(F64))
-    if spec.symmetric:
-        scale = _round_up(grouped.abs().amax(dim=dims, keepdim=True) / spec.qmax, spec.scale_dtype)
-        return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)))
-    zero = _round_down(grouped.amin(dim=dims, keepdim=True), spec.scale_dtype)
-    scale = _round_up((grouped.amax(dim=dims, keepdim=True) - zero) / spec.qmax, spec.scale_dtype)
-    return QuantParams(scale=torch.where(scale > 0, scale, torch.ones_like(scale)), zero=zero)
+    return params_of(extent(x, spec), spec)
 
 
 def quantize(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None) -> Quantized:

@@ -35,7 +35,11 @@ from pytest_ladder.measure.quant import (
     QuantParams,
     QuantSpec,
     calibrate,
+    extent,
     fake_quant,
+    merged,
+    mergeable,
+    params_of,
     random_scales,
 )
 from pytest_ladder.measure.rng import cpu_generator
@@ -120,21 +124,27 @@ def calibrate_outputs(outputs: Mapping[int, Mapping[int, torch.Tensor]], n_exper
     """Scales from calibration outputs {layer: {expert: (rows, H)}}: per expert, and per layer for the fallback.
 
     With `spec.outliers` = K the top-K |y| of each row are taken out before the scales are fit (measure.quant).
+    Per-channel scales of the layer's rows come from the experts' extents (the max of their maxima, exactly the
+    rows' own), so the rows are read once; other specs fit the stacked rows.
     """
     params: dict[tuple[int, int], QuantParams] = {}
     fallback: dict[int, QuantParams] = {}
     counts: dict[int, list[int]] = {}
     for layer, per_expert in outputs.items():
-        rows = [values for values in per_expert.values() if values.shape[0]]
+        rows = {expert: values for expert, values in per_expert.items() if values.shape[0]}
         if not rows:
             raise ValueError(f"calibrate_outputs: no calibration rows reached any expert of layer {layer}; capture "
                              "more calibration tokens (params.calibration_tokens)")
-        fallback[layer] = calibrate(torch.cat(rows), spec)
         counts[layer] = [0] * n_experts
-        for expert, values in per_expert.items():
-            if values.shape[0]:
-                params[(layer, expert)] = calibrate(values, spec)
-                counts[layer][expert] = int(values.shape[0])
+        if mergeable(spec, next(iter(rows.values())).dim()):
+            extents = {expert: extent(values, spec) for expert, values in rows.items()}
+            params.update({(layer, expert): params_of(found, spec) for expert, found in extents.items()})
+            fallback[layer] = params_of(merged(list(extents.values())), spec)
+        else:
+            params.update({(layer, expert): calibrate(values, spec) for expert, values in rows.items()})
+            fallback[layer] = calibrate(torch.cat(list(rows.values())), spec)
+        for expert, values in rows.items():
+            counts[layer][expert] = int(values.shape[0])
     return OutputQuantizer(spec, params, fallback, counts)
 
 

@@ -167,3 +167,37 @@ def test_fake_quant_is_the_codes_round_trip_bit_for_bit(bits, symmetric, granula
     for params in (None, calibrate(x, spec)):
         data = x if params is None else other
         assert torch.equal(fake_quant(data, spec, params), quantize(data, spec, params).dequantize())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    bits=st.sampled_from([8, 4, 2, 1]),
+    symmetric=st.booleans(),
+    granularity=st.sampled_from(["channel", "tensor", "group"]),
+    axis=st.sampled_from([0, -1]),
+    outliers=st.sampled_from([0, 2]),
+    scale_dtype=st.sampled_from([torch.float32, torch.float16]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_output_scales_and_the_layers_fallback_are_each_rows_own_fit_bit_for_bit(bits, symmetric, granularity, axis,
+                                                                                 outliers, scale_dtype, seed):
+    """G10's calibration: every expert's scales are `calibrate` of its rows, and the layer's fallback is `calibrate` of
+    all of them stacked, whether it comes from the experts' extents (per channel of the last dim, per tensor) or
+    from the stacked rows (per row: only rows of equal count stack; per group; INT1's mean)."""
+    from pytest_ladder.probes.expert_outputs import calibrate_outputs
+
+    generator = torch.Generator().manual_seed(seed)
+    per_row = granularity == "channel" and axis == 0
+    sizes = [6, 6, 0, 6] if per_row else [5, 1, 0, 9]
+    rows = {e: (torch.randn(n, 8, generator=generator, dtype=F64) * 3 - e).to(torch.float32)
+            for e, n in enumerate(sizes)}
+    spec = QuantSpec(bits=bits, symmetric=symmetric, granularity=granularity, axis=axis, group_size=4,
+                     outliers=outliers, scale_dtype=scale_dtype)
+    found = calibrate_outputs({3: rows}, 5, spec)
+    for expert, values in rows.items():
+        if values.shape[0]:
+            assert torch.equal(found.params[(3, expert)].scale, calibrate(values, spec).scale)
+    whole = calibrate(torch.cat([v for v in rows.values() if v.shape[0]]), spec)
+    assert torch.equal(found.fallback[3].scale, whole.scale)
+    assert (whole.zero is None and found.fallback[3].zero is None) or torch.equal(found.fallback[3].zero, whole.zero)
+    assert found.calibration_tokens[3] == sizes + [0] and (3, 2) not in found.params
