@@ -206,16 +206,19 @@ def quantize(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = None
     x64, outlier_index, outlier_values = _without_outliers(x.to(F64), spec)
     grouped, _ = _grouped(x64, spec)
     params = _applicable(params if params is not None else calibrate(x, spec), spec, grouped, shape)
-    if spec.symmetric and spec.bits == 1:
-        codes = torch.where(grouped >= 0, 1, -1)
-    elif spec.symmetric:
-        codes = torch.round(grouped / params.scale).clamp(-spec.qmax, spec.qmax)
-    else:
-        codes = torch.round((grouped - params.zero) / params.scale).clamp(0, spec.qmax)
     return Quantized(
-        codes=codes.to(torch.int32), params=params, spec=spec, shape=shape, outlier_index=outlier_index,
-        outlier_values=outlier_values,
+        codes=_codes(grouped, spec, params).to(torch.int32), params=params, spec=spec, shape=shape,
+        outlier_index=outlier_index, outlier_values=outlier_values,
     )
+
+
+def _codes(grouped: torch.Tensor, spec: QuantSpec, params: QuantParams) -> torch.Tensor:
+    """The integer codes of x's grouped view under `params`, as whole numbers in grouped's dtype (INT1: ±1)."""
+    if spec.symmetric and spec.bits == 1:
+        return torch.where(grouped >= 0, 1, -1)
+    if spec.symmetric:
+        return torch.round(grouped / params.scale).clamp(-spec.qmax, spec.qmax)
+    return torch.round((grouped - params.zero) / params.scale).clamp(0, spec.qmax)
 
 
 def _applicable(params: QuantParams, spec: QuantSpec, grouped: torch.Tensor, shape: tuple[int, ...]) -> QuantParams:
@@ -246,10 +249,8 @@ def fake_quant(x: torch.Tensor, spec: QuantSpec, params: QuantParams | None = No
     shape = tuple(x.shape)
     grouped, _ = _grouped(x.to(F64), spec)
     params = _applicable(params if params is not None else calibrate(x, spec), spec, grouped, shape)
-    if spec.symmetric:
-        return (torch.round(grouped / params.scale).clamp(-spec.qmax, spec.qmax) * params.scale).reshape(shape)
-    codes = torch.round((grouped - params.zero) / params.scale).clamp(0, spec.qmax)
-    return (codes * params.scale + params.zero).reshape(shape)
+    values = _codes(grouped, spec, params) * params.scale
+    return (values if params.zero is None else values + params.zero).reshape(shape)
 
 
 def fake_quant_ste(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
