@@ -152,16 +152,17 @@ class MoEAdapter:
 
     def resident_experts(self, layer: int, projection: str, device: torch.device | str) -> torch.Tensor | None:
         """All experts' `projection` matrices of `layer` as a read-only view of the live parameters, in the layout of
-        models.checkpoint.Checkpoint.experts ((E, I, H) for gate and up, (E, H, I) for down), when they are resident
-        on `device` (with its index: "cuda:0"); None when they are not (offloaded: a meta placeholder, or another
-        device), and the caller reads the checkpoint instead. A view costs no memory beyond the model's own weights."""
-        if projection not in ("gate", "up", "down"):
-            raise ValueError(f"resident_experts: projection must be gate, up or down, got {projection!r}")
+        models.checkpoint.Checkpoint.experts ((E, I, H) for gate and up, (E, H, I) for down; "gate_up": both stacked,
+        [gate_e; up_e] (E, 2I, H), the fused parameter itself), when they are resident on `device` (with its index:
+        "cuda:0"); None when they are not (offloaded: a meta placeholder, or another device), and the caller reads
+        the checkpoint instead. A view costs no memory beyond the model's own weights."""
+        if projection not in ("gate", "up", "down", "gate_up"):
+            raise ValueError(f"resident_experts: projection must be gate, up, down or gate_up, got {projection!r}")
         parameter = getattr(self.experts_module(layer), "down_proj" if projection == "down" else "gate_up_proj", None)
         if not isinstance(parameter, torch.Tensor) or parameter.device != torch.device(device):
             return None
         parameter = parameter.detach()
-        if projection == "down":
+        if projection in ("down", "gate_up"):
             return parameter
         inter = parameter.shape[1] // 2
         return parameter[:, :inter] if projection == "gate" else parameter[:, inter:]

@@ -169,14 +169,7 @@ def fit_energy_split(weights: torch.Tensor, gram: torch.Tensor, counts: torch.Te
 
 
 def stacked_inputs(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """W_e = [gate_e; up_e]: the experts' input maps (E, 2I, H) from gate and up (E, I, H). Where gate and up are the
-    two halves of one fused (E, 2I, H) parameter (views of a resident layer: models.adapters.resident_experts), that
-    parameter is [gate; up] already and comes back as a view of it, read-only; otherwise they are concatenated."""
-    *_, inter, hidden = gate.shape
-    if (gate.dim() == 3 and up.shape == gate.shape and up.dtype == gate.dtype and up.device == gate.device
-            and gate.stride() == up.stride() == (2 * inter * hidden, hidden, 1)
-            and up.data_ptr() == gate.data_ptr() + inter * hidden * gate.element_size()):
-        return gate.as_strided((gate.shape[0], 2 * inter, hidden), gate.stride())
+    """W_e = [gate_e; up_e]: the experts' input maps (E, 2I, H) from gate and up (E, I, H)."""
     return torch.cat([gate, up], dim=-2)
 
 
@@ -281,7 +274,11 @@ class LowRankStudy:
         return self.routing.adapter
 
     def weights(self, layer: int) -> torch.Tensor:
-        """W_e = [gate_e; up_e] (E, 2I, H) of the layer at the stored dtype, on the study's device."""
+        """W_e = [gate_e; up_e] (E, 2I, H) of the layer at the stored dtype, on the study's device: the fused
+        parameter itself (read-only) where the layer is resident there, else its stacks concatenated."""
+        fused = self.adapter.resident_experts(layer, "gate_up", self.device)
+        if fused is not None:
+            return fused
         stacks = self.routing.stacks(layer)
         return stacked_inputs(stacks["gate"], stacks["up"])
 
