@@ -373,6 +373,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"--ladder-model {spec.source!r}: loading {path} failed: {error}") from error
     check_tokenizer(tokenizer, model, spec, path)
     model.eval()
+    if spec.max_memory and spec.device != "cpu":
+        from pytest_ladder.models.weights import pin_offloaded
+
+        pin_offloaded(model)  # the offloaded layers' copies onto the GPU at full speed
     adapter = adapter_for(model)
     identity = model_identity(model, adapter, spec, path, revision)
     return LoadedModel(model, tokenizer, adapter, identity, spec, path)

@@ -160,3 +160,31 @@ def test_preflight_fails_fast_on_a_broken_offload(tiny_folder, tmp_path):
 def test_preflight_on_an_in_memory_model(tiny_folder):
     report = preflight(load_model(ModelSpec(source=str(tiny_folder))))
     assert (report.layer, report.storage, report.offloaded_layers) == (3, "memory", [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_offload_behind_a_gpu_is_page_locked_and_exact(tiny_folder, tmp_path):
+    """Behind a GPU the offloaded layers' CPU values are page-locked (their copies onto the GPU run at the link's
+    speed), equal bit for bit to the in-memory load, and a patch of an offloaded parameter is page-locked too."""
+    from pytest_ladder.models.loading import weight_bytes
+    from pytest_ladder.models.weights import _override_dict, locate, patched_parameters, read_parameter
+
+    cap = weight_bytes(tiny_folder, "auto") // 2
+    offloaded = load_model(ModelSpec(source=str(tiny_folder), device="cuda",
+                                     max_memory={0: cap, "cpu": 10 * GIB}, offload_dir=str(tmp_path)))
+    assert offloaded.identity["device_map"].get("cpu") and not offloaded.identity["device_map"].get("disk")
+    last = f"model.layers.{offloaded.model.config.num_hidden_layers - 1}.mlp.experts.down_proj"
+    located = locate(offloaded.model, last)
+    stored = _override_dict(located.loader)
+    assert located.offloaded and last in stored and all(value.is_pinned() for value in stored.values())
+    in_memory = load_model(ModelSpec(source=str(tiny_folder), device="cuda"))
+    reference = in_memory.model.state_dict()
+    assert all(torch.equal(value, reference[name].cpu()) for name, value in stored.items())
+    ids = torch.tensor([[0, 4, 8, 15, 16, 23, 42]], device="cuda")
+    with torch.no_grad():
+        assert torch.equal(offloaded.model(input_ids=ids).logits, in_memory.model(input_ids=ids).logits)
+        original = read_parameter(offloaded.model, last)
+        with patched_parameters(offloaded.model, {last: torch.zeros_like(original, device="cuda")}):
+            patch = _override_dict(located.loader)[located.key]
+            assert patch.is_pinned() and not patch.any()
+        assert read_parameter(offloaded.model, last) is original
