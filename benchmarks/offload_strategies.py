@@ -12,15 +12,18 @@ against the model in GPU memory:
 - accelerate's hooks: pytest-ladder's loader with `--max-memory` (accelerate's `device_map`: layers past the cap on
   the CPU, moved to the GPU by their hooks for every batch), plain forwards;
 - layer by layer: the same loaded model through `models.sequential.forward_batches(sequential=True)` (every batch
-  through layer l before layer l+1, each offloaded layer moved once), what the ladder runs offloaded;
+  through layer l before layer l+1, each offloaded layer moved once), what the ladder runs offloaded; on a GPU first
+  from pageable copies of the offloaded values (as accelerate leaves them), then page-locked again as the loader
+  keeps them (`models.weights.pin_offloaded`, its time printed);
 - diffusers' group offloading: the model loaded on the CPU, `apply_group_offloading(model.model, onload_device=cuda,
   offload_type="block_level", num_blocks_per_group=1, use_stream=True)` (each decoder layer prefetched on a side
   stream from pinned memory while the previous one computes), the LM head on the GPU; plain forwards. Skipped with
   a line saying so when diffusers is not importable.
 
-Prints a table and last `hooks_ratio=<x> sequential_ratio=<y> group_offload_ratio=<z>` (each strategy's wall /
-in memory). `--device cpu` (no GPU: peaks read 0, the cap offloads to disk, default `cpu=10MiB`) checks the script
-end to end, e.g. `--model embedded --tokens 64 --batches 2`.
+Prints a table and last `hooks_ratio=<x> sequential_ratio=<y> pageable_sequential_ratio=<p>
+group_offload_ratio=<z>` (each strategy's wall / in memory; nan where a strategy did not run). `--device cpu` (no
+GPU: peaks read 0, the cap offloads to disk, default `cpu=10MiB`) checks the script end to end, e.g. `--model
+embedded --tokens 64 --batches 2`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from timing import sync  # benchmarks/timing.py (scripts run from benchmarks/ on
 
 from pytest_ladder.models.loading import ModelSpec, load_model, parse_max_memory
 from pytest_ladder.models.sequential import forward_batches
+from pytest_ladder.models.weights import pin_offloaded
 
 
 def run_plain(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -72,6 +76,24 @@ def measure(name: str, run, model: torch.nn.Module, batches: list, reference: li
     print(f"{name}: {wall:.2f} s, peak {row['allocated_gib']:.2f} / {row['reserved_gib']:.2f} GiB, "
           f"max |Δ logits| {delta:.3g}", flush=True)
     return row
+
+
+def pageable(model: torch.nn.Module) -> int:
+    """Replace the page-locked CPU values behind the model's offloading hooks (what the loader pins) by pageable
+    copies, as accelerate leaves them; returns their bytes."""
+    from pytest_ladder.models.sequential import _offloading_hooks
+    from pytest_ladder.models.weights import _override_dict, _unwrap
+
+    total, seen = 0, set()
+    for _, hook in _offloading_hooks(model):
+        overrides = _override_dict(_unwrap(hook.weights_map, "")[0])
+        if id(overrides) not in seen:
+            seen.add(id(overrides))
+            for key, value in list(overrides.items()):
+                if value.is_pinned():
+                    overrides[key] = torch.empty_like(value, pin_memory=False).copy_(value)
+                    total += value.numel() * value.element_size()
+    return total
 
 
 def free_gpu() -> None:
@@ -117,6 +139,13 @@ def main() -> None:
                                   offload_dir=offload_dir))
     print(f"loaded with --max-memory {args.max_memory} in {time.perf_counter() - start:.1f} s", flush=True)
     rows.append(measure("accelerate hooks", run_plain, capped.model, batches, reference, device))
+    if device.type == "cuda":  # the same passes from pageable copies of the offloaded values, then pinned again
+        pinned = pageable(capped.model)
+        rows.append(measure("layer by layer, pageable", run_sequential, capped.model, batches, reference, device))
+        start = time.perf_counter()
+        pin_offloaded(capped.model)
+        print(f"page-locked {pinned / 1024**3:.2f} GiB of offloaded values in {time.perf_counter() - start:.1f} s",
+              flush=True)
     rows.append(measure("layer by layer", run_sequential, capped.model, batches, reference, device))
     capped = None
     free_gpu()
@@ -144,6 +173,7 @@ def main() -> None:
               f"{row['reserved_gib']:>14.2f}{row['max_abs_delta']:>10.3g}")
     ratio = {row["strategy"]: row["wall_s"] / base for row in rows}
     print(f"hooks_ratio={ratio['accelerate hooks']:.2f} sequential_ratio={ratio['layer by layer']:.2f} "
+          f"pageable_sequential_ratio={ratio.get('layer by layer, pageable', float('nan')):.2f} "
           f"group_offload_ratio={ratio.get('diffusers group offloading', float('nan')):.2f}")
 
 
