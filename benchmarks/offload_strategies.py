@@ -38,7 +38,7 @@ from timing import sync  # benchmarks/timing.py (scripts run from benchmarks/ on
 
 from pytest_ladder.models.loading import ModelSpec, load_model, parse_max_memory
 from pytest_ladder.models.sequential import forward_batches
-from pytest_ladder.models.weights import pin_offloaded
+from pytest_ladder.models.weights import offload_maps, pin_offloaded
 
 
 def run_plain(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -81,18 +81,12 @@ def measure(name: str, run, model: torch.nn.Module, batches: list, reference: li
 def pageable(model: torch.nn.Module) -> int:
     """Replace the page-locked CPU values behind the model's offloading hooks (what the loader pins) by pageable
     copies, as accelerate leaves them; returns their bytes."""
-    from pytest_ladder.models.sequential import _offloading_hooks
-    from pytest_ladder.models.weights import _override_dict, _unwrap
-
-    total, seen = 0, set()
-    for _, hook in _offloading_hooks(model):
-        overrides = _override_dict(_unwrap(hook.weights_map, "")[0])
-        if id(overrides) not in seen:
-            seen.add(id(overrides))
-            for key, value in list(overrides.items()):
-                if value.is_pinned():
-                    overrides[key] = torch.empty_like(value, pin_memory=False).copy_(value)
-                    total += value.numel() * value.element_size()
+    total = 0
+    for overrides in offload_maps(model):
+        for key, value in list(overrides.items()):
+            if value.is_pinned():
+                overrides[key] = torch.empty_like(value, pin_memory=False).copy_(value)
+                total += value.numel() * value.element_size()
     return total
 
 

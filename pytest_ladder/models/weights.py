@@ -215,29 +215,32 @@ def _host(value: torch.Tensor) -> torch.Tensor:
     return host
 
 
+def offload_maps(model: nn.Module) -> list[MutableMapping]:
+    """The in-memory state dicts behind the model's offloading accelerate hooks, each once: CPU-offloaded values
+    (and patches of offloaded parameters) by full parameter name. Disk-offloaded values are not in them."""
+    from pytest_ladder.models.sequential import _offloading_hooks
+
+    maps: dict[int, MutableMapping] = {}
+    for _, hook in _offloading_hooks(model):
+        if getattr(hook, "weights_map", None) is not None:
+            overrides = _override_dict(_unwrap(hook.weights_map, "")[0])
+            maps.setdefault(id(overrides), overrides)
+    return list(maps.values())
+
+
 def pin_offloaded(model: nn.Module) -> int:
-    """Page-lock the CPU state dict behind every offloading accelerate hook (CPU offload; disk entries are left
-    alone) and return the bytes pinned. accelerate copies an offloaded block's weights onto the GPU before each of
-    its forwards: from pageable memory that copy runs at a fraction of the link's speed, and a layer-sequential pass
-    (models.sequential) makes one per offloaded layer. Values are unchanged bit for bit; a no-op without CUDA."""
+    """Page-lock the CPU-offloaded values behind the model's accelerate hooks (`offload_maps`) and return the bytes
+    pinned. accelerate copies an offloaded block's weights onto the GPU before each of its forwards: from pageable
+    memory that copy runs at a fraction of the link's speed, and a layer-sequential pass (models.sequential) makes
+    one per offloaded layer. Values are unchanged bit for bit; a no-op without CUDA."""
     if not torch.cuda.is_available():
         return 0
-    pinned, seen = 0, set()
-    for module in model.modules():
-        hook = getattr(module, "_hf_hook", None)
-        for single in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-            weights_map = getattr(single, "weights_map", None)
-            if not getattr(single, "offload", False) or weights_map is None:
-                continue
-            loader, _ = _unwrap(weights_map, "")
-            overrides = _override_dict(loader)
-            if id(overrides) in seen:
-                continue
-            seen.add(id(overrides))
-            for key, value in list(overrides.items()):
-                if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_pinned():
-                    overrides[key] = _host(value)
-                    pinned += value.numel() * value.element_size()
+    pinned = 0
+    for overrides in offload_maps(model):
+        for key, value in list(overrides.items()):
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_pinned():
+                overrides[key] = _host(value)
+                pinned += value.numel() * value.element_size()
     return pinned
 
 
@@ -395,4 +398,4 @@ def transformed_expert_outputs(adapter: "MoEAdapter", transform: ExpertTransform
 _MISSING = object()
 
 __all__ = ["locate", "read_parameter", "write_parameter", "patched_parameters", "transformed_expert_outputs",
-           "pin_offloaded", "WeightAccessError", "Located"]
+           "pin_offloaded", "offload_maps", "WeightAccessError", "Located"]

@@ -135,6 +135,23 @@ def test_max_memory_offloads_to_disk(offloaded, tiny_folder):
         assert torch.equal(offloaded.model(input_ids=ids).logits, memory.model(input_ids=ids).logits)
 
 
+def test_offload_maps_hold_the_patches_of_disk_offloaded_parameters(offloaded):
+    """Disk-offloaded values stay in their files: the one in-memory map behind the hooks holds only what is patched,
+    for as long as the patch lasts."""
+    from pytest_ladder.models.weights import offload_maps, patched_parameters, pin_offloaded, read_parameter
+
+    (overrides,) = offload_maps(offloaded.model)
+    before = dict(overrides)
+    name = f"model.layers.{offloaded.model.config.num_hidden_layers - 1}.mlp.experts.down_proj"
+    assert name not in overrides
+    zeros = torch.zeros_like(read_parameter(offloaded.model, name))
+    with patched_parameters(offloaded.model, {name: zeros}):
+        assert offload_maps(offloaded.model) == [overrides] and torch.equal(overrides[name], zeros)
+        assert pin_offloaded(offloaded.model) == 0  # on a GPU the patch is page-locked as it is installed
+        assert overrides[name].is_pinned() == torch.cuda.is_available()
+    assert overrides == before
+
+
 def test_preflight_touches_an_offloaded_layer(offloaded):
     layers = offloaded_layers(offloaded)
     assert layers and layers == sorted(layers)
@@ -167,7 +184,8 @@ def test_cpu_offload_behind_a_gpu_is_page_locked_and_exact(tiny_folder, tmp_path
     """Behind a GPU the offloaded layers' CPU values are page-locked (their copies onto the GPU run at the link's
     speed), equal bit for bit to the in-memory load, and a patch of an offloaded parameter is page-locked too."""
     from pytest_ladder.models.loading import weight_bytes
-    from pytest_ladder.models.weights import _override_dict, locate, patched_parameters, read_parameter
+    from pytest_ladder.models.weights import (_override_dict, locate, offload_maps, patched_parameters,
+                                              read_parameter)
 
     cap = weight_bytes(tiny_folder, "auto") // 2
     offloaded = load_model(ModelSpec(source=str(tiny_folder), device="cuda",
@@ -175,8 +193,9 @@ def test_cpu_offload_behind_a_gpu_is_page_locked_and_exact(tiny_folder, tmp_path
     assert offloaded.identity["device_map"].get("cpu") and not offloaded.identity["device_map"].get("disk")
     last = f"model.layers.{offloaded.model.config.num_hidden_layers - 1}.mlp.experts.down_proj"
     located = locate(offloaded.model, last)
-    stored = _override_dict(located.loader)
-    assert located.offloaded and last in stored and all(value.is_pinned() for value in stored.values())
+    (stored,) = offload_maps(offloaded.model)
+    assert located.offloaded and stored is _override_dict(located.loader)
+    assert last in stored and all(value.is_pinned() for value in stored.values())
     in_memory = load_model(ModelSpec(source=str(tiny_folder), device="cuda"))
     reference = in_memory.model.state_dict()
     assert all(torch.equal(value, reference[name].cpu()) for name, value in stored.items())
