@@ -185,9 +185,7 @@ class _Restore:
             self.had_override = located.key in overrides
             self.original = overrides.get(located.key)
         elif _on_accelerator(located):
-            param = located.param.detach()
-            self.original = torch.empty(param.shape, dtype=param.dtype, pin_memory=torch.cuda.is_available())
-            self.original.copy_(param)
+            self.original = _host(located.param.detach())
         else:
             self.original = located.param.data
 
@@ -206,8 +204,8 @@ class _Restore:
 
 
 def _host(value: torch.Tensor) -> torch.Tensor:
-    """`value` in CPU memory: page-locked where a GPU runs the model, so each forward's copy onto it is a DMA
-    transfer at the link's speed (several times a pageable copy), as the offloaded originals are (`pin_offloaded`)."""
+    """`value` in CPU memory: page-locked where CUDA is available, so a copy onto the GPU is a DMA transfer at the
+    link's speed (several times a pageable copy), as the offloaded originals are (`pin_offloaded`)."""
     if not torch.cuda.is_available():
         return value.to("cpu").contiguous()
     host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
